@@ -1,0 +1,208 @@
+"""EndpointActor: everything in flight for one endpoint, and nothing else.
+
+One actor per endpoint with work gives isolation for free: a slow endpoint fills only its own
+queue and its own in-flight slots, while the others keep going. The queue is bounded (its room is
+what the dispatcher claims for), attempts start in queue order (claim order: event order), at most
+``max_in_flight`` at once (one under strict ordering), spaced by the endpoint's rate limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import structlog
+
+from engine.models import Delivery, EndpointConfig, ErrorKind, Ordering, Outcome
+from engine.results import ResultWriter
+from engine.sender import Sender
+from engine.signing import sign
+
+log = structlog.get_logger("engine.actor")
+
+# An attempt is only started if its lease outlives the request by this margin; otherwise the
+# delivery is left to expire and be claimed afresh, so a result is never fenced off as stale.
+LEASE_MARGIN_S = 5.0
+MAX_QUEUE = 256
+
+
+@dataclass(frozen=True)
+class ActorDeps:
+    """What every actor shares; owned by the app."""
+
+    sender: Sender
+    writer: ResultWriter
+    request_timeout_s: float
+    queue_per_in_flight: int
+    idle_s: float
+    lease_s: Callable[[], float]
+    on_room: Callable[[], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    delivery: Delivery
+    claimed_at: float  # time.monotonic() of the claim
+
+
+class EndpointActor:
+    """Bounded queue plus in-flight limit for one endpoint; run() returns when idle long enough."""
+
+    def __init__(self, config: EndpointConfig, deps: ActorDeps) -> None:
+        self.config = config
+        self._deps = deps
+        self._queue: collections.deque[Queued] = collections.deque()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._changed = asyncio.Event()
+        self._stopping = False
+        self._next_start = 0.0
+        self.started = 0
+
+    @property
+    def endpoint_id(self) -> str:
+        return str(self.config.id)
+
+    @property
+    def limit(self) -> int:
+        return 1 if self.config.ordering is Ordering.STRICT else self.config.max_in_flight
+
+    @property
+    def capacity(self) -> int:
+        """Queue plus in-flight bound: enough to keep ``limit`` busy, small enough to send
+        everything well within the lease (a rate-limited endpoint gets a shorter queue)."""
+        cap = min(MAX_QUEUE, self.limit * self._deps.queue_per_in_flight)
+        if self.config.rate_limit_per_s is not None:
+            cap = min(cap, max(1, int(self.config.rate_limit_per_s * self._deps.lease_s() / 4)))
+        return max(cap, self.limit)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def room(self) -> int:
+        return max(0, self.capacity - len(self._queue) - len(self._tasks))
+
+    def update(self, config: EndpointConfig) -> None:
+        """Take the endpoint's latest settings (every claim carries them)."""
+        self.config = config
+
+    def offer(self, delivery: Delivery) -> None:
+        """Queue a claimed delivery. The dispatcher claims only up to room(), so this fits;
+        going over by a few is harmless (the bound is on what we claim, not a hard wall)."""
+        self._queue.append(Queued(delivery, time.monotonic()))
+        self._changed.set()
+
+    def stop(self) -> list[Delivery]:
+        """Stop starting attempts; return the queued deliveries that never started."""
+        self._stopping = True
+        self._changed.set()
+        unstarted = [q.delivery for q in self._queue]
+        self._queue.clear()
+        return unstarted
+
+    async def wait_in_flight(self) -> None:
+        """Wait for the attempts in flight (each bounded by the request timeout)."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    def cancel_in_flight(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+    async def run(self) -> None:
+        """Start attempts as slots free up; return when stopped, or idle for ``idle_s``."""
+        while not self._stopping:
+            self._changed.clear()
+            if self._queue and len(self._tasks) < self.limit:
+                if not self._deps.writer.has_room():
+                    await asyncio.sleep(0.05)
+                    continue
+                wait_s = self._next_start - time.monotonic()
+                if wait_s > 0:
+                    await asyncio.sleep(wait_s)
+                    continue
+                self._start(self._queue.popleft())
+                continue
+            if not self._queue and not self._tasks:
+                try:
+                    await asyncio.wait_for(self._changed.wait(), self._deps.idle_s)
+                except TimeoutError:
+                    if not self._queue and not self._tasks:
+                        return
+                continue
+            await self._changed.wait()
+
+    def _start(self, item: Queued) -> None:
+        lease_left = item.claimed_at + self._deps.lease_s() - time.monotonic()
+        if lease_left < self._deps.request_timeout_s + LEASE_MARGIN_S:
+            log.warning(
+                "attempt_skipped_lease_expiring",
+                endpoint_id=self.endpoint_id,
+                delivery_id=item.delivery.id,
+                lease_left_s=round(lease_left, 1),
+            )
+            return
+        if self.config.rate_limit_per_s:
+            now = time.monotonic()
+            self._next_start = max(now, self._next_start) + 1.0 / self.config.rate_limit_per_s
+        self.started += 1
+        task = asyncio.get_running_loop().create_task(self._attempt(item.delivery, self.config))
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._changed.set()
+        if self.room() * 2 >= self.capacity:
+            self._deps.on_room()
+
+    async def _attempt(self, delivery: Delivery, config: EndpointConfig) -> None:
+        started_at = datetime.now(UTC)
+        started = time.monotonic()
+        try:
+            headers = sign(
+                config.secrets,
+                delivery.body,
+                webhook_id=delivery.webhook_id,
+                timestamp=int(time.time()),
+            )
+            outcome = await self._deps.sender.send(config.url, delivery, headers)
+        except asyncio.CancelledError:
+            self._deps.writer.submit(
+                _failure(
+                    delivery,
+                    started_at,
+                    started,
+                    ErrorKind.SHUTDOWN,
+                    "engine stopped during the attempt",
+                )
+            )
+            raise
+        except Exception as exc:
+            log.exception("attempt_crashed", endpoint_id=self.endpoint_id, delivery_id=delivery.id)
+            outcome = _failure(
+                delivery, started_at, started, ErrorKind.INTERNAL, type(exc).__name__
+            )
+        self._deps.writer.submit(outcome)
+
+
+def _failure(
+    delivery: Delivery, started_at: datetime, started: float, kind: ErrorKind, message: str
+) -> Outcome:
+    return Outcome(
+        delivery_id=delivery.id,
+        lease=delivery.lease,
+        started_at=started_at,
+        duration_ms=int((time.monotonic() - started) * 1000),
+        status=0,
+        error_kind=kind,
+        error_message=message,
+    )

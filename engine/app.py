@@ -1,0 +1,177 @@
+"""The composition root: builds every part and runs the long-lived ones in one TaskGroup.
+
+If the listener, the writer or a periodic task dies unexpectedly, the group cancels the rest and
+run() raises: the process exits non-zero and the orchestrator restarts it (DESIGN §8).
+
+Shutdown (the ``stop`` event, set by SIGTERM): the dispatcher stops claiming, releases what never
+started and lets in-flight attempts finish; then the writer writes every outcome; then the rest
+ends. Only if the database stays unreachable past the grace period are outcomes abandoned (logged
+with their count; their deliveries are sent again after the lease expires: at-least-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import asyncpg
+import structlog
+
+from engine.actor import ActorDeps
+from engine.aio import wait_first
+from engine.config import Settings
+from engine.listener import Listener
+from engine.migrate import check_current, migrate
+from engine.models import Outcome, Policy, Recorded
+from engine.results import ResultWriter
+from engine.sender import Sender
+from engine.store import Store
+from engine.supervisor import Dispatcher
+
+log = structlog.get_logger("engine.app")
+
+
+class Engine:
+    """One engine process's parts; ``run(stop)`` until ``stop`` is set."""
+
+    def __init__(self, settings: Settings, database_url: str) -> None:
+        self.settings = settings
+        self.database_url = database_url
+        self.policy: Policy | None = None
+        self.listener: Listener | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.writer: ResultWriter | None = None
+        self.store: Store | None = None
+        self.started = asyncio.Event()
+        self._settings_changed = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        pool = await asyncpg.create_pool(
+            self.database_url, min_size=2, max_size=s.pool_size, command_timeout=60
+        )
+        try:
+            async with pool.acquire() as conn:
+                if s.migrate:
+                    report = await migrate(conn)
+                    if report.changed:
+                        log.info("migrated", applied=report.applied, functions=report.functions)
+                else:
+                    await check_current(conn)
+            self.store = store = Store(pool)
+            self.policy = policy = await store.policy()
+            sender = Sender(
+                timeout_s=s.request_timeout_s,
+                allow_http=policy.allow_http,
+                allow_private_networks=policy.allow_private_networks,
+                max_connections=s.max_connections,
+                excerpt_bytes=s.excerpt_bytes,
+            )
+            await sender.start()
+            try:
+                await self._run_parts(store, sender, stop)
+            finally:
+                await sender.close()
+        finally:
+            await pool.close()
+
+    async def _run_parts(self, store: Store, sender: Sender, stop: asyncio.Event) -> None:
+        s = self.settings
+        self.writer = writer = ResultWriter(
+            store, batch=s.result_batch, buffer_max=s.result_buffer_max, on_written=self._written
+        )
+        deps = ActorDeps(
+            sender=sender,
+            writer=writer,
+            request_timeout_s=s.request_timeout_s,
+            queue_per_in_flight=s.queue_per_in_flight,
+            idle_s=s.actor_idle_s,
+            lease_s=self._lease_s,
+            on_room=self._wake,
+        )
+        self.dispatcher = dispatcher = Dispatcher(
+            store,
+            deps,
+            poll_interval_s=s.poll_interval_s,
+            claim_batch=s.claim_batch,
+            shutdown_grace_s=s.shutdown_grace_s,
+        )
+        self.listener = listener = Listener(
+            self.database_url,
+            on_wakeup=dispatcher.wake,
+            on_settings=self._settings_changed.set,
+            on_connect=dispatcher.wake,
+            probe_s=s.listener_probe_s,
+        )
+        async with asyncio.TaskGroup() as tg:
+            writer_task = tg.create_task(writer.run(), name="result-writer")
+            tg.create_task(listener.run(stop), name="listener")
+            tg.create_task(self._maintain(store, stop), name="maintenance")
+            tg.create_task(self._refresh_policy(store, sender, stop), name="policy")
+            self.started.set()
+            log.info("engine_started")
+            await dispatcher.run(stop)
+            writer.close()
+            done, _ = await asyncio.wait([writer_task], timeout=s.shutdown_grace_s)
+            if not done:
+                lost = writer.abandon()
+                log.error(
+                    "results_abandoned", count=lost, reason="database unreachable at shutdown"
+                )
+                writer_task.cancel()
+        log.info("engine_stopped", attempts_written=writer.written)
+
+    def _wake(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
+
+    def _lease_s(self) -> float:
+        return self.policy.lease_duration_s if self.policy else 120.0
+
+    def _written(self, outcomes: Sequence[Outcome], recorded: Sequence[Recorded]) -> None:
+        for outcome, result in zip(outcomes, recorded, strict=True):
+            if result.outcome != "delivered":
+                log.info(
+                    "attempt_recorded",
+                    delivery_id=result.delivery_id,
+                    attempt=result.attempt,
+                    outcome=result.outcome,
+                    status=outcome.status,
+                    error_kind=outcome.error_kind,
+                    duration_ms=outcome.duration_ms,
+                    next_attempt_at=result.next_attempt_at,
+                )
+        self._wake()
+
+    async def _maintain(self, store: Store, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                result = await store.maintain()
+                if result.get("created") or result.get("dropped"):
+                    log.info("partitions_maintained", **result)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.warning("maintenance_failed", error=repr(exc))
+            await wait_first(stop, seconds=self.settings.maintenance_interval_s)
+
+    async def _refresh_policy(self, store: Store, sender: Sender, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await wait_first(stop, self._settings_changed, seconds=self.settings.settings_refresh_s)
+            if stop.is_set():
+                return
+            self._settings_changed.clear()
+            try:
+                policy = await store.policy()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.warning("settings_reload_failed", error=repr(exc))
+                continue
+            if policy != self.policy:
+                log.info(
+                    "settings_reloaded",
+                    allow_http=policy.allow_http,
+                    allow_private_networks=policy.allow_private_networks,
+                )
+                self.policy = policy
+                sender.update_policy(
+                    allow_http=policy.allow_http,
+                    allow_private_networks=policy.allow_private_networks,
+                )

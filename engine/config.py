@@ -1,0 +1,151 @@
+"""Process configuration: one frozen Settings built from ``WEBHOOKS_*`` variables, flags on top.
+
+Pure: reads only the mapping it is given. Policy that SQL must agree on (allow_http, retry schedule,
+...) is not here but in the ``webhooks.settings`` row; this is how this one process runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from engine.errors import ConfigError
+
+ENV_PREFIX = "WEBHOOKS_"
+SECRET_FIELDS = frozenset({"database_url", "admin_token"})
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How this engine process runs. Every field can be set as ``WEBHOOKS_<FIELD>``."""
+
+    database_url: str | None = None
+    migrate: bool = True
+    request_timeout_s: float = 10.0
+    max_connections: int = 512
+    poll_interval_s: float = 1.0
+    claim_batch: int = 1000
+    queue_per_in_flight: int = 4
+    actor_idle_s: float = 30.0
+    result_batch: int = 500
+    result_buffer_max: int = 50_000
+    shutdown_grace_s: float = 15.0
+    pool_size: int = 8
+    maintenance_interval_s: float = 300.0
+    settings_refresh_s: float = 30.0
+    listener_probe_s: float = 5.0
+    excerpt_bytes: int = 16_384
+    log_level: str = "info"
+    log_format: str = "auto"
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 0
+    admin_token: str | None = None
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        positive = (
+            "request_timeout_s",
+            "max_connections",
+            "poll_interval_s",
+            "claim_batch",
+            "queue_per_in_flight",
+            "actor_idle_s",
+            "result_batch",
+            "result_buffer_max",
+            "shutdown_grace_s",
+            "pool_size",
+            "maintenance_interval_s",
+            "settings_refresh_s",
+            "listener_probe_s",
+            "excerpt_bytes",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{_env(name)} must be positive", field=name)
+        if self.shutdown_grace_s < self.request_timeout_s:
+            raise ConfigError(
+                f"{_env('shutdown_grace_s')} ({self.shutdown_grace_s}) must be at least "
+                f"{_env('request_timeout_s')} ({self.request_timeout_s}), or in-flight attempts "
+                "would be cut off at shutdown",
+                field="shutdown_grace_s",
+            )
+        if self.result_buffer_max < self.result_batch:
+            raise ConfigError(
+                f"{_env('result_buffer_max')} must be at least {_env('result_batch')}",
+                field="result_buffer_max",
+            )
+        if self.pool_size < 2:
+            raise ConfigError(f"{_env('pool_size')} must be at least 2", field="pool_size")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(
+                f"{_env('log_format')} must be one of {LOG_FORMATS}", field="log_format"
+            )
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"{_env('log_level')} must be one of {LOG_LEVELS}", field="log_level")
+        if not 0 <= self.admin_port <= 65535:
+            raise ConfigError(f"{_env('admin_port')} must be 0..65535", field="admin_port")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
+        """Build from ``WEBHOOKS_*`` variables, then apply non-None overrides (CLI flags)."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(_env(f.name))
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f.name, str(f.type), raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def masked(self) -> dict[str, Any]:
+        """Every effective value, secrets masked: what ``check-config`` prints."""
+        shown: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in SECRET_FIELDS and value:
+                value = mask(str(value))
+            shown[f.name] = value
+        return shown
+
+
+def mask(value: str) -> str:
+    """Hide a secret but keep enough to recognise which one it is (a URL keeps its host)."""
+    if "://" in value and "@" in value:
+        scheme, rest = value.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in creds else value
+    if "://" in value:
+        return value
+    return "***" if len(value) < 12 else value[:4] + "***"
+
+
+def _env(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _parse(name: str, type_name: str, raw: str) -> Any:
+    try:
+        if type_name.startswith("bool"):
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")  # noqa: TRY301 - one message path
+        if type_name.startswith("int"):
+            return int(raw)
+        if type_name.startswith("float"):
+            value = float(raw)
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError("expected a finite number")  # noqa: TRY301 - one message path
+            return value
+    except ValueError as exc:
+        raise ConfigError(f"{_env(name)}={raw!r} is invalid: {exc}", field=name) from exc
+    return raw

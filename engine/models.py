@@ -1,0 +1,105 @@
+"""Values passed between the engine's parts. Pure: no I/O, no asyncio."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+
+class Ordering(enum.StrEnum):
+    """Per-endpoint ordering (DESIGN §4)."""
+
+    DISPATCH = "dispatch"
+    STRICT = "strict"
+
+
+class ErrorKind(enum.StrEnum):
+    """Why an attempt failed, when it did not get an HTTP status (or got a refused one)."""
+
+    HTTP_STATUS = "http_status"  # a response arrived but was not 2xx
+    REDIRECT = "redirect"  # 3xx: never followed
+    TIMEOUT = "timeout"
+    CONNECT = "connect"  # refused, reset or unreachable while connecting
+    DNS = "dns"
+    TLS = "tls"
+    BLOCKED_ADDRESS = "blocked_address"  # SSRF guard: resolves to a non-public address
+    INSECURE_URL = "insecure_url"  # http:// while allow_http is off
+    INVALID_URL = "invalid_url"
+    PROTOCOL = "protocol"  # invalid HTTP, oversized headers, connection dropped mid-response
+    DISCONNECTED = "disconnected"
+    SHUTDOWN = "shutdown"  # the engine stopped while the attempt was in flight
+    INTERNAL = "internal"  # a bug of ours; recorded so the delivery is retried, not lost
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointConfig:
+    """An endpoint as the engine needs it to deliver; refreshed from every claim."""
+
+    id: UUID
+    url: str
+    secrets: tuple[str, ...]
+    max_in_flight: int
+    ordering: Ordering
+    rate_limit_per_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A claimed delivery: what to send, and the lease that fences its result."""
+
+    id: int
+    lease: UUID
+    attempt: int
+    endpoint_id: UUID
+    event_id: int
+    event_type: str
+    body: bytes
+
+    @property
+    def webhook_id(self) -> str:
+        """Stable per event (and so per event and endpoint) across attempts, for receiver dedup."""
+        return f"evt_{self.event_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The result of one HTTP attempt. Senders return it; they never raise for a failed delivery.
+
+    ``status`` is 0 when no HTTP response arrived. ``retry_after_s`` is the parsed ``Retry-After``
+    (429/503 only), which SQL clamps to [delay, 2 x delay].
+    """
+
+    delivery_id: int
+    lease: UUID
+    started_at: datetime
+    duration_ms: int
+    status: int
+    error_kind: ErrorKind | None = None
+    error_message: str | None = None
+    response_excerpt: str | None = None
+    retry_after_s: float | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return 200 <= self.status <= 299
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The row of ``webhooks.settings`` the engine acts on (SQL reads the same row)."""
+
+    allow_http: bool
+    allow_private_networks: bool
+    lease_duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What ``record_attempts_v1`` did with one result."""
+
+    delivery_id: int
+    outcome: str  # delivered | retry | failed | stale
+    attempt: int | None
+    next_attempt_at: datetime | None

@@ -1,0 +1,324 @@
+"""One HTTP attempt of one delivery, turned into an :class:`Outcome` (DESIGN §5).
+
+The sender owns the process's only ``aiohttp.ClientSession``: one connection pool, one DNS cache,
+one SSRF-guarded resolver for every endpoint. Each attempt has a single deadline covering connect,
+TLS, sending, the response headers and the body excerpt, so neither a slow nor an endless receiver
+can hold an actor longer than ``timeout_s`` or make it buffer more than ``excerpt_bytes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import aiohttp
+from yarl import URL
+
+from engine.backoff import parse_retry_after
+from engine.models import Delivery, ErrorKind, Outcome
+from engine.ssrf import BlockedAddressError, GuardedResolver, check_literal_host
+
+__all__ = ["InsecureUrlError", "InvalidUrlError", "Sender", "outcome_for_exception"]
+
+# aiohttp's default. The cache only ever holds addresses the guard accepted.
+DNS_CACHE_TTL_S = 10
+_MESSAGE_CHARS = 200
+_RETRY_AFTER_STATUSES = frozenset({429, 503})
+
+
+class InvalidUrlError(ValueError):
+    """The endpoint URL is not an absolute http(s) URL with a usable host."""
+
+
+class InsecureUrlError(ValueError):
+    """The endpoint URL is plain http:// while ``allow_http`` is off."""
+
+
+@dataclass(eq=False)
+class _Client:
+    """A session with its resolver (aiohttp does not close a resolver it was given)."""
+
+    session: aiohttp.ClientSession
+    resolver: GuardedResolver
+    in_flight: int = 0
+
+    async def close(self) -> None:
+        await self.session.close()
+        await self.resolver.close()
+
+
+class Sender:
+    """POSTs deliveries to endpoints through one shared, SSRF-guarded ``ClientSession``.
+
+    Use ``async with Sender(...) as sender`` (or :meth:`start` / :meth:`close`). ``send`` returns an
+    :class:`Outcome` for every failure and raises only ``CancelledError`` (and ``RuntimeError`` if
+    the sender is not started). Waiting for one of the ``max_connections`` pooled connections
+    counts against ``timeout_s``, so callers should bound concurrency below that number.
+
+    When :meth:`update_policy` turns private networks off, the next ``send`` moves to a fresh
+    session: pooled keep-alive connections and cached DNS answers were vetted under the old policy
+    and must not be reused. The old session closes once its in-flight sends finish.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout_s: float = 10.0,
+        allow_http: bool = False,
+        allow_private_networks: bool = False,
+        max_connections: int = 256,
+        excerpt_bytes: int = 16384,
+        user_agent: str = "MisarMail-Webhooks/0.1",
+    ) -> None:
+        self._timeout_s = timeout_s
+        self._allow_http = allow_http
+        self._allow_private = allow_private_networks
+        self._max_connections = max_connections
+        self._excerpt_bytes = excerpt_bytes
+        self._user_agent = user_agent
+        self._client: _Client | None = None
+        self._retired: list[_Client] = []
+        self._stale = False
+
+    async def __aenter__(self) -> Sender:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Create the session; must run inside the event loop that will send. Idempotent."""
+        if self._client is None:
+            self._client = self._new_client()
+
+    async def close(self) -> None:
+        """Close every session; sends still in flight fail. Call after draining."""
+        clients = [*self._retired, *([self._client] if self._client else [])]
+        self._client, self._retired = None, []
+        for client in clients:
+            await client.close()
+
+    def update_policy(self, *, allow_http: bool, allow_private_networks: bool) -> None:
+        """Apply new ``webhooks.settings`` values; they hold from the next ``send`` on."""
+        if self._allow_private and not allow_private_networks:
+            self._stale = True
+        self._allow_http = allow_http
+        self._allow_private = allow_private_networks
+
+    async def send(
+        self, url: str, delivery: Delivery, signature_headers: Mapping[str, str]
+    ) -> Outcome:
+        """POST ``delivery.body`` to ``url`` once and describe what happened.
+
+        Redirects are not followed. Once the status line has arrived it decides the outcome; a
+        failure while reading the body excerpt (deadline, dropped connection) only shortens the
+        excerpt, because the receiver has already answered.
+        """
+        started_at = datetime.now(UTC)
+        started = time.monotonic()
+        client = await self._current_client()
+        client.in_flight += 1
+        try:
+            target = self._vet_url(url)
+            status, reason, excerpt, location, retry_after = await self._exchange(
+                client.session, target, delivery, signature_headers
+            )
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an Outcome (DESIGN §5)
+            return outcome_for_exception(exc, delivery, started_at, _elapsed_ms(started))
+        finally:
+            client.in_flight -= 1
+        kind: ErrorKind | None = None
+        message: str | None = None
+        if 300 <= status <= 399:
+            kind = ErrorKind.REDIRECT
+            message = _short(f"redirect {status} to {location or '(no Location)'}, not followed")
+        elif not 200 <= status <= 299:
+            kind, message = ErrorKind.HTTP_STATUS, _short(f"HTTP {status} {reason}".strip())
+        return Outcome(
+            delivery_id=delivery.id,
+            lease=delivery.lease,
+            started_at=started_at,
+            duration_ms=_elapsed_ms(started),
+            status=status,
+            error_kind=kind,
+            error_message=message,
+            response_excerpt=excerpt,
+            retry_after_s=retry_after,
+        )
+
+    async def _current_client(self) -> _Client:
+        if self._client is None:
+            raise RuntimeError("Sender.start() was not called")
+        if self._stale:
+            self._retired.append(self._client)
+            self._client = self._new_client()
+            self._stale = False
+        for old in [c for c in self._retired if c.in_flight == 0]:
+            await old.close()  # idempotent, so a cancellation here is retried next time
+            self._retired.remove(old)
+        return self._client
+
+    def _new_client(self) -> _Client:
+        resolver = GuardedResolver(lambda: self._allow_private)
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections,
+            # No per-host cap: endpoints of different customers share hosts (Zapier, Slack), and a
+            # wait for a slot would count against their timeout. Actors bound each endpoint.
+            limit_per_host=0,
+            resolver=resolver,
+            ttl_dns_cache=DNS_CACHE_TTL_S,
+        )
+        session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self._timeout_s),
+            cookie_jar=aiohttp.DummyCookieJar(),  # one customer's cookies must not reach another
+            trust_env=False,  # no proxy from the environment: it would bypass the SSRF guard
+            # Ask for and keep identity bodies: decompressing could turn the capped excerpt
+            # into an uncapped amount of work.
+            skip_auto_headers=("Accept-Encoding",),
+            auto_decompress=False,
+        )
+        return _Client(session, resolver)
+
+    def _vet_url(self, url: str) -> URL:
+        """Checks that need no connection: syntax, scheme policy, IP literals (no resolver)."""
+        try:
+            target = URL(url)
+        except (TypeError, ValueError) as exc:
+            raise InvalidUrlError("the URL cannot be parsed") from exc
+        host = target.raw_host
+        if target.scheme not in ("http", "https") or not host:
+            raise InvalidUrlError("the URL must be an absolute http(s) URL with a host")
+        if target.scheme == "http" and not self._allow_http:
+            raise InsecureUrlError("http:// is not allowed, use https://")
+        try:
+            check_literal_host(host, self._allow_private)
+        except ValueError as exc:  # BlockedAddressError is an OSError and passes through
+            raise InvalidUrlError(str(exc)) from exc
+        return target
+
+    async def _exchange(
+        self,
+        session: aiohttp.ClientSession,
+        target: URL,
+        delivery: Delivery,
+        signature_headers: Mapping[str, str],
+    ) -> tuple[int, str, str, str | None, float | None]:
+        """Status, reason, body excerpt, Location and Retry-After of one POST."""
+        headers = {
+            **signature_headers,
+            "Content-Type": "application/json",
+            "User-Agent": self._user_agent,
+            "X-MisarMail-Event": delivery.event_type,
+            "X-MisarMail-Delivery": str(delivery.id),
+            "X-MisarMail-Attempt": str(delivery.attempt),
+        }
+        # aiohttp's ClientTimeout(total) covers this too; the loop deadline is the backstop that
+        # does not depend on which of aiohttp's timers a dripping receiver happens to hit.
+        deadline = asyncio.get_running_loop().time() + self._timeout_s
+        async with asyncio.timeout_at(deadline):
+            resp = await session.post(
+                target, data=delivery.body, headers=headers, allow_redirects=False
+            )
+        body = bytearray()
+        try:
+            with contextlib.suppress(TimeoutError, aiohttp.ClientError):
+                async with asyncio.timeout_at(deadline):
+                    while len(body) < self._excerpt_bytes:
+                        chunk = await resp.content.read(self._excerpt_bytes - len(body))
+                        if not chunk:
+                            break
+                        body += chunk
+        finally:
+            if resp.content.at_eof():
+                resp.release()  # body fully read: the connection can be kept alive
+            else:
+                resp.close()  # never drain the rest of a huge or endless body
+        retry_after = None
+        if resp.status in _RETRY_AFTER_STATUSES:
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        excerpt = body.decode("utf-8", errors="replace")
+        return resp.status, resp.reason or "", excerpt, resp.headers.get("Location"), retry_after
+
+
+def outcome_for_exception(
+    exc: Exception, delivery: Delivery, started_at: datetime, duration_ms: int
+) -> Outcome:
+    """The Outcome of an attempt that got no HTTP status, from the exception that ended it.
+
+    Checks run from the most specific class to the least (aiohttp's tree: certificate errors are
+    SSL errors are connector errors are OS errors). Messages are short and built from exception
+    attributes, never ``str()`` of aiohttp errors that embed the URL (which may carry tokens).
+    """
+    kind, message = _classify(exc)
+    return Outcome(
+        delivery_id=delivery.id,
+        lease=delivery.lease,
+        started_at=started_at,
+        duration_ms=duration_ms,
+        status=0,
+        error_kind=kind,
+        error_message=_short(message),
+    )
+
+
+def _classify(exc: Exception) -> tuple[ErrorKind, str]:  # noqa: C901 - one flat decision table
+    if isinstance(exc, BlockedAddressError):
+        return ErrorKind.BLOCKED_ADDRESS, f"refused by SSRF guard: {exc}"
+    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
+        exc.os_error, BlockedAddressError
+    ):
+        return ErrorKind.BLOCKED_ADDRESS, f"refused by SSRF guard: {exc.os_error}"
+    if isinstance(exc, InsecureUrlError):
+        return ErrorKind.INSECURE_URL, str(exc)
+    if isinstance(exc, InvalidUrlError):
+        return ErrorKind.INVALID_URL, str(exc)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return ErrorKind.INVALID_URL, "aiohttp refused the URL"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        cert_error = exc.certificate_error
+        reason = getattr(cert_error, "verify_message", None) or str(cert_error)
+        return ErrorKind.TLS, f"TLS certificate of {exc.host} rejected: {reason}"
+    if isinstance(exc, aiohttp.ClientSSLError | aiohttp.ServerFingerprintMismatch | ssl.SSLError):
+        return ErrorKind.TLS, f"TLS handshake failed: {_os_reason(exc)}"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return ErrorKind.DNS, f"cannot resolve {exc.host}: {_os_reason(exc.os_error)}"
+    if isinstance(exc, TimeoutError):
+        return ErrorKind.TIMEOUT, "no response within the timeout"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return ErrorKind.CONNECT, f"cannot connect to {exc.host}:{exc.port}: {_os_reason(exc)}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return ErrorKind.DISCONNECTED, "server closed the connection without a response"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        # The parser's message quotes the offending bytes after a colon; keep only its reason.
+        reason = exc.message.split(":", 1)[0]
+        return ErrorKind.PROTOCOL, f"invalid HTTP response: {reason}"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return ErrorKind.PROTOCOL, "invalid HTTP response body"
+    if isinstance(exc, aiohttp.ClientConnectionError | ConnectionError):
+        return ErrorKind.DISCONNECTED, f"connection lost: {_os_reason(exc)}"
+    if isinstance(exc, OSError):
+        return ErrorKind.CONNECT, f"network error: {_os_reason(exc)}"
+    return ErrorKind.PROTOCOL, f"unexpected {type(exc).__name__}"
+
+
+def _os_reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return type(exc).__name__
+
+
+def _short(text: str) -> str:
+    """First line, at most _MESSAGE_CHARS: messages land in an SQL log, not a debugger."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= _MESSAGE_CHARS else line[: _MESSAGE_CHARS - 1] + "…"
+
+
+def _elapsed_ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)

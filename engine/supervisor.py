@@ -1,0 +1,198 @@
+"""The dispatcher: claims due deliveries for actors with room, and supervises the actors.
+
+Back-pressure stays in the database: a claim asks for at most each actor's free room (endpoints
+without an actor get a default room), so a backlog never floods memory and one endpoint's backlog
+never starves another's new work. Actors are supervised, not grouped: a crash is logged and the
+actor restarted with backoff, without touching the others; idle actors end and are forgotten, so
+10,000 quiet endpoints cost nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from uuid import UUID
+
+import structlog
+
+from engine.actor import ActorDeps, EndpointActor
+from engine.aio import wait_first
+from engine.models import Delivery, EndpointConfig
+from engine.store import Store
+
+log = structlog.get_logger("engine.supervisor")
+
+RESTART_BACKOFF_S = (0.1, 0.5, 2.0, 5.0)
+DEFAULT_IN_FLIGHT = 8  # endpoints.max_in_flight's default, for endpoints without an actor yet
+
+
+class Dispatcher:
+    """Owns the actors. run() returns after a stop, once every started attempt has an outcome."""
+
+    def __init__(
+        self,
+        store: Store,
+        deps: ActorDeps,
+        *,
+        poll_interval_s: float,
+        claim_batch: int,
+        shutdown_grace_s: float,
+        on_claim_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._deps = deps
+        self._poll_s = poll_interval_s
+        self._claim_batch = claim_batch
+        self._grace_s = shutdown_grace_s
+        self._on_claim_error = on_claim_error
+        self.actors: dict[UUID, EndpointActor] = {}
+        self._supervisors: dict[UUID, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._after: UUID | None = None
+        self._waiting: bool | None = None
+        self.claims = 0
+        self.claimed = 0
+        self.crashes = 0
+
+    def wake(self) -> None:
+        """Claim soon (a NOTIFY arrived, an actor has room, a result was written)."""
+        self._wake.set()
+
+    @property
+    def default_room(self) -> int:
+        return DEFAULT_IN_FLIGHT * self._deps.queue_per_in_flight
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                timeout = await self._claim_cycle()
+                await wait_first(self._wake, stop, seconds=timeout)
+        finally:
+            await self._shutdown()
+
+    async def _claim_cycle(self) -> float:
+        """Claim until nothing more fits or is due; return how long to sleep before the next."""
+        try:
+            while True:
+                rooms = {eid: actor.room() for eid, actor in self.actors.items()}
+                rows = await self._store.claim(
+                    rooms,
+                    default_room=self.default_room,
+                    max_rows=self._claim_batch,
+                    after=self._after,
+                )
+                self.claims += 1
+                self.claimed += len(rows)
+                for delivery, config in rows:
+                    self._actor_for(config).offer(delivery)
+                if len(rows) < self._claim_batch:
+                    self._after = None
+                    break
+                self._after = rows[-1][1].id
+            # Asleep only when nothing was due although every actor had room: then the app's
+            # emit() must NOTIFY us. With full actors we wake ourselves when room appears.
+            idle = not rows and all(room > 0 for room in rooms.values())
+            await self._set_waiting(idle)
+            if not idle:
+                return self._poll_s
+            next_due = await self._store.next_due_at()
+        except (TimeoutError, OSError, ConnectionError) as exc:
+            self._claim_failed(exc)
+            return self._poll_s
+        except Exception as exc:
+            if not _is_connection_error(exc):
+                raise
+            self._claim_failed(exc)
+            return self._poll_s
+        if next_due is None:
+            return self._poll_s
+        return min(self._poll_s, max(0.005, (next_due - datetime.now(UTC)).total_seconds()))
+
+    def _claim_failed(self, exc: BaseException) -> None:
+        log.warning("claim_failed", error=repr(exc))
+        self._waiting = None
+        if self._on_claim_error is not None:
+            self._on_claim_error(exc)
+
+    async def _set_waiting(self, waiting: bool) -> None:
+        if self._waiting is not waiting:
+            await self._store.set_engine_waiting(waiting)
+            self._waiting = waiting
+
+    def _actor_for(self, config: EndpointConfig) -> EndpointActor:
+        actor = self.actors.get(config.id)
+        if actor is None:
+            actor = EndpointActor(config, self._deps)
+            self.actors[config.id] = actor
+            self._supervisors[config.id] = asyncio.get_running_loop().create_task(
+                self._supervise(actor), name=f"actor-{config.id}"
+            )
+        else:
+            actor.update(config)
+        return actor
+
+    async def _supervise(self, actor: EndpointActor) -> None:
+        failures = 0
+        try:
+            while True:
+                try:
+                    await actor.run()
+                except Exception:  # isolate one endpoint's crash from the others
+                    self.crashes += 1
+                    delay = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)]
+                    failures += 1
+                    log.exception(
+                        "actor_crashed", endpoint_id=actor.endpoint_id, restart_in_s=delay
+                    )
+                    await asyncio.sleep(delay)
+                else:
+                    return
+        finally:
+            if (
+                self.actors.get(actor.config.id) is actor
+                and not actor.queued
+                and not actor.in_flight
+            ):
+                del self.actors[actor.config.id]
+                self._supervisors.pop(actor.config.id, None)
+
+    async def _shutdown(self) -> None:
+        """Stop claiming; release what never started; let in-flight attempts finish."""
+        unstarted: list[Delivery] = []
+        for actor in self.actors.values():
+            unstarted.extend(actor.stop())
+        if unstarted:
+            try:
+                released = await self._store.release(unstarted)
+                log.info("leases_released", count=released)
+            except Exception as exc:  # noqa: BLE001 - their leases simply expire instead
+                log.warning("leases_release_failed", count=len(unstarted), error=repr(exc))
+        actors = list(self.actors.values())
+        deadline = time.monotonic() + self._grace_s
+        waits = [asyncio.ensure_future(a.wait_in_flight()) for a in actors]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=max(0.0, deadline - time.monotonic()))
+            if pending:
+                log.warning("attempts_cut_at_shutdown", actors=len(pending))
+                for actor in actors:
+                    actor.cancel_in_flight()
+                await asyncio.wait(waits)
+        for task in self._supervisors.values():
+            task.cancel()
+        await asyncio.gather(*self._supervisors.values(), return_exceptions=True)
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """asyncpg's connection-level failures, which the dispatcher waits out."""
+    import asyncpg
+
+    return isinstance(
+        exc,
+        asyncpg.PostgresConnectionError
+        | asyncpg.InterfaceError
+        | asyncpg.CannotConnectNowError
+        | asyncpg.exceptions.AdminShutdownError,
+    )

@@ -1,0 +1,87 @@
+-- webhooks.emit: what MisarMail's triggers call, inside the app's own transaction.
+--
+-- Cost matters more here than anywhere: most accounts have no endpoint, so the common path is the
+-- argument checks plus one probe of endpoints_enabled_account_idx, and it writes nothing.
+-- With subscribers it writes the event and one delivery per endpoint, and sends a NOTIFY only when
+-- the engine said it is asleep (engine_state.waiting): NOTIFY takes a cluster-wide lock at commit
+-- that serialises the app's commits, so a busy engine (which never sleeps) costs the app no NOTIFY.
+CREATE OR REPLACE FUNCTION webhooks.emit(
+    p_account_id      text,
+    p_event_type      text,
+    p_payload         jsonb,
+    p_idempotency_key text DEFAULT NULL)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    v_endpoints uuid[];
+    v_event_id  bigint;
+    v_limit     integer;
+    v_size      integer;
+BEGIN
+    IF p_account_id IS NULL OR p_account_id = '' THEN
+        PERFORM webhooks.invalid('account_id', 'must not be empty');
+    END IF;
+    IF p_event_type IS NULL OR NOT EXISTS (SELECT 1 FROM webhooks.event_types t WHERE t.name = p_event_type) THEN
+        RAISE EXCEPTION 'event_type: unknown event type %', coalesce(quote_literal(left(p_event_type, 100)), 'NULL')
+            USING ERRCODE = 'WH002', COLUMN = 'event_type',
+                  HINT = 'see SELECT name FROM webhooks.event_types';
+    END IF;
+    IF p_payload IS NULL OR jsonb_typeof(p_payload) <> 'object' THEN
+        PERFORM webhooks.invalid('payload', format('must be a JSON object, got %s',
+                                                   coalesce(jsonb_typeof(p_payload), 'NULL')));
+    END IF;
+    IF p_idempotency_key IS NOT NULL AND (p_idempotency_key = '' OR length(p_idempotency_key) > 255) THEN
+        PERFORM webhooks.invalid('idempotency_key', 'must be 1 to 255 characters');
+    END IF;
+
+    SELECT array_agg(e.id ORDER BY e.id) INTO v_endpoints
+      FROM webhooks.endpoints e
+     WHERE e.account_id = p_account_id
+       AND e.enabled
+       AND (p_event_type = ANY (e.event_types)
+            OR '*' = ANY (e.event_types)
+            OR split_part(p_event_type, '.', 1) || '.*' = ANY (e.event_types));
+    IF v_endpoints IS NULL THEN
+        RETURN NULL;
+    END IF;
+
+    SELECT s.max_payload_bytes INTO v_limit FROM webhooks.settings s;
+    v_size := octet_length(p_payload::text);
+    IF v_size > v_limit THEN
+        RAISE EXCEPTION 'payload: % bytes is over the limit of % bytes', v_size, v_limit
+            USING ERRCODE = 'WH003', COLUMN = 'payload';
+    END IF;
+
+    IF p_idempotency_key IS NOT NULL THEN
+        SELECT k.event_id INTO v_event_id FROM webhooks.idempotency_keys k
+         WHERE k.account_id = p_account_id AND k.key = p_idempotency_key;
+        IF FOUND THEN
+            RETURN v_event_id;
+        END IF;
+    END IF;
+
+    INSERT INTO webhooks.events (account_id, type, payload, idempotency_key)
+    VALUES (p_account_id, p_event_type, p_payload, p_idempotency_key)
+    RETURNING id INTO v_event_id;
+
+    IF p_idempotency_key IS NOT NULL THEN
+        -- A concurrent transaction with the same key waits here for the first to commit, then takes
+        -- the unique violation: it then returns the winner's event and its own writes roll back.
+        BEGIN
+            INSERT INTO webhooks.idempotency_keys (account_id, key, event_id)
+            VALUES (p_account_id, p_idempotency_key, v_event_id);
+        EXCEPTION WHEN unique_violation THEN
+            DELETE FROM webhooks.events ev WHERE ev.id = v_event_id AND ev.created_at = now();
+            SELECT k.event_id INTO v_event_id FROM webhooks.idempotency_keys k
+             WHERE k.account_id = p_account_id AND k.key = p_idempotency_key;
+            RETURN v_event_id;
+        END;
+    END IF;
+
+    INSERT INTO webhooks.deliveries (event_id, event_created_at, event_type, endpoint_id)
+    SELECT v_event_id, now(), p_event_type, ep FROM unnest(v_endpoints) AS ep;
+
+    IF (SELECT st.waiting FROM webhooks.engine_state st) THEN
+        PERFORM pg_notify('webhooks_wakeup', '');
+    END IF;
+    RETURN v_event_id;
+END $$;

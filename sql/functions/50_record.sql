@@ -1,0 +1,121 @@
+-- Records a batch of attempt results (parallel arrays, one element per attempt) and moves each
+-- delivery on: delivered and failed-for-good deliveries leave the hot table for delivery_outcomes;
+-- the others get their next due time from settings.retry_schedule, computed here so that SQL and
+-- every engine agree on it.
+--
+-- Fenced by the lease: a result whose delivery is gone or was re-leased (the engine was presumed
+-- dead and another claim took it) still gets its attempt row, marked 'stale', but changes nothing.
+-- 410 Gone disables the endpoint at once; a failure after settings.disable_after without any success
+-- disables it too. Returns one row per input with what happened.
+CREATE OR REPLACE FUNCTION webhooks.record_attempts_v1(
+    p_delivery_ids  bigint[],
+    p_leases        uuid[],
+    p_started_at    timestamptz[],
+    p_duration_ms   integer[],
+    p_status_codes  integer[],
+    p_error_kinds   text[],
+    p_error_msgs    text[],
+    p_excerpts      text[],
+    p_retry_after_s double precision[])
+RETURNS TABLE (delivery_id bigint, outcome text, attempt integer, next_attempt_at timestamptz)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_set        webhooks.settings;
+    v_d          webhooks.deliveries;
+    v_ep         webhooks.endpoints;
+    v_n          integer;
+    v_status     integer;
+    v_delay      interval;
+    v_next       timestamptz;
+    v_outcome    text;
+    v_error      text;
+    v_successes  uuid[] := '{}';
+BEGIN
+    SELECT * INTO v_set FROM webhooks.settings;
+    FOR i IN 1 .. coalesce(cardinality(p_delivery_ids), 0) LOOP
+        v_status := coalesce(p_status_codes[i], 0);
+        v_error := CASE WHEN p_error_kinds[i] IS NULL THEN NULL
+                        ELSE p_error_kinds[i] || coalesce(': ' || p_error_msgs[i], '') END;
+        SELECT * INTO v_d FROM webhooks.deliveries d WHERE d.id = p_delivery_ids[i] FOR UPDATE;
+        IF NOT FOUND OR v_d.lease_token IS DISTINCT FROM p_leases[i] THEN
+            INSERT INTO webhooks.attempts
+                (delivery_id, endpoint_id, event_id, attempt, started_at, duration_ms, status_code,
+                 error_kind, error_message, response_excerpt, outcome)
+            SELECT p_delivery_ids[i], coalesce(v_d.endpoint_id, o.endpoint_id), coalesce(v_d.event_id, o.event_id),
+                   coalesce(v_d.attempts, o.attempts) + 1, p_started_at[i], p_duration_ms[i], v_status,
+                   p_error_kinds[i], p_error_msgs[i], p_excerpts[i], 'stale'
+              FROM (SELECT 1) one
+              LEFT JOIN LATERAL (SELECT * FROM webhooks.delivery_outcomes x
+                                  WHERE x.delivery_id = p_delivery_ids[i]
+                                  ORDER BY x.ended_at DESC LIMIT 1) o ON true
+             WHERE v_d.id IS NOT NULL OR o.delivery_id IS NOT NULL;
+            delivery_id := p_delivery_ids[i]; outcome := 'stale'; attempt := NULL; next_attempt_at := NULL;
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+
+        v_n := v_d.attempts + 1;
+        v_next := NULL;
+        IF v_status BETWEEN 200 AND 299 THEN
+            v_outcome := 'delivered';
+            v_successes := v_successes || v_d.endpoint_id;
+        ELSIF v_status = 410 OR v_n > cardinality(v_set.retry_schedule) THEN
+            v_outcome := 'failed';
+        ELSE
+            v_outcome := 'retry';
+            v_delay := v_set.retry_schedule[v_n] * (1 + v_set.retry_jitter * (2 * random() - 1));
+            IF v_status IN (429, 503) AND p_retry_after_s[i] IS NOT NULL THEN
+                v_delay := least(greatest(make_interval(secs => p_retry_after_s[i]), v_delay), 2 * v_delay);
+            END IF;
+            v_next := now() + v_delay;
+        END IF;
+
+        INSERT INTO webhooks.attempts
+            (delivery_id, endpoint_id, event_id, attempt, started_at, duration_ms, status_code,
+             error_kind, error_message, response_excerpt, outcome, next_attempt_at)
+        VALUES (v_d.id, v_d.endpoint_id, v_d.event_id, v_n, p_started_at[i], p_duration_ms[i], v_status,
+                p_error_kinds[i], p_error_msgs[i], p_excerpts[i], v_outcome, v_next);
+
+        IF v_outcome = 'retry' THEN
+            UPDATE webhooks.deliveries d
+               SET attempts = v_n, due_at = v_next, lease_token = NULL, last_status = v_status,
+                   last_error = v_error, last_attempt_at = p_started_at[i]
+             WHERE d.id = v_d.id;
+        ELSE
+            DELETE FROM webhooks.deliveries d WHERE d.id = v_d.id;
+            INSERT INTO webhooks.delivery_outcomes
+                (delivery_id, event_id, event_created_at, event_type, endpoint_id, status, attempts,
+                 last_status, last_error, created_at)
+            VALUES (v_d.id, v_d.event_id, v_d.event_created_at, v_d.event_type, v_d.endpoint_id,
+                    v_outcome, v_n, v_status,
+                    CASE WHEN v_outcome = 'failed' AND v_status = 410 THEN 'endpoint answered 410 Gone'
+                         WHEN v_outcome = 'failed' THEN coalesce(v_error, 'HTTP ' || v_status)
+                              || format(' (gave up after %s attempts)', v_n) END,
+                    v_d.created_at);
+        END IF;
+
+        IF v_outcome <> 'delivered' THEN
+            UPDATE webhooks.endpoints e SET failing_since = now()
+             WHERE e.id = v_d.endpoint_id AND e.failing_since IS NULL;
+            SELECT * INTO v_ep FROM webhooks.endpoints e WHERE e.id = v_d.endpoint_id;
+            IF v_ep.enabled AND v_status = 410 THEN
+                PERFORM webhooks.disable_endpoint(v_d.endpoint_id, 'endpoint answered 410 Gone');
+            ELSIF v_ep.enabled AND v_ep.failing_since < now() - v_set.disable_after
+                  AND (v_ep.last_success_at IS NULL OR v_ep.last_success_at < now() - v_set.disable_after) THEN
+                PERFORM webhooks.disable_endpoint(v_d.endpoint_id,
+                    format('no successful delivery for %s', v_set.disable_after));
+            END IF;
+        END IF;
+
+        delivery_id := v_d.id; outcome := v_outcome; attempt := v_n; next_attempt_at := v_next;
+        RETURN NEXT;
+    END LOOP;
+
+    -- One write per endpoint per batch, and only when something changes or the stamp is old, so a
+    -- busy endpoint does not churn its row.
+    UPDATE webhooks.endpoints e SET last_success_at = now(), failing_since = NULL
+     WHERE e.id = ANY (v_successes)
+       AND (e.failing_since IS NOT NULL OR e.last_success_at IS NULL
+            OR e.last_success_at < now() - interval '10 seconds');
+END $$;

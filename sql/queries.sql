@@ -1,0 +1,54 @@
+-- Named statements the engine runs (engine/store.py wraps each in a typed coroutine).
+-- Each is one call of a function in sql/functions/, so the logic stays in SQL and is tested there.
+
+-- name: claim
+SELECT * FROM webhooks.claim_v1($1::uuid[], $2::integer[], $3::integer, $4::integer, $5::uuid);
+
+-- name: record_attempts
+SELECT * FROM webhooks.record_attempts_v1($1::bigint[], $2::uuid[], $3::timestamptz[], $4::integer[],
+    $5::integer[], $6::text[], $7::text[], $8::text[], $9::double precision[]);
+
+-- name: release
+SELECT webhooks.release_v1($1::bigint[], $2::uuid[]);
+
+-- name: set_engine_waiting
+SELECT webhooks.set_engine_waiting_v1($1::boolean);
+
+-- name: next_due_at
+SELECT webhooks.next_due_at_v1();
+
+-- name: settings
+SELECT allow_http, allow_private_networks, retry_schedule, max_payload_bytes, retention, lease_duration
+  FROM webhooks.settings;
+
+-- name: maintain
+SELECT webhooks.maintain_v1();
+
+-- name: emit
+SELECT webhooks.emit($1::text, $2::text, $3::jsonb, $4::text);
+
+-- name: create_endpoint
+SELECT id, secret FROM webhooks.create_endpoint($1::text, $2::text, $3::text[], $4::text, $5::text,
+    $6::integer, $7::text, $8::double precision);
+
+-- name: update_endpoint
+SELECT id FROM webhooks.update_endpoint($1::uuid, $2::text, $3::text[], $4::text, $5::integer, $6::text,
+    $7::double precision);
+
+-- name: disable_endpoint
+SELECT id FROM webhooks.disable_endpoint($1::uuid, $2::text);
+
+-- name: enable_endpoint
+SELECT id FROM webhooks.enable_endpoint($1::uuid);
+
+-- name: delete_endpoint
+SELECT webhooks.delete_endpoint($1::uuid);
+
+-- name: rotate_secret
+SELECT webhooks.rotate_secret($1::uuid, $2::interval, $3::text);
+
+-- name: redeliver
+SELECT webhooks.redeliver($1::bigint);
+
+-- name: recover
+SELECT webhooks.recover($1::uuid, $2::timestamptz);
