@@ -105,7 +105,8 @@ class Engine:
         )
         async with asyncio.TaskGroup() as tg:
             writer_task = tg.create_task(writer.run(), name="result-writer")
-            tg.create_task(listener.run(stop), name="listener")
+            if s.listen:
+                tg.create_task(listener.run(stop), name="listener")
             tg.create_task(self._maintain(store, stop), name="maintenance")
             tg.create_task(self._refresh_policy(store, sender, stop), name="policy")
             self.started.set()

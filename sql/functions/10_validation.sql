@@ -66,8 +66,9 @@ BEGIN
         ELSIF v_type = '*' THEN
             CONTINUE;
         ELSIF v_type LIKE '%.*' THEN
+            -- Compare the prefix as text: LIKE would take '%' or '_' in the input as patterns.
             IF NOT EXISTS (SELECT 1 FROM webhooks.event_types
-                           WHERE name LIKE left(v_type, -1) || '%') THEN
+                           WHERE split_part(name, '.', 1) || '.*' = v_type) THEN
                 PERFORM webhooks.invalid('event_types',
                     format('wildcard %s matches no known event type', quote_literal(left(v_type, 100))));
             END IF;

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -439,7 +440,7 @@ async def test_rotate_keeps_old_secret_for_the_grace_period(conn: asyncpg.Connec
     row = await endpoint_row(conn, endpoint_id)
     assert row["secret"] == new
     assert row["previous_secret"] == old
-    assert row["previous_secret_expires_at"] - now == __import__("datetime").timedelta(hours=2)
+    assert row["previous_secret_expires_at"] - now == timedelta(hours=2)
     assert await secrets_now(conn, endpoint_id) == [new, old]
 
 
@@ -493,7 +494,7 @@ async def test_rotate_refuses_invalid_input(
     given = secret if new_secret == "CURRENT" else new_secret
     with pytest.raises(asyncpg.PostgresError) as info:
         await conn.execute(
-            "SELECT webhooks.rotate_secret($1, $2::interval, $3)", endpoint_id, grace, given
+            "SELECT webhooks.rotate_secret($1, $2::text::interval, $3)", endpoint_id, grace, given
         )
     assert info.value.sqlstate == "WH001"
     assert info.value.column_name == column

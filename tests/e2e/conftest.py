@@ -1,0 +1,68 @@
+"""Fixtures for running the whole engine in-process against a real Postgres and Receiver."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+
+from engine.app import Engine
+from engine.config import Settings
+from tests.support.engines import RunningEngine
+from tests.support.receiver import Receiver
+
+# Short enough that tests finish quickly, long enough for a loaded 2-core machine.
+TEST_SETTINGS = Settings(
+    request_timeout_s=2.0,
+    shutdown_grace_s=4.0,
+    poll_interval_s=0.2,
+    actor_idle_s=2.0,
+    listener_probe_s=0.5,
+    migrate=False,
+)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A scriptable HTTP receiver on 127.0.0.1."""
+    async with Receiver() as r:
+        yield r
+
+
+@pytest.fixture
+async def open_policy(conn: asyncpg.Connection) -> None:
+    """Let the engine reach the loopback receiver over http, with a retry schedule in seconds."""
+    await conn.execute(
+        "UPDATE webhooks.settings SET allow_http = true, allow_private_networks = true,"
+        " retry_schedule = '{1 second, 1 second, 1 second}', retry_jitter = 0"
+    )
+
+
+@pytest.fixture
+async def start_engine(
+    db_url: str,
+) -> AsyncIterator[Callable[..., Awaitable[RunningEngine]]]:
+    """Start engines on this test's database; all are stopped at the end of the test."""
+    running: list[RunningEngine] = []
+
+    async def start(**overrides: Any) -> RunningEngine:
+        engine = Engine(TEST_SETTINGS.replace(**overrides), db_url)
+        stop_event = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(engine.run(stop_event))
+        handle = RunningEngine(engine, task, stop_event)
+        running.append(handle)
+        started = asyncio.ensure_future(engine.started.wait())
+        await asyncio.wait([started, task], return_when=asyncio.FIRST_COMPLETED, timeout=30)
+        started.cancel()
+        if task.done():
+            task.result()
+        assert engine.started.is_set(), "engine did not start within 30 s"
+        return handle
+
+    yield start
+    for handle in running:
+        if not handle.task.done():
+            await handle.stop()

@@ -1,0 +1,305 @@
+"""Sender against the real scripted Receiver over loopback: every outcome kind, no mocks."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import trustme
+
+from engine.models import Delivery, ErrorKind
+from engine.sender import Sender
+from tests.support.receiver import MIB, Receiver, Reply
+
+TIMEOUT_S = 0.5
+# Generous: the machine is shared and noisy; the point is "bounded", not "fast".
+SLACK_S = 5.0
+
+
+def make_delivery(attempt: int = 1) -> Delivery:
+    """A small delivery as the dispatcher would claim it."""
+    return Delivery(
+        id=42,
+        lease=uuid.uuid4(),
+        attempt=attempt,
+        endpoint_id=uuid.uuid4(),
+        event_id=7,
+        event_type="email.delivered",
+        body=b'{"id":"evt_7","type":"email.delivered","data":{}}',
+    )
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A plain-HTTP receiver on 127.0.0.1."""
+    async with Receiver() as r:
+        yield r
+
+
+@pytest.fixture
+async def sender() -> AsyncIterator[Sender]:
+    """A sender allowed to reach the loopback receiver (guard off, http allowed)."""
+    async with Sender(timeout_s=TIMEOUT_S, allow_http=True, allow_private_networks=True) as s:
+        yield s
+
+
+@pytest.fixture
+async def guarded_sender() -> AsyncIterator[Sender]:
+    """A sender with the SSRF guard on, as in production (http allowed to isolate the guard)."""
+    async with Sender(timeout_s=TIMEOUT_S, allow_http=True, allow_private_networks=False) as s:
+        yield s
+
+
+async def test_2xx_succeeds_with_headers_body_and_excerpt(
+    receiver: Receiver, sender: Sender
+) -> None:
+    """A 200 is a success, and the receiver gets the exact body and the documented headers."""
+    receiver.script("/hook", Reply(status=200, body=b"thanks"))
+    delivery = make_delivery(attempt=3)
+    outcome = await sender.send(receiver.url("/hook"), delivery, {"X-MisarMail-Signature": "t=1"})
+    assert outcome.succeeded
+    assert (outcome.status, outcome.error_kind, outcome.error_message) == (200, None, None)
+    assert outcome.response_excerpt == "thanks"
+    assert (outcome.delivery_id, outcome.lease) == (delivery.id, delivery.lease)
+    assert outcome.started_at.utcoffset() is not None
+    assert outcome.duration_ms >= 0
+    [request] = await receiver.wait_for(1, path="/hook")
+    assert request.method == "POST"
+    assert request.body == delivery.body
+    assert request.headers["Content-Type"] == "application/json"
+    assert request.headers["User-Agent"] == "MisarMail-Webhooks/0.1"
+    assert request.headers["X-MisarMail-Event"] == "email.delivered"
+    assert request.headers["X-MisarMail-Delivery"] == "42"
+    assert request.headers["X-MisarMail-Attempt"] == "3"
+    assert request.headers["X-MisarMail-Signature"] == "t=1"
+
+
+async def test_500_is_an_http_status_failure(receiver: Receiver, sender: Sender) -> None:
+    """A 500 fails with HTTP_STATUS, keeping the status and the body excerpt."""
+    receiver.script("/hook", Reply(status=500, body=b"boom"))
+    outcome = await sender.send(receiver.url("/hook"), make_delivery(), {})
+    assert not outcome.succeeded
+    assert (outcome.status, outcome.error_kind) == (500, ErrorKind.HTTP_STATUS)
+    assert outcome.response_excerpt == "boom"
+    assert outcome.retry_after_s is None
+
+
+async def test_script_replies_in_order_and_repeats_the_last(
+    receiver: Receiver, sender: Sender
+) -> None:
+    """Scripted replies are consumed in order, the last one repeating, over one shared session."""
+    receiver.script("/hook", Reply(status=500), Reply(status=204))
+    statuses = [(await sender.send(receiver.url("/hook"), make_delivery(), {})).status]
+    statuses += [(await sender.send(receiver.url("/hook"), make_delivery(), {})).status]
+    statuses += [(await sender.send(receiver.url("/hook"), make_delivery(), {})).status]
+    assert statuses == [500, 204, 204]
+    assert len(await receiver.wait_for(3, path="/hook")) == 3
+
+
+async def test_redirect_is_not_followed(receiver: Receiver, sender: Sender) -> None:
+    """A 302 fails with REDIRECT naming the Location, and the target is never requested."""
+    receiver.script("/hook", Reply.redirect(receiver.url("/elsewhere")))
+    outcome = await sender.send(receiver.url("/hook"), make_delivery(), {})
+    assert (outcome.status, outcome.error_kind) == (302, ErrorKind.REDIRECT)
+    assert outcome.error_message is not None
+    assert receiver.url("/elsewhere") in outcome.error_message
+    await asyncio.sleep(0.1)  # room for a (wrongly) followed redirect to arrive
+    assert [r.path for r in receiver.received] == ["/hook"]
+
+
+async def test_hanging_endpoint_times_out(receiver: Receiver, sender: Sender) -> None:
+    """An endpoint that never answers yields TIMEOUT, bounded by the sender's timeout."""
+    receiver.script("/hook", Reply(delay_s=60))
+    started = time.monotonic()
+    outcome = await sender.send(receiver.url("/hook"), make_delivery(), {})
+    elapsed = time.monotonic() - started
+    assert (outcome.status, outcome.error_kind) == (0, ErrorKind.TIMEOUT)
+    assert TIMEOUT_S * 0.9 <= elapsed < TIMEOUT_S + SLACK_S
+    assert outcome.duration_ms >= TIMEOUT_S * 900
+
+
+async def test_slow_drip_body_is_bounded_by_the_timeout(receiver: Receiver, sender: Sender) -> None:
+    """Headers then one byte per 0.2 s cannot stretch the attempt past the deadline."""
+    body = b"d" * 1000  # 200 s at this pace
+    receiver.script("/hook", Reply(status=200, body=body, drip_s=0.2))
+    started = time.monotonic()
+    outcome = await sender.send(receiver.url("/hook"), make_delivery(), {})
+    assert time.monotonic() - started < TIMEOUT_S + SLACK_S
+    # The status line arrived in time, so it decides; the excerpt is what dripped in.
+    assert outcome.status == 200
+    assert outcome.response_excerpt is not None
+    assert 0 < len(outcome.response_excerpt) < len(body)
+    assert body.decode().startswith(outcome.response_excerpt)
+
+
+async def test_endless_body_is_capped_at_the_excerpt(receiver: Receiver) -> None:
+    """An endless streamed body is read only up to excerpt_bytes, then the connection is cut."""
+    receiver.script("/hook", Reply(status=200, endless=True))
+    async with Sender(
+        timeout_s=TIMEOUT_S * 4, allow_http=True, allow_private_networks=True, excerpt_bytes=1000
+    ) as sender:
+        started = time.monotonic()
+        outcome = await sender.send(receiver.url("/hook"), make_delivery(), {})
+        assert time.monotonic() - started < TIMEOUT_S * 4 + SLACK_S
+    assert outcome.status == 200
+    assert outcome.response_excerpt == "x" * 1000
+
+
+async def test_huge_body_excerpt_is_capped(receiver: Receiver, sender: Sender) -> None:
+    """A 10 MiB body yields an excerpt of exactly excerpt_bytes (16 KiB by default)."""
+    receiver.script("/hook", Reply(status=500, extra_body_bytes=10 * MIB))
+    outcome = await sender.send(receiver.url("/hook"), make_delivery(), {})
+    assert (outcome.status, outcome.error_kind) == (500, ErrorKind.HTTP_STATUS)
+    assert outcome.response_excerpt == "x" * 16384
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected_s"),
+    [
+        (Reply.retry_after("7"), 7.0),
+        (Reply.retry_after("120", status=503), 120.0),
+        (Reply.retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), 0.0),  # a date in the past
+        (Reply.retry_after("soon"), None),
+        (Reply(status=500, headers={"Retry-After": "7"}), None),  # only 429 and 503 count
+    ],
+)
+async def test_retry_after_is_parsed_on_429_and_503(
+    receiver: Receiver, sender: Sender, reply: Reply, expected_s: float | None
+) -> None:
+    """Retry-After is parsed into seconds on 429/503 and ignored on other statuses."""
+    receiver.script("/hook", reply)
+    outcome = await sender.send(receiver.url("/hook"), make_delivery(), {})
+    assert (outcome.status, outcome.error_kind) == (reply.status, ErrorKind.HTTP_STATUS)
+    assert outcome.retry_after_s == expected_s
+
+
+async def test_connection_reset_is_a_transport_failure(receiver: Receiver, sender: Sender) -> None:
+    """A TCP reset instead of a response yields status 0 and CONNECT or DISCONNECTED."""
+    receiver.script("/hook", Reply(reset=True))
+    outcome = await sender.send(receiver.url("/hook"), make_delivery(), {})
+    assert outcome.status == 0
+    assert outcome.error_kind in {ErrorKind.CONNECT, ErrorKind.DISCONNECTED}
+
+
+async def test_invalid_http_is_a_protocol_error(receiver: Receiver, sender: Sender) -> None:
+    """Bytes that are not an HTTP response yield PROTOCOL, quoting none of them."""
+    receiver.script("/hook", Reply(raw=b"SECRET-LOOKING GARBAGE\r\n\r\n"))
+    outcome = await sender.send(receiver.url("/hook"), make_delivery(), {})
+    assert (outcome.status, outcome.error_kind) == (0, ErrorKind.PROTOCOL)
+    assert outcome.error_message is not None
+    assert "GARBAGE" not in outcome.error_message
+
+
+async def test_enormous_headers_are_a_protocol_error(receiver: Receiver, sender: Sender) -> None:
+    """A 64 KiB response header is refused by the parser as PROTOCOL, not buffered."""
+    receiver.script("/hook", Reply(header_bytes=64 * 1024))
+    outcome = await sender.send(receiver.url("/hook"), make_delivery(), {})
+    assert (outcome.status, outcome.error_kind) == (0, ErrorKind.PROTOCOL)
+    assert outcome.error_message is not None
+    assert len(outcome.error_message) <= 200
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1:{port}", "[::1]:{port}", "[::ffff:127.0.0.1]:{port}", "localhost:{port}"]
+)
+async def test_guard_refuses_loopback(
+    receiver: Receiver, guarded_sender: Sender, host: str
+) -> None:
+    """Loopback literals (v4, v6, IPv4-mapped) and the name localhost never get a request."""
+    url = f"http://{host.format(port=receiver.port)}/hook"
+    outcome = await guarded_sender.send(url, make_delivery(), {})
+    assert (outcome.status, outcome.error_kind) == (0, ErrorKind.BLOCKED_ADDRESS)
+    await asyncio.sleep(0.1)
+    assert receiver.received == []
+
+
+@pytest.mark.parametrize("host", ["10.0.0.1", "169.254.169.254", "[fd00::1]", "[fe80::1]"])
+async def test_guard_refuses_private_literals_before_connecting(
+    guarded_sender: Sender, host: str
+) -> None:
+    """Private and metadata literals are refused by the pre-connect check, never dialled.
+
+    BLOCKED_ADDRESS for a literal can only come from the check that runs before aiohttp is
+    called (aiohttp skips the resolver for literals); a dial would end as CONNECT or TIMEOUT.
+    """
+    outcome = await guarded_sender.send(f"https://{host}/latest/meta-data/", make_delivery(), {})
+    assert (outcome.status, outcome.error_kind) == (0, ErrorKind.BLOCKED_ADDRESS)
+    assert outcome.error_message is not None
+    assert host.strip("[]") in outcome.error_message
+
+
+async def test_guard_off_reaches_localhost(receiver: Receiver, sender: Sender) -> None:
+    """With private networks allowed, the name localhost resolves and is delivered to."""
+    outcome = await sender.send(f"http://localhost:{receiver.port}/hook", make_delivery(), {})
+    assert outcome.status == 200
+    assert len(await receiver.wait_for(1, path="/hook")) == 1
+
+
+async def test_tightened_policy_applies_to_cached_dns_and_pooled_connections(
+    receiver: Receiver, sender: Sender
+) -> None:
+    """Turning private networks off refuses the next send even with a warm pool and DNS cache."""
+    url = f"http://localhost:{receiver.port}/hook"
+    assert (await sender.send(url, make_delivery(), {})).status == 200
+    sender.update_policy(allow_http=True, allow_private_networks=False)
+    outcome = await sender.send(url, make_delivery(), {})
+    assert outcome.error_kind is ErrorKind.BLOCKED_ADDRESS
+    sender.update_policy(allow_http=True, allow_private_networks=True)
+    assert (await sender.send(url, make_delivery(), {})).status == 200
+    assert len(receiver.received) == 2
+
+
+async def test_plain_http_is_refused_unless_allowed(receiver: Receiver) -> None:
+    """With allow_http off an http:// URL fails as INSECURE_URL before any connection."""
+    async with Sender(timeout_s=TIMEOUT_S, allow_private_networks=True) as sender:
+        outcome = await sender.send(receiver.url("/hook"), make_delivery(), {})
+        assert (outcome.status, outcome.error_kind) == (0, ErrorKind.INSECURE_URL)
+        sender.update_policy(allow_http=True, allow_private_networks=True)
+        assert (await sender.send(receiver.url("/hook"), make_delivery(), {})).status == 200
+    assert len(receiver.received) == 1
+
+
+@pytest.mark.parametrize("url", ["not a url", "ftp://example.com/hook", "https://127.1/hook"])
+async def test_unusable_urls_are_invalid(sender: Sender, url: str) -> None:
+    """URLs without an http(s) scheme and host, or with non-canonical IP hosts, are INVALID_URL."""
+    outcome = await sender.send(url, make_delivery(), {})
+    assert (outcome.status, outcome.error_kind) == (0, ErrorKind.INVALID_URL)
+
+
+async def test_untrusted_certificate_is_a_tls_failure(sender: Sender) -> None:
+    """A receiver with a certificate from an unknown CA fails as TLS, and gets no request."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_context)
+    async with Receiver(ssl_context=server_context) as tls_receiver:
+        outcome = await sender.send(tls_receiver.url("/hook"), make_delivery(), {})
+        assert (outcome.status, outcome.error_kind) == (0, ErrorKind.TLS)
+        assert outcome.error_message is not None
+        assert "certificate" in outcome.error_message
+        assert tls_receiver.received == []
+
+
+async def test_cancellation_propagates(receiver: Receiver, sender: Sender) -> None:
+    """Cancelling a send raises CancelledError instead of turning it into an Outcome."""
+    receiver.script("/hook", Reply(delay_s=60))
+    task = asyncio.create_task(sender.send(receiver.url("/hook"), make_delivery(), {}))
+    await receiver.wait_for(1, path="/hook")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_receiver_tracks_concurrency(receiver: Receiver, sender: Sender) -> None:
+    """Concurrent sends are seen as concurrent by the receiver, per path and overall."""
+    receiver.script("/slow", Reply(delay_s=0.2))
+    await asyncio.gather(
+        *(sender.send(receiver.url("/slow"), make_delivery(), {}) for _ in range(3)),
+        sender.send(receiver.url("/fast"), make_delivery(), {}),
+    )
+    assert receiver.max_concurrency("/slow") == 3
+    assert receiver.max_concurrency("/fast") == 1
+    assert receiver.max_concurrency() >= 3
