@@ -222,12 +222,13 @@ class Sender:
         # aiohttp's ClientTimeout(total) covers this too; the loop deadline is the backstop that
         # does not depend on which of aiohttp's timers a dripping receiver happens to hit.
         deadline = asyncio.get_running_loop().time() + self._timeout_s
-        async with asyncio.timeout_at(deadline):
-            resp = await session.post(
-                target, data=delivery.body, headers=headers, allow_redirects=False
-            )
+        resp: aiohttp.ClientResponse | None = None
         body = bytearray()
         try:
+            async with asyncio.timeout_at(deadline):
+                resp = await session.post(
+                    target, data=delivery.body, headers=headers, allow_redirects=False
+                )
             with contextlib.suppress(TimeoutError, aiohttp.ClientError):
                 async with asyncio.timeout_at(deadline):
                     while len(body) < self._excerpt_bytes:
@@ -235,16 +236,23 @@ class Sender:
                         if not chunk:
                             break
                         body += chunk
+            retry_after = None
+            if resp.status in _RETRY_AFTER_STATUSES:
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            location = resp.headers.get("Location")
+            return (
+                resp.status,
+                resp.reason or "",
+                body.decode(errors="replace"),
+                location,
+                retry_after,
+            )
         finally:
-            if resp.content.at_eof():
+            # resp is set even when the deadline fires just after post() returned.
+            if resp is not None and resp.content.at_eof():
                 resp.release()  # body fully read: the connection can be kept alive
-            else:
+            elif resp is not None:
                 resp.close()  # never drain the rest of a huge or endless body
-        retry_after = None
-        if resp.status in _RETRY_AFTER_STATUSES:
-            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-        excerpt = body.decode("utf-8", errors="replace")
-        return resp.status, resp.reason or "", excerpt, resp.headers.get("Location"), retry_after
 
 
 def outcome_for_exception(

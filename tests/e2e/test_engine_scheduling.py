@@ -1,0 +1,133 @@
+"""Per-endpoint ordering, concurrency and rate limits, isolation between endpoints, SSRF guard."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+
+from tests.support.engines import RunningEngine, create_endpoint, delivery_counts, wait_until
+from tests.support.receiver import Receiver, Reply
+
+StartEngine = Callable[..., Awaitable[RunningEngine]]
+
+
+def _event_ids(receiver: Receiver, path: str) -> list[str]:
+    return [json.loads(r.body)["id"] for r in receiver.received_on(path)]
+
+
+async def _emit(conn: asyncpg.Connection, n: int, account: str = "acct_1") -> list[int]:
+    rows = await conn.fetch(
+        "SELECT webhooks.emit($1, 'email.sent', jsonb_build_object('i', g)) AS id"
+        " FROM generate_series(1, $2) g",
+        account,
+        n,
+    )
+    return [r["id"] for r in rows]
+
+
+async def test_dispatch_ordering_starts_attempts_in_event_order(
+    conn: asyncpg.Connection, receiver: Receiver, open_policy: None, start_engine: StartEngine
+) -> None:
+    """Under 'dispatch' with several in flight, attempts start in event order."""
+    receiver.script("/d", Reply(delay_s=0.05))
+    await create_endpoint(conn, receiver.url("/d"), max_in_flight=4)
+    await start_engine()
+    await _emit(conn, 40)
+    await receiver.wait_for(40, "/d")
+    await wait_until(lambda: _all_delivered(conn, 40), what="40 delivered")
+    rows = await conn.fetch("SELECT event_id FROM webhooks.attempts ORDER BY started_at, id")
+    started = [r["event_id"] for r in rows]
+    assert started == sorted(started)
+
+
+async def test_strict_ordering_holds_later_deliveries_behind_a_failing_one(
+    conn: asyncpg.Connection, receiver: Receiver, open_policy: None, start_engine: StartEngine
+) -> None:
+    """Under 'strict' a failing delivery is retried until it succeeds before later ones go."""
+    receiver.script("/s", Reply(status=500), Reply(status=500), Reply(status=200))
+    await create_endpoint(conn, receiver.url("/s"), ordering="strict")
+    await start_engine()
+    ids = await _emit(conn, 3)
+    await receiver.wait_for(5, "/s", timeout_s=20)
+    first, second, third = (f"evt_{i}" for i in ids)
+    assert _event_ids(receiver, "/s") == [first, first, first, second, third]
+    assert receiver.max_concurrency("/s") == 1
+
+
+async def test_max_in_flight_is_never_exceeded(
+    conn: asyncpg.Connection, receiver: Receiver, open_policy: None, start_engine: StartEngine
+) -> None:
+    """An endpoint with max_in_flight 3 never sees more than 3 concurrent requests."""
+    receiver.script("/c", Reply(delay_s=0.2))
+    await create_endpoint(conn, receiver.url("/c"), max_in_flight=3)
+    await start_engine()
+    await _emit(conn, 24)
+    await receiver.wait_for(24, "/c", timeout_s=30)
+    assert receiver.max_concurrency("/c") == 3
+
+
+async def test_rate_limit_spaces_requests(
+    conn: asyncpg.Connection, receiver: Receiver, open_policy: None, start_engine: StartEngine
+) -> None:
+    """An endpoint limited to 5 requests/s gets them at least ~1/5 s apart."""
+    await create_endpoint(conn, receiver.url("/r"), rate_limit_per_s=5.0)
+    await start_engine()
+    await _emit(conn, 12)
+    got = await receiver.wait_for(12, "/r", timeout_s=30)
+    gaps = [b.arrived_at - a.arrived_at for a, b in zip(got, got[1:], strict=False)]
+    assert min(gaps) >= 0.15, f"requests {min(gaps):.3f} s apart under a 5/s limit"
+    for i in range(len(got) - 5):
+        assert got[i + 5].arrived_at - got[i].arrived_at >= 0.9, "6 requests within one second"
+
+
+async def test_slow_endpoint_does_not_slow_the_others(
+    conn: asyncpg.Connection, receiver: Receiver, open_policy: None, start_engine: StartEngine
+) -> None:
+    """While one endpoint takes 3 s per request, another's 60 events are all delivered."""
+    receiver.script("/slow", Reply(delay_s=3.0))
+    await create_endpoint(conn, receiver.url("/slow"), account="slow", max_in_flight=1)
+    await create_endpoint(conn, receiver.url("/fast"), account="fast")
+    await start_engine(request_timeout_s=5.0, shutdown_grace_s=6.0)
+    await _emit(conn, 5, account="slow")
+    await _emit(conn, 60, account="fast")
+    await receiver.wait_for(60, "/fast", timeout_s=20)
+    assert len(receiver.received_on("/slow")) <= 2, "fast endpoint waited for the slow one"
+
+
+async def test_ssrf_guard_refuses_non_public_addresses(
+    conn: asyncpg.Connection, receiver: Receiver, start_engine: StartEngine
+) -> None:
+    """With the guard on, loopback, private, link-local and mapped addresses are refused."""
+    await conn.execute("UPDATE webhooks.settings SET allow_http = true")
+    port = receiver.port
+    urls = [
+        f"http://127.0.0.1:{port}/a",
+        "http://10.0.0.1/b",
+        "http://169.254.169.254/latest/meta-data",
+        f"http://[::1]:{port}/c",
+        f"http://[::ffff:127.0.0.1]:{port}/d",
+        f"http://localhost:{port}/e",
+    ]
+    for i, url in enumerate(urls):
+        await create_endpoint(conn, url, account=f"a{i}")
+        await conn.execute("SELECT webhooks.emit($1, 'email.sent', '{}')", f"a{i}")
+    await start_engine()
+    await wait_until(lambda: _attempts(conn, len(urls)), what="one refused attempt per endpoint")
+    rows = await conn.fetch(
+        "SELECT e.url, a.error_kind, a.error_message FROM webhooks.attempts a"
+        " JOIN webhooks.endpoints e ON e.id = a.endpoint_id"
+    )
+    assert {r["url"] for r in rows} == set(urls)
+    assert {r["error_kind"] for r in rows} == {"blocked_address"}
+    assert all(r["error_message"] for r in rows)
+    assert receiver.received == []
+
+
+async def _all_delivered(conn: asyncpg.Connection, n: int) -> bool:
+    return (await delivery_counts(conn)).get("delivered", 0) >= n
+
+
+async def _attempts(conn: asyncpg.Connection, n: int) -> bool:
+    return int(await conn.fetchval("SELECT count(*) FROM webhooks.attempts")) >= n

@@ -1,0 +1,372 @@
+"""webhooks.emit against a real Postgres: subscribers, idempotency, validation and the wake-up NOTIFY."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import pytest
+
+EMIT = "SELECT webhooks.emit($1, $2, $3::jsonb, $4)"
+
+
+async def create(
+    conn: asyncpg.Connection, event_types: list[str], account_id: str = "acct_1"
+) -> UUID:
+    endpoint_id: UUID = await conn.fetchval(
+        "SELECT id FROM webhooks.create_endpoint($1, 'https://example.com/hook', $2::text[])",
+        account_id,
+        event_types,
+    )
+    return endpoint_id
+
+
+async def emit(
+    conn: asyncpg.Connection,
+    event_type: str = "email.sent",
+    payload: Any = None,
+    *,
+    account_id: str | None = "acct_1",
+    key: str | None = None,
+) -> int | None:
+    body = json.dumps({"message_id": "m1"} if payload is None else payload)
+    event_id: int | None = await conn.fetchval(EMIT, account_id, event_type, body, key)
+    return event_id
+
+
+async def table_counts(conn: asyncpg.Connection) -> dict[str, int]:
+    row = await conn.fetchrow(
+        """SELECT (SELECT count(*) FROM webhooks.events)           AS events,
+                  (SELECT count(*) FROM webhooks.deliveries)       AS deliveries,
+                  (SELECT count(*) FROM webhooks.idempotency_keys) AS keys"""
+    )
+    assert row is not None
+    return dict(row.items())
+
+
+async def delivered_to(conn: asyncpg.Connection, event_id: int) -> set[UUID]:
+    rows = await conn.fetch("SELECT endpoint_id FROM webhooks.deliveries WHERE event_id = $1", event_id)
+    return {r["endpoint_id"] for r in rows}
+
+
+NOTHING = {"events": 0, "deliveries": 0, "keys": 0}
+
+
+async def test_no_subscriber_returns_null_and_writes_nothing(conn: asyncpg.Connection) -> None:
+    """With no endpoint in the account, emit returns NULL and writes no row."""
+    assert await emit(conn) is None
+    assert await table_counts(conn) == NOTHING
+
+
+async def test_event_and_delivery_rows(conn: asyncpg.Connection) -> None:
+    """A subscribed endpoint gets one delivery, due now, of the event stored with its payload."""
+    endpoint_id = await create(conn, ["email.sent"])
+    async with conn.transaction():
+        event_id = await emit(conn, payload={"message_id": "m1", "to": "a@example.com"}, key="k")
+        now = await conn.fetchval("SELECT now()")
+    assert event_id is not None
+    event = await conn.fetchrow("SELECT * FROM webhooks.events WHERE id = $1", event_id)
+    assert event is not None
+    assert event["account_id"] == "acct_1"
+    assert event["type"] == "email.sent"
+    assert json.loads(event["payload"]) == {"message_id": "m1", "to": "a@example.com"}
+    assert event["idempotency_key"] == "k"
+    assert event["created_at"] == now
+    delivery = await conn.fetchrow("SELECT * FROM webhooks.deliveries")
+    assert delivery is not None
+    assert delivery["event_id"] == event_id
+    assert delivery["event_created_at"] == now
+    assert delivery["event_type"] == "email.sent"
+    assert delivery["endpoint_id"] == endpoint_id
+    assert delivery["attempts"] == 0
+    assert delivery["due_at"] == now
+    assert delivery["lease_token"] is None
+
+
+async def test_exact_and_wildcard_subscribers_each_get_one_delivery(
+    conn: asyncpg.Connection,
+) -> None:
+    """Exact, `email.*` and `*` subscribers get one delivery each; others get none."""
+    exact = await create(conn, ["email.sent"])
+    prefix = await create(conn, ["email.*"])
+    everything = await create(conn, ["*"])
+    overlapping = await create(conn, ["email.sent", "email.*", "*"])
+    await create(conn, ["contact.*", "email.opened"])  # unsubscribed
+    disabled = await create(conn, ["email.sent"])
+    await conn.execute("SELECT webhooks.disable_endpoint($1)", disabled)
+    deleted = await create(conn, ["*"])
+    await conn.execute("SELECT webhooks.delete_endpoint($1)", deleted)
+    await create(conn, ["*"], account_id="acct_2")  # another account's
+    event_id = await emit(conn)
+    assert event_id is not None
+    assert await delivered_to(conn, event_id) == {exact, prefix, everything, overlapping}
+    assert (await table_counts(conn))["deliveries"] == 4
+
+
+@pytest.mark.parametrize(
+    ("event_types", "subscribed"),
+    [
+        (["email.sent"], False),
+        (["contact.*"], True),
+        (["email.*"], False),
+        (["contact.updated"], False),
+        (["*"], True),
+    ],
+)
+async def test_subscription_matching(
+    conn: asyncpg.Connection, event_types: list[str], subscribed: bool
+) -> None:
+    """A contact.created event reaches only endpoints whose subscriptions match it."""
+    await create(conn, event_types)
+    event_id = await emit(conn, "contact.created")
+    assert (event_id is not None) is subscribed
+    assert await table_counts(conn) == (
+        {"events": 1, "deliveries": 1, "keys": 0} if subscribed else NOTHING
+    )
+
+
+async def test_only_unsubscribed_disabled_or_foreign_endpoints_write_nothing(
+    conn: asyncpg.Connection,
+) -> None:
+    """Endpoints that are unsubscribed, disabled or another account's make emit return NULL."""
+    await create(conn, ["email.opened"])
+    disabled = await create(conn, ["email.sent"])
+    await conn.execute("SELECT webhooks.disable_endpoint($1)", disabled)
+    await create(conn, ["email.sent"], account_id="acct_2")
+    assert await emit(conn) is None
+    assert await table_counts(conn) == NOTHING
+
+
+async def test_repeated_idempotency_key_returns_same_event(conn: asyncpg.Connection) -> None:
+    """A repeated key for the same account returns the first event's id and writes nothing."""
+    await create(conn, ["email.sent"])
+    first = await emit(conn, key="send-42")
+    counts = await table_counts(conn)
+    assert counts == {"events": 1, "deliveries": 1, "keys": 1}
+    again = await emit(conn, payload={"different": True}, key="send-42")
+    assert again == first
+    assert await table_counts(conn) == counts
+
+
+async def test_idempotency_key_is_per_account(conn: asyncpg.Connection) -> None:
+    """The same key in another account is a new event."""
+    await create(conn, ["email.sent"])
+    await create(conn, ["email.sent"], account_id="acct_2")
+    first = await emit(conn, key="k")
+    second = await emit(conn, key="k", account_id="acct_2")
+    assert first is not None
+    assert second is not None
+    assert first != second
+    assert await table_counts(conn) == {"events": 2, "deliveries": 2, "keys": 2}
+
+
+async def test_without_key_every_call_is_a_new_event(conn: asyncpg.Connection) -> None:
+    """Without an idempotency key, identical calls create separate events."""
+    await create(conn, ["email.sent"])
+    first = await emit(conn)
+    second = await emit(conn)
+    assert first != second
+    assert await table_counts(conn) == {"events": 2, "deliveries": 2, "keys": 0}
+
+
+async def test_concurrent_idempotent_emits_create_one_event(db_url: str) -> None:
+    """Two transactions emitting the same key at once end with one event and one delivery."""
+    first, second = await asyncpg.connect(db_url), await asyncpg.connect(db_url)
+    try:
+        await create(first, ["email.sent"])
+        tx1, tx2 = first.transaction(), second.transaction()
+        await tx1.start()
+        await tx2.start()
+        id1 = await emit(first, key="same")
+        # The second waits on the first's uncommitted key row; commit the first meanwhile.
+        pending = asyncio.ensure_future(emit(second, key="same"))
+        await asyncio.sleep(0.2)
+        assert not pending.done()
+        await tx1.commit()
+        id2 = await pending
+        await tx2.commit()
+        assert id1 == id2
+        assert await table_counts(first) == {"events": 1, "deliveries": 1, "keys": 1}
+    finally:
+        await first.close()
+        await second.close()
+
+
+INVALID_EMIT = [
+    pytest.param({"account_id": ""}, "WH001", "account_id", "must not be empty", id="empty-account"),
+    pytest.param({"account_id": None}, "WH001", "account_id", "must not be empty", id="null-account"),
+    pytest.param({"event_type": "email.nope"}, "WH002", "event_type", "unknown", id="unknown-type"),
+    pytest.param({"event_type": "email.*"}, "WH002", "event_type", "unknown", id="wildcard-type"),
+    pytest.param({"event_type": None}, "WH002", "event_type", "unknown", id="null-type"),
+    pytest.param({"payload": [1, 2]}, "WH001", "payload", "JSON object, got array", id="array"),
+    pytest.param({"payload": "text"}, "WH001", "payload", "JSON object, got string", id="string"),
+    pytest.param({"payload": 42}, "WH001", "payload", "JSON object, got number", id="number"),
+    pytest.param({"raw_payload": "null"}, "WH001", "payload", "got null", id="json-null"),
+    pytest.param({"raw_payload": None}, "WH001", "payload", "got NULL", id="sql-null"),
+    pytest.param({"key": ""}, "WH001", "idempotency_key", "1 to 255", id="empty-key"),
+    pytest.param({"key": "k" * 256}, "WH001", "idempotency_key", "1 to 255", id="long-key"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "sqlstate", "column", "reason"), INVALID_EMIT)
+async def test_emit_refuses_invalid_input(
+    conn: asyncpg.Connection, overrides: dict[str, Any], sqlstate: str, column: str, reason: str
+) -> None:
+    """Invalid input raises a project SQLSTATE naming the field and the reason, writing nothing."""
+    await create(conn, ["*"])
+    args: dict[str, Any] = {
+        "account_id": "acct_1",
+        "event_type": "email.sent",
+        "raw_payload": json.dumps(overrides.get("payload", {"a": 1})),
+        "key": None,
+    }
+    args.update({k: v for k, v in overrides.items() if k != "payload"})
+    with pytest.raises(asyncpg.PostgresError) as info:
+        await conn.fetchval(EMIT, args["account_id"], args["event_type"], args["raw_payload"], args["key"])
+    assert info.value.sqlstate == sqlstate
+    assert info.value.column_name == column
+    assert info.value.message.startswith(f"{column}: ")
+    assert reason in info.value.message
+    assert await table_counts(conn) == NOTHING
+
+
+async def test_payload_over_the_limit_is_refused(conn: asyncpg.Connection) -> None:
+    """A payload one byte over settings.max_payload_bytes raises WH003; one at the limit is accepted."""
+    await create(conn, ["email.sent"])
+    payload = json.dumps({"body": "x" * 300})
+    size = await conn.fetchval("SELECT octet_length($1::jsonb::text)", payload)
+    await conn.execute("UPDATE webhooks.settings SET max_payload_bytes = $1", size - 1)
+    with pytest.raises(asyncpg.PostgresError) as info:
+        await conn.fetchval(EMIT, "acct_1", "email.sent", payload, None)
+    assert info.value.sqlstate == "WH003"
+    assert info.value.column_name == "payload"
+    assert info.value.message == f"payload: {size} bytes is over the limit of {size - 1} bytes"
+    assert await table_counts(conn) == NOTHING
+    await conn.execute("UPDATE webhooks.settings SET max_payload_bytes = $1", size)
+    assert await conn.fetchval(EMIT, "acct_1", "email.sent", payload, None) is not None
+
+
+async def test_default_payload_limit_is_256_kib(conn: asyncpg.Connection) -> None:
+    """With default settings a payload just over 256 KiB is refused."""
+    await create(conn, ["email.sent"])
+    assert await conn.fetchval("SELECT max_payload_bytes FROM webhooks.settings") == 262144
+    with pytest.raises(asyncpg.PostgresError) as info:
+        await emit(conn, payload={"body": "x" * 262144})
+    assert info.value.sqlstate == "WH003"
+    assert await table_counts(conn) == NOTHING
+
+
+async def test_unknown_type_is_refused_even_without_subscribers(conn: asyncpg.Connection) -> None:
+    """An unknown event type is an error whether or not the account has endpoints."""
+    with pytest.raises(asyncpg.PostgresError) as info:
+        await emit(conn, "email.nope")
+    assert info.value.sqlstate == "WH002"
+
+
+async def test_error_rolls_back_nothing_half_written(conn: asyncpg.Connection) -> None:
+    """A failing emit inside a transaction leaves no event of an earlier emit in it behind."""
+    await create(conn, ["email.sent"])
+    with pytest.raises(asyncpg.PostgresError):
+        async with conn.transaction():
+            assert await emit(conn) is not None
+            await emit(conn, payload=[1])
+    assert await table_counts(conn) == NOTHING
+
+
+# -- the wake-up NOTIFY ---------------------------------------------------------------------------
+
+
+class Listener:
+    """A second connection LISTENing on a channel, counting notifications."""
+
+    def __init__(self, conn: asyncpg.Connection, channel: str) -> None:
+        self.conn = conn
+        self.channel = channel
+        self.payloads: list[str] = []
+
+    def _on_notify(self, _c: Any, _pid: int, _channel: str, payload: str) -> None:
+        self.payloads.append(payload)
+
+    async def start(self) -> None:
+        await self.conn.add_listener(self.channel, self._on_notify)
+
+    async def drain(self) -> list[str]:
+        """Everything notified so far: a round trip reads every message the server sent before it."""
+        await self.conn.fetchval("SELECT 1")
+        await asyncio.sleep(0)
+        return list(self.payloads)
+
+
+@pytest.fixture
+async def wakeups(db_url: str) -> AsyncIterator[Listener]:
+    """A listener on webhooks_wakeup, on its own connection as the engine's is."""
+    listener_conn = await asyncpg.connect(db_url)
+    listener = Listener(listener_conn, "webhooks_wakeup")
+    await listener.start()
+    try:
+        yield listener
+    finally:
+        await listener_conn.close()
+
+
+async def test_notify_only_when_engine_waits(conn: asyncpg.Connection, wakeups: Listener) -> None:
+    """emit notifies webhooks_wakeup (empty payload) only while engine_state.waiting is true."""
+    await create(conn, ["email.sent"])
+    assert await conn.fetchval("SELECT waiting FROM webhooks.engine_state") is True
+    await emit(conn)
+    assert await wakeups.drain() == [""]
+    await conn.execute("SELECT webhooks.set_engine_waiting_v1(false)")
+    await emit(conn)
+    await emit(conn)
+    assert await wakeups.drain() == [""]
+    await conn.execute("SELECT webhooks.set_engine_waiting_v1(true)")
+    await emit(conn)
+    assert await wakeups.drain() == ["", ""]
+    assert (await table_counts(conn))["deliveries"] == 4
+
+
+async def test_no_notify_without_subscribers(conn: asyncpg.Connection, wakeups: Listener) -> None:
+    """emit with no subscriber sends no NOTIFY even when the engine waits."""
+    assert await emit(conn) is None
+    assert await wakeups.drain() == []
+
+
+async def test_no_notify_from_rolled_back_emit(conn: asyncpg.Connection, wakeups: Listener) -> None:
+    """A rolled-back transaction's emit never wakes the engine."""
+    await create(conn, ["email.sent"])
+    tx = conn.transaction()
+    await tx.start()
+    await emit(conn)
+    await tx.rollback()
+    assert await wakeups.drain() == []
+
+
+async def test_set_engine_waiting_writes_only_on_change(conn: asyncpg.Connection) -> None:
+    """set_engine_waiting_v1 updates the row only when the value changes."""
+    first = await conn.fetchrow("SELECT waiting, updated_at FROM webhooks.engine_state")
+    assert first is not None
+    await conn.execute("SELECT webhooks.set_engine_waiting_v1(true)")
+    same = await conn.fetchrow("SELECT waiting, updated_at FROM webhooks.engine_state")
+    assert same == first
+    await conn.execute("SELECT webhooks.set_engine_waiting_v1(false)")
+    changed = await conn.fetchrow("SELECT waiting, updated_at FROM webhooks.engine_state")
+    assert changed is not None
+    assert changed["waiting"] is False
+    assert changed["updated_at"] > first["updated_at"]
+
+
+async def test_settings_change_notifies_and_stamps(db_url: str, conn: asyncpg.Connection) -> None:
+    """Updating webhooks.settings bumps updated_at and notifies webhooks_settings."""
+    listener = Listener(await asyncpg.connect(db_url), "webhooks_settings")
+    try:
+        await listener.start()
+        before = await conn.fetchval("SELECT updated_at FROM webhooks.settings")
+        await conn.execute("UPDATE webhooks.settings SET max_payload_bytes = 1000")
+        assert await listener.drain() == [""]
+        assert await conn.fetchval("SELECT updated_at FROM webhooks.settings") > before
+    finally:
+        await listener.conn.close()
