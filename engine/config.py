@@ -25,7 +25,7 @@ class Settings:
 
     database_url: str | None = None
     migrate: bool = True
-    listen: bool = True  # false: no LISTEN at all, the poll alone finds work (e.g. behind PgBouncer)
+    listen: bool = True  # false: no LISTEN; the poll alone finds work (e.g. behind PgBouncer)
     request_timeout_s: float = 10.0
     max_connections: int = 512
     poll_interval_s: float = 1.0
