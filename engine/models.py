@@ -56,6 +56,7 @@ class Delivery:
     event_id: int
     event_type: str
     body: bytes
+    created_at: datetime  # when the delivery was written (the app's commit, for latency)
 
     @property
     def webhook_id(self) -> str:

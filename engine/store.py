@@ -84,6 +84,7 @@ class Store:
                     event_id=r["event_id"],
                     event_type=r["event_type"],
                     body=r["body"].encode(),
+                    created_at=r["created_at"],
                 ),
                 EndpointConfig(
                     id=r["endpoint_id"],

@@ -26,7 +26,8 @@ RETURNS TABLE (
     secrets          text[],
     max_in_flight    integer,
     ordering         text,
-    rate_limit_per_s double precision)
+    rate_limit_per_s double precision,
+    created_at       timestamptz)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -89,7 +90,7 @@ BEGIN
         UPDATE webhooks.deliveries d
            SET due_at = now() + v_lease, lease_token = v_token
          WHERE d.id = ANY (v_claimed)
-        RETURNING d.id, d.attempts, d.endpoint_id, d.event_id, d.event_created_at
+        RETURNING d.id, d.attempts, d.endpoint_id, d.event_id, d.event_created_at, d.created_at
     )
     SELECT l.id, v_token, l.attempts + 1, l.endpoint_id, ev.id, ev.type,
            '{"id":' || to_json('evt_' || ev.id)::text
@@ -98,7 +99,8 @@ BEGIN
                                                   'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))::text
            || ',"account_id":' || to_json(ev.account_id)::text
            || ',"data":' || ev.payload::text || '}',
-           e.url, webhooks.signing_secrets(e), e.max_in_flight, e.ordering, e.rate_limit_per_s
+           e.url, webhooks.signing_secrets(e), e.max_in_flight, e.ordering, e.rate_limit_per_s,
+           l.created_at
       FROM leased l
       JOIN webhooks.events ev ON ev.id = l.event_id AND ev.created_at = l.event_created_at
       JOIN webhooks.endpoints e ON e.id = l.endpoint_id

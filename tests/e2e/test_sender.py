@@ -7,6 +7,7 @@ import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 import trustme
@@ -32,6 +33,7 @@ def make_delivery(attempt: int = 1) -> Delivery:
         event_id=7,
         event_type="email.delivered",
         body=b'{"id":"evt_7","type":"email.delivered","data":{}}',
+        created_at=datetime.now(UTC),
     )
 
 
