@@ -1,0 +1,140 @@
+"""The HTTP limit baseline: ``python -m bench.http_baseline --url URL --concurrency C``.
+
+How many signed 1 KiB webhook POSTs per second one uvloop process with one aiohttp session can
+push through the benchmark receiver on this machine, right now. The engine does the same HTTP work
+plus claiming, signing bookkeeping and recording results, so the engine's deliveries/s divided by
+this number says how much of the machine's HTTP capacity the engine turns into deliveries.
+
+To make that ratio about the engine and nothing else, each request here looks like one of the
+engine's: the same envelope size (:mod:`bench.payloads`), the same headers, a fresh signature per
+request (``engine.signing.sign``, as the engine signs every attempt), a session configured like
+the engine's sender, and the response body read. ``C`` workers share the request count; a short
+untimed warm-up opens the connections first. Prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import aiohttp
+import uvloop
+
+from bench.payloads import EVENT_TYPE, envelope, new_secret
+from engine.signing import sign
+
+USER_AGENT = "MisarMail-Webhooks/0.1"  # the engine sender's default
+REQUEST_TIMEOUT_S = 10.0  # the engine's default request timeout
+
+
+@dataclass(frozen=True)
+class BaselineResult:
+    """One baseline run; ``requests_per_s`` counts every answered request, ``errors`` the non-200s
+    and transport failures among them (a healthy run has none)."""
+
+    concurrency: int
+    requests: int
+    seconds: float
+    requests_per_s: float
+    errors: int
+
+
+class _Load:
+    """Shared by the workers: the next request number, the errors so far."""
+
+    def __init__(self, url: str, total: int) -> None:
+        self.url = url
+        self.total = total
+        self.next = 0
+        self.errors = 0
+        self.secrets = (new_secret(),)
+        self.body = envelope(0)
+
+
+async def _worker(session: aiohttp.ClientSession, load: _Load, first_id: int) -> None:
+    while load.next < load.total:
+        n = load.next
+        load.next += 1
+        headers = {
+            **sign(
+                load.secrets,
+                load.body,
+                webhook_id=f"evt_{first_id + n}",
+                timestamp=int(time.time()),
+            ),
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "X-MisarMail-Event": EVENT_TYPE,
+            "X-MisarMail-Delivery": str(first_id + n),
+            "X-MisarMail-Attempt": "1",
+        }
+        try:
+            async with session.post(
+                load.url, data=load.body, headers=headers, allow_redirects=False
+            ) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    load.errors += 1
+        except (aiohttp.ClientError, TimeoutError):
+            load.errors += 1
+
+
+async def _round(
+    session: aiohttp.ClientSession, url: str, concurrency: int, total: int, first_id: int
+) -> _Load:
+    load = _Load(url, total)
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(concurrency):
+            tg.create_task(_worker(session, load, first_id))
+    return load
+
+
+async def measure(url: str, *, concurrency: int, requests: int) -> BaselineResult:
+    """POST ``requests`` envelopes to ``url`` with ``concurrency`` requests in flight."""
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0)
+    async with aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trust_env=False,
+        skip_auto_headers=("Accept-Encoding",),
+        auto_decompress=False,
+    ) as session:
+        await _round(session, url, concurrency, concurrency * 4, first_id=-concurrency * 4)
+        started = time.perf_counter()
+        load = await _round(session, url, concurrency, requests, first_id=0)
+        seconds = time.perf_counter() - started
+    return BaselineResult(
+        concurrency=concurrency,
+        requests=requests,
+        seconds=round(seconds, 4),
+        requests_per_s=round(requests / seconds, 1),
+        errors=load.errors,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.http_baseline", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--url", required=True, help="where to POST (a bench.receiver path)")
+    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight")
+    parser.add_argument("--requests", type=int, default=10_000, help="timed requests")
+    args = parser.parse_args(argv)
+    if args.concurrency < 1 or args.requests < 1:
+        parser.error("--concurrency and --requests must be positive")
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        result = runner.run(
+            measure(args.url, concurrency=args.concurrency, requests=args.requests)
+        )
+    print(json.dumps(asdict(result)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

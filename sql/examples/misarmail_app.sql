@@ -1,0 +1,53 @@
+-- How MisarMail's app emits webhook events: triggers on its own tables call webhooks.emit() in the
+-- same transaction as the change. A rolled-back change sends nothing; a committed one is delivered
+-- (or visibly fails). The idempotency key makes a replayed row harmless.
+-- `misar-webhooks demo` runs this file against its embedded Postgres; the README shows it too.
+
+CREATE SCHEMA IF NOT EXISTS app;
+
+CREATE TABLE app.email_events (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    account_id  text NOT NULL,
+    kind        text NOT NULL,  -- sent | opened | clicked | bounced | unsubscribed | spam_complaint
+    recipient   text NOT NULL,
+    campaign_id text,
+    details     jsonb NOT NULL DEFAULT '{}',
+    occurred_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE FUNCTION app.email_event_webhook() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM webhooks.emit(
+        NEW.account_id,
+        'email.' || NEW.kind,
+        jsonb_build_object('email_event_id', NEW.id, 'recipient', NEW.recipient,
+                           'campaign_id', NEW.campaign_id, 'occurred_at', NEW.occurred_at)
+            || NEW.details,
+        'email_event:' || NEW.id);
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER email_event_webhook AFTER INSERT ON app.email_events
+    FOR EACH ROW EXECUTE FUNCTION app.email_event_webhook();
+
+CREATE TABLE app.contacts (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    account_id text NOT NULL,
+    email      text NOT NULL,
+    name       text,
+    tags       text[] NOT NULL DEFAULT '{}',
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE FUNCTION app.contact_webhook() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM webhooks.emit(
+        NEW.account_id,
+        CASE TG_OP WHEN 'INSERT' THEN 'contact.created' ELSE 'contact.updated' END,
+        jsonb_build_object('contact_id', NEW.id, 'email', NEW.email, 'name', NEW.name,
+                           'tags', to_jsonb(NEW.tags)));
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER contact_webhook AFTER INSERT OR UPDATE ON app.contacts
+    FOR EACH ROW EXECUTE FUNCTION app.contact_webhook();

@@ -1,0 +1,267 @@
+"""The engine under faults: no NOTIFY, a killed listener connection, SIGTERM and SIGKILL mid-send."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.support.engines import RunningEngine, create_endpoint, wait_until
+from tests.support.receiver import Receiver, Reply
+
+StartEngine = Callable[..., Awaitable[RunningEngine]]
+
+# The console script installed beside the interpreter running the tests (the venv's bin/).
+CLI = Path(sys.executable).with_name("misar-webhooks")
+# What every engine subprocess runs with; the database is already migrated by the fixtures.
+PROCESS_ENV = {
+    "WEBHOOKS_MIGRATE": "false",
+    "WEBHOOKS_LOG_FORMAT": "json",
+    "WEBHOOKS_POLL_INTERVAL_S": "0.2",
+    "WEBHOOKS_REQUEST_TIMEOUT_S": "3",
+    "WEBHOOKS_SHUTDOWN_GRACE_S": "5",
+}
+DELIVERED = "SELECT count(*) FROM webhooks.delivery_outcomes WHERE status = 'delivered'"
+
+
+async def test_without_listen_the_poll_delivers_everything(
+    conn: asyncpg.Connection, receiver: Receiver, open_policy: None, start_engine: StartEngine
+) -> None:
+    """With LISTEN off, events emitted before the start and while the engine sleeps are all delivered once."""
+    await create_endpoint(conn, receiver.url("/a"))
+    await create_endpoint(conn, receiver.url("/b"))
+    early = await _emit(conn, "acct_1", 10)
+    running = await start_engine(listen=False)
+    await wait_until(lambda: _count(conn, DELIVERED, 20), what="the backlog delivered")
+    # The engine now asks for a NOTIFY that nobody listens to: only the poll can find new work.
+    await wait_until(
+        lambda: _count(conn, "SELECT count(*) FROM webhooks.engine_state WHERE waiting", 1),
+        what="the engine asleep",
+    )
+    late = await _emit(conn, "acct_1", 10)
+    await wait_until(lambda: _count(conn, DELIVERED, 40), what="the late events delivered")
+
+    assert _pairs(receiver) == _expected({"/a", "/b"}, [*early, *late])
+    listener = running.engine.listener
+    assert listener is not None
+    assert (listener.connected, listener.backend_pid) == (False, None)
+
+
+async def test_listener_killed_reconnects_and_misses_nothing(
+    conn: asyncpg.Connection,
+    pg_server_url: str,
+    receiver: Receiver,
+    open_policy: None,
+    start_engine: StartEngine,
+) -> None:
+    """A terminated listener reconnects on a new backend; events emitted while it was down are delivered."""
+    await create_endpoint(conn, receiver.url("/a"))
+    await create_endpoint(conn, receiver.url("/b"))
+    # A poll this slow cannot hide a lost wake-up: within the test's timeouts only a NOTIFY or the
+    # sweep after a reconnect can deliver anything.
+    running = await start_engine(poll_interval_s=60.0)
+    listener = running.engine.listener
+    assert listener is not None
+    await wait_until(_holds(lambda: listener.connected), what="the listener connected")
+    before = await _emit(conn, "acct_1", 5)
+    await wait_until(lambda: _count(conn, DELIVERED, 10), what="delivery woken by NOTIFY")
+
+    old_pid = listener.backend_pid
+    assert old_pid is not None
+    database = await conn.fetchval("SELECT current_database()")
+    admin = await asyncpg.connect(pg_server_url)
+    try:
+        # Refuse new connections to the test database (open ones, the engine's pool and ours,
+        # stay), so the listener stays down for as long as the test needs.
+        await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        assert await conn.fetchval("SELECT pg_terminate_backend($1, 10000)", old_pid)
+        await wait_until(_holds(lambda: not listener.connected), what="the listener lost")
+        during = await _emit(conn, "acct_1", 5)
+        await wait_until(
+            _holds(lambda: listener.reconnects >= 2), what="a reconnect attempt refused"
+        )
+        assert not listener.connected
+    finally:
+        await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        await admin.close()
+
+    await wait_until(
+        _holds(lambda: listener.connected and listener.backend_pid != old_pid),
+        what="the listener reconnected",
+    )
+    await wait_until(lambda: _count(conn, DELIVERED, 20), what="the sweep after the reconnect")
+    after = await _emit(conn, "acct_1", 5)
+    await wait_until(lambda: _count(conn, DELIVERED, 30), what="delivery woken by NOTIFY again")
+
+    assert _pairs(receiver) == _expected({"/a", "/b"}, [*before, *during, *after])
+    new_pid = listener.backend_pid
+    assert await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", new_pid) == 1
+
+
+@pytest.mark.slow
+async def test_sigterm_mid_send_records_every_attempt_and_releases_unstarted_leases(
+    db_url: str, conn: asyncpg.Connection, receiver: Receiver, open_policy: None
+) -> None:
+    """SIGTERM during sends exits 0 after recording every attempt made and releasing every unstarted lease."""
+    total = 0
+    for i in range(3):
+        receiver.script(f"/ep{i}", Reply(delay_s=1.0))
+        await create_endpoint(conn, receiver.url(f"/ep{i}"), account=f"acct_{i}")
+        total += len(await _emit(conn, f"acct_{i}", 50))
+
+    async with _engine_process(db_url) as engine:
+        await receiver.wait_for(10, timeout_s=30)  # each is answered after 1 s: in flight now
+        engine.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(engine.wait(), timeout=30)
+    assert code == 0
+
+    sent = _attempts_sent(receiver)
+    assert len(sent) == len(receiver.received) >= 10, "every request was a distinct attempt"
+    rows = await conn.fetch("SELECT delivery_id, attempt, outcome FROM webhooks.attempts")
+    recorded = {(r["delivery_id"], r["attempt"]): r["outcome"] for r in rows}
+    assert len(rows) == len(recorded) == len(sent)
+    assert recorded == dict.fromkeys(sent, "delivered")
+    live = await conn.fetchrow(
+        "SELECT count(*) AS n,"
+        " count(*) FILTER (WHERE lease_token IS NOT NULL OR due_at > now() OR attempts > 0)"
+        " AS held FROM webhooks.deliveries"
+    )
+    assert live is not None
+    assert live["n"] == total - len(sent) > 0, "SIGTERM came before the last delivery"
+    assert live["held"] == 0, "unstarted deliveries are due again at once, unleased"
+
+
+@pytest.mark.slow
+async def test_sigkill_mid_burst_then_restart_delivers_all_duplicating_only_leased(
+    db_url: str, conn: asyncpg.Connection, receiver: Receiver, open_policy: None
+) -> None:
+    """After SIGKILL mid-burst a new engine delivers every event; only deliveries leased at the kill repeat."""
+    # A short lease so the killed engine's deliveries are due again soon. The actor starts an
+    # attempt only while the lease outlives the request timeout (3 s) by LEASE_MARGIN_S (5 s).
+    await conn.execute("UPDATE webhooks.settings SET lease_duration = '10 seconds'")
+    paths = [f"/ep{i}" for i in range(5)]
+    events: dict[str, list[int]] = {}
+    for i, path in enumerate(paths):
+        receiver.script(path, Reply(delay_s=0.05))
+        await create_endpoint(conn, receiver.url(path), account=f"acct_{i}")
+        events[path] = await _emit(conn, f"acct_{i}", 100)
+    total = sum(len(ids) for ids in events.values())
+
+    async with _engine_process(db_url) as first:
+        await receiver.wait_for(100, timeout_s=30)
+        first.kill()
+        await first.wait()
+    await wait_until(
+        lambda: _count(
+            conn,
+            "SELECT 1 - count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            1,
+        ),
+        what="the killed engine's sessions gone",
+    )
+    leased_at_kill = {
+        r["id"]
+        for r in await conn.fetch(
+            "SELECT id FROM webhooks.deliveries WHERE lease_token IS NOT NULL"
+        )
+    }
+    assert await conn.fetchval(DELIVERED) < total, "SIGKILL came before the last delivery"
+
+    async with _engine_process(db_url) as second:
+        await wait_until(
+            lambda: _count(conn, DELIVERED, total), timeout_s=60, what="every delivery done"
+        )
+        second.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(second.wait(), timeout=30) == 0
+
+    pairs = _pairs(receiver)
+    assert pairs.keys() == {(path, f"evt_{i}") for path, ids in events.items() for i in ids}
+    per_delivery = Counter(int(r.headers["X-MisarMail-Delivery"]) for r in receiver.received)
+    repeated = {delivery_id for delivery_id, n in per_delivery.items() if n > 1}
+    assert repeated <= leased_at_kill, "only deliveries leased at the kill are sent again"
+
+    assert await conn.fetchval("SELECT count(*) FROM webhooks.deliveries") == 0
+    outcomes = await conn.fetch(
+        "SELECT o.delivery_id, o.status, o.attempts, a.attempt, a.n_delivered"
+        " FROM webhooks.delivery_outcomes o LEFT JOIN LATERAL ("
+        "   SELECT max(x.attempt) FILTER (WHERE x.outcome = 'delivered') AS attempt,"
+        "          count(*) FILTER (WHERE x.outcome = 'delivered') AS n_delivered"
+        "     FROM webhooks.attempts x WHERE x.delivery_id = o.delivery_id) a ON true"
+    )
+    assert len(outcomes) == len({r["delivery_id"] for r in outcomes}) == total
+    assert all(r["status"] == "delivered" and r["n_delivered"] == 1 for r in outcomes)
+    assert all(r["attempts"] == r["attempt"] for r in outcomes), "the outcome names its attempt"
+    sent = _attempts_sent(receiver)
+    assert {(r["delivery_id"], r["attempt"]) for r in outcomes} <= sent
+
+
+@contextlib.asynccontextmanager
+async def _engine_process(db_url: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``misar-webhooks run`` on ``db_url`` as a real process; killed at exit if still running.
+
+    Its log goes to this process's stderr, which pytest captures and shows for a failed test.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEBHOOKS_")}
+    env.update(PROCESS_ENV, WEBHOOKS_DATABASE_URL=db_url)
+    process = await asyncio.create_subprocess_exec(
+        str(CLI), "run", env=env, stdin=asyncio.subprocess.DEVNULL
+    )
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+        await process.wait()
+
+
+async def _emit(conn: asyncpg.Connection, account: str, n: int) -> list[int]:
+    """Emit ``n`` events for ``account`` in one transaction; returns their ids."""
+    rows = await conn.fetch(
+        "SELECT webhooks.emit($1, 'email.sent', jsonb_build_object('n', n)) AS id"
+        " FROM generate_series(1, $2::integer) AS n",
+        account,
+        n,
+    )
+    return [r["id"] for r in rows]
+
+
+async def _count(conn: asyncpg.Connection, sql: str, n: int) -> bool:
+    return int(await conn.fetchval(sql)) >= n
+
+
+def _holds(condition: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    """A wait_until predicate for a condition on in-process engine state."""
+
+    async def check() -> bool:
+        return condition()
+
+    return check
+
+
+def _pairs(receiver: Receiver) -> Counter[tuple[str, str]]:
+    """How often each (endpoint path, webhook-id) pair, i.e. each event per endpoint, arrived."""
+    return Counter((r.path, r.headers["webhook-id"]) for r in receiver.received)
+
+
+def _expected(paths: Iterable[str], event_ids: Iterable[int]) -> Counter[tuple[str, str]]:
+    """Every event once at every path."""
+    ids = list(event_ids)
+    return Counter({(path, f"evt_{event_id}"): 1 for path in paths for event_id in ids})
+
+
+def _attempts_sent(receiver: Receiver) -> set[tuple[int, int]]:
+    """The (delivery id, attempt number) of every request the receiver saw."""
+    return {
+        (int(r.headers["X-MisarMail-Delivery"]), int(r.headers["X-MisarMail-Attempt"]))
+        for r in receiver.received
+    }
