@@ -160,9 +160,9 @@ class ReceiverStats:
 class ReceiverProcess(Child):
     """``python -m bench.receiver`` and an HTTP client for its control paths."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, log_path: Path, port: int) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, log_path: Path) -> None:
         super().__init__("receiver", proc, log_path)
-        self.port = port
+        self.port = 0
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S))
 
     @classmethod
@@ -183,23 +183,25 @@ class ReceiverProcess(Child):
             )
         finally:
             log.close()
-        receiver: ReceiverProcess | None = None
+        receiver = cls(proc, log_path)
         try:
-            assert proc.stdout is not None
-            try:
-                line = await asyncio.wait_for(proc.stdout.readline(), RECEIVER_START_S)
-                port = int(line)
-            except (TimeoutError, ValueError) as exc:
-                raise BenchError(
-                    f"the receiver did not announce its port within {RECEIVER_START_S} s; "
-                    f"log tail:\n{log_path.read_text(errors='replace')[-LOG_TAIL_CHARS:]}"
-                ) from exc
-            receiver = cls(proc, log_path, port)
+            await receiver._read_port()
             yield receiver
         finally:
-            if receiver is not None:
-                await receiver._session.close()
-            await Child("receiver", proc, log_path).terminate(timeout_s=5.0)
+            await receiver._session.close()
+            await receiver.terminate(timeout_s=5.0)
+
+    async def _read_port(self) -> None:
+        # The receiver prints its port as its only line of stdout.
+        assert self.proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), RECEIVER_START_S)
+            self.port = int(line)
+        except (TimeoutError, ValueError) as exc:
+            raise BenchError(
+                f"the receiver did not announce its port within {RECEIVER_START_S} s; "
+                f"log tail:\n{self.log_tail()}"
+            ) from exc
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
