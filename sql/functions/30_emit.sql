@@ -1,7 +1,8 @@
 -- webhooks.emit: what MisarMail's triggers call, inside the app's own transaction.
 --
 -- Cost matters more here than anywhere: most accounts have no endpoint, so the common path is the
--- argument checks plus one probe of endpoints_enabled_account_idx, and it writes nothing.
+-- argument checks (the catalogue and settings are one-page tables) plus one probe of
+-- endpoints_enabled_account_idx, and it writes nothing.
 -- With subscribers it writes the event and one delivery per endpoint, and sends a NOTIFY only when
 -- the engine said it is asleep (engine_state.waiting): NOTIFY takes a cluster-wide lock at commit
 -- that serialises the app's commits, so a busy engine (which never sleeps) costs the app no NOTIFY.
@@ -17,8 +18,10 @@ DECLARE
     v_limit     integer;
     v_size      integer;
 BEGIN
-    IF p_account_id IS NULL OR p_account_id = '' THEN
+    IF p_account_id IS NULL OR btrim(p_account_id) = '' THEN
         PERFORM webhooks.invalid('account_id', 'must not be empty');
+    ELSIF length(p_account_id) > 200 THEN
+        PERFORM webhooks.invalid('account_id', 'must be at most 200 characters');
     END IF;
     IF p_event_type IS NULL OR NOT EXISTS (SELECT 1 FROM webhooks.event_types t WHERE t.name = p_event_type) THEN
         RAISE EXCEPTION 'event_type: unknown event type %', coalesce(quote_literal(left(p_event_type, 100)), 'NULL')
@@ -32,6 +35,14 @@ BEGIN
     IF p_idempotency_key IS NOT NULL AND (p_idempotency_key = '' OR length(p_idempotency_key) > 255) THEN
         PERFORM webhooks.invalid('idempotency_key', 'must be 1 to 255 characters');
     END IF;
+    -- Checked even when nobody subscribes: otherwise an app transaction that works today would
+    -- start failing the day a customer adds an endpoint.
+    SELECT s.max_payload_bytes INTO v_limit FROM webhooks.settings s;
+    v_size := octet_length(p_payload::text);
+    IF v_size > v_limit THEN
+        RAISE EXCEPTION 'payload: % bytes is over the limit of % bytes', v_size, v_limit
+            USING ERRCODE = 'WH003', COLUMN = 'payload';
+    END IF;
 
     SELECT array_agg(e.id ORDER BY e.id) INTO v_endpoints
       FROM webhooks.endpoints e
@@ -42,13 +53,6 @@ BEGIN
             OR split_part(p_event_type, '.', 1) || '.*' = ANY (e.event_types));
     IF v_endpoints IS NULL THEN
         RETURN NULL;
-    END IF;
-
-    SELECT s.max_payload_bytes INTO v_limit FROM webhooks.settings s;
-    v_size := octet_length(p_payload::text);
-    IF v_size > v_limit THEN
-        RAISE EXCEPTION 'payload: % bytes is over the limit of % bytes', v_size, v_limit
-            USING ERRCODE = 'WH003', COLUMN = 'payload';
     END IF;
 
     IF p_idempotency_key IS NOT NULL THEN

@@ -30,9 +30,20 @@ DECLARE
     v_next       timestamptz;
     v_outcome    text;
     v_error      text;
-    v_successes  uuid[] := '{}';
+    v_successes  uuid[];
 BEGIN
     SELECT * INTO v_set FROM webhooks.settings;
+    -- Lock order: endpoints before deliveries, as disable_endpoint and delete_endpoint do, so an
+    -- operator's disable running beside a results batch waits instead of deadlocking.
+    PERFORM 1 FROM webhooks.endpoints e
+     WHERE e.id IN (SELECT d.endpoint_id FROM webhooks.deliveries d WHERE d.id = ANY (p_delivery_ids))
+     ORDER BY e.id FOR KEY SHARE;
+    -- Endpoints that answered 2xx anywhere in this batch (under a current lease): a failure recorded
+    -- before or after such a success in the same batch must not disable them for lack of success.
+    SELECT coalesce(array_agg(DISTINCT d.endpoint_id), '{}') INTO v_successes
+      FROM unnest(p_delivery_ids, p_leases, p_status_codes) AS r(id, lease, status)
+      JOIN webhooks.deliveries d ON d.id = r.id AND d.lease_token = r.lease
+     WHERE r.status BETWEEN 200 AND 299;
     FOR i IN 1 .. coalesce(cardinality(p_delivery_ids), 0) LOOP
         v_status := coalesce(p_status_codes[i], 0);
         v_error := CASE WHEN p_error_kinds[i] IS NULL THEN NULL
@@ -59,7 +70,6 @@ BEGIN
         v_next := NULL;
         IF v_status BETWEEN 200 AND 299 THEN
             v_outcome := 'delivered';
-            v_successes := v_successes || v_d.endpoint_id;
         ELSIF v_status = 410 OR v_n > cardinality(v_set.retry_schedule) THEN
             v_outcome := 'failed';
         ELSE
@@ -102,7 +112,8 @@ BEGIN
             IF v_ep.enabled AND v_status = 410 THEN
                 PERFORM webhooks.disable_endpoint(v_d.endpoint_id, 'endpoint answered 410 Gone');
             ELSIF v_ep.enabled AND v_ep.failing_since < now() - v_set.disable_after
-                  AND (v_ep.last_success_at IS NULL OR v_ep.last_success_at < now() - v_set.disable_after) THEN
+                  AND (v_ep.last_success_at IS NULL OR v_ep.last_success_at < now() - v_set.disable_after)
+                  AND NOT v_d.endpoint_id = ANY (v_successes) THEN
                 PERFORM webhooks.disable_endpoint(v_d.endpoint_id,
                     format('no successful delivery for %s', v_set.disable_after));
             END IF;

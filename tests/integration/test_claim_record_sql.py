@@ -1,4 +1,4 @@
-"""The delivery loop's SQL against a real Postgres: claim, record, release, redeliver, recover, upkeep.
+"""The delivery loop's SQL on a real Postgres: claim, record, release, redeliver, recover, upkeep.
 
 Most tests go through :class:`engine.store.Store`, as the engine does; raw SQL sets up states (a due
 retry, an expired lease, an old partition) that would otherwise need the clock to move.
@@ -102,9 +102,7 @@ async def clock(conn: asyncpg.Connection) -> datetime:
 # -- claim ----------------------------------------------------------------------------------------
 
 
-async def test_claim_leases_rows_for_lease_duration(
-    store: Store, conn: asyncpg.Connection
-) -> None:
+async def test_claim_leases_rows_for_lease_duration(store: Store, conn: asyncpg.Connection) -> None:
     """A claim gives each due row one lease token and moves its due_at forward by lease_duration."""
     endpoint_id = await create(store)
     d1, d2 = await emit_n(conn, 2)
@@ -137,7 +135,9 @@ async def test_claim_returns_envelope_and_endpoint_config(
     )  # fmt: skip
     event_id = await store.emit("acct_1", "email.sent", {"message_id": "m1", "n": [1, 2]})
     created_at = await conn.fetchval("SELECT created_at FROM webhooks.events")
+    written_at = await conn.fetchval("SELECT created_at FROM webhooks.deliveries")
     [(delivery, config)] = await claim(store)
+    assert delivery.created_at == written_at
     assert delivery.event_id == event_id
     assert delivery.event_type == "email.sent"
     assert delivery.attempt == 1
@@ -176,12 +176,12 @@ async def test_claim_honours_room_per_endpoint(store: Store, conn: asyncpg.Conne
     b = await create(store, account_id="b")
     c = await create(store, account_id="c")
     a_ids = await emit_n(conn, 3, "a")
-    await emit_n(conn, 3, "b")
+    b_ids = await emit_n(conn, 3, "b")
     c_ids = await emit_n(conn, 3, "c")
     claimed = await claim(store, {a: 1, b: 0}, default_room=2)
     assert sorted(ids(claimed)) == [a_ids[0], c_ids[0], c_ids[1]]
     assert {d.endpoint_id for d, _ in claimed} == {a, c}
-    assert [d.id for d, _ in await claim(store, {a: 0, c: 0}, default_room=1)] != []
+    assert ids(await claim(store, {a: 0, c: 0}, default_room=1)) == [b_ids[0]]
 
 
 async def test_claim_caps_at_max_rows(store: Store, conn: asyncpg.Connection) -> None:
@@ -265,7 +265,7 @@ async def test_dispatch_failed_row_waits_later_rows_proceed(
 
 
 async def test_record_success_ends_delivery(store: Store, conn: asyncpg.Connection) -> None:
-    """A 2xx ends the delivery as delivered: the row leaves the hot table for outcomes and attempts."""
+    """A 2xx ends the delivery as delivered: its row moves from the hot table to the outcomes."""
     endpoint_id = await create(store)
     await conn.execute(
         "UPDATE webhooks.endpoints SET failing_since = now() - interval '1 hour' WHERE id = $1",
@@ -301,6 +301,7 @@ async def test_record_failure_schedules_retry(store: Store, conn: asyncpg.Connec
     """A failure schedules the retry retry_schedule[n] ± 10 % later and keeps the row live."""
     endpoint_id = await create(store)
     [d1] = await emit_n(conn, 1)
+    scheduled = []
     for n, base_s in [(1, 240), (2, 960)]:
         if n > 1:
             await make_due(conn, d1)
@@ -321,12 +322,13 @@ async def test_record_failure_schedules_retry(store: Store, conn: asyncpg.Connec
         assert row["lease_token"] is None
         assert row["last_status"] == 0
         assert row["last_error"] == "timeout: 10 s"
+        scheduled.append(recorded.next_attempt_at)
     attempts = await attempts_of(conn, d1)
     assert [(a["attempt"], a["outcome"], a["error_kind"]) for a in attempts] == [
         (1, "retry", "timeout"),
         (2, "retry", "timeout"),
     ]
-    assert attempts[1]["next_attempt_at"] == recorded.next_attempt_at
+    assert [a["next_attempt_at"] for a in attempts] == scheduled
     assert await conn.fetchval(
         "SELECT failing_since IS NOT NULL FROM webhooks.endpoints WHERE id = $1", endpoint_id
     )
@@ -337,9 +339,9 @@ async def test_retry_jitter_spreads_delays(store: Store, conn: asyncpg.Connectio
     await create(store)
     await emit_n(conn, 20)
     claimed = await claim(store, default_room=20)
-    async with conn.transaction():
-        # One batch, one transaction: every retry shares now(), so only jitter separates them.
-        recorded = await store.record([outcome(d, 500) for d, _ in claimed])
+    # One batch is one statement: every retry shares now(), so only jitter separates them.
+    recorded = await store.record([outcome(d, 500) for d, _ in claimed])
+    assert len(recorded) == 20
     assert len({r.next_attempt_at for r in recorded}) > 10
 
 
@@ -361,7 +363,7 @@ async def test_retry_after_is_clamped(
     low_s: float,
     high_s: float,
 ) -> None:
-    """Retry-After on 429/503 moves the retry within [delay, 2 × delay]; other statuses ignore it."""
+    """Retry-After on 429/503 moves the retry within [delay, 2 x delay]; other codes ignore it."""
     await create(store)
     await emit_n(conn, 1)
     [(delivery, _)] = await claim(store)
@@ -418,7 +420,7 @@ async def test_gone_disables_endpoint_and_cancels_the_rest(
     assert endpoint["enabled"] is False
     assert endpoint["disabled_reason"] == "endpoint answered 410 Gone"
     ended = await conn.fetch(
-        "SELECT delivery_id, status, last_error FROM webhooks.delivery_outcomes ORDER BY delivery_id"
+        "SELECT delivery_id, status, last_error FROM webhooks.delivery_outcomes ORDER BY 1"
     )
     assert [(r["delivery_id"], r["status"], r["last_error"]) for r in ended] == [
         (d1, "failed", "endpoint answered 410 Gone"),
@@ -524,7 +526,7 @@ async def test_record_batch_returns_one_row_per_result(
 
 
 async def test_release_makes_rows_due_again(store: Store, conn: asyncpg.Connection) -> None:
-    """release_v1 gives back leases it holds so the rows are due at once; a wrong lease is ignored."""
+    """release_v1 makes leased rows due at once and ignores a lease it does not hold."""
     await create(store)
     d1, d2 = await emit_n(conn, 2)
     claimed = {d.id: d for d, _ in await claim(store)}
@@ -577,7 +579,7 @@ async def test_delivery_log_follows_each_state(store: Store, conn: asyncpg.Conne
 
 
 async def test_redeliver_live_delivery(store: Store, conn: asyncpg.Connection) -> None:
-    """redeliver of a live delivery creates a second, new delivery of the same event and endpoint."""
+    """redeliver of a live delivery adds a new delivery of the same event to the same endpoint."""
     endpoint_id = await create(store)
     [d1] = await emit_n(conn, 1)
     new_id = await store.redeliver(d1)
@@ -653,14 +655,18 @@ async def test_redeliver_null_is_invalid(conn: asyncpg.Connection) -> None:
 async def test_recover_requeues_failed_and_cancelled_since(
     store: Store, conn: asyncpg.Connection
 ) -> None:
-    """recover re-queues events that failed or were cancelled since a time, unless delivered since."""
+    """recover re-queues what failed or was cancelled since a time, unless delivered since."""
     endpoint_id = await create(store)
     await conn.execute("UPDATE webhooks.settings SET retry_schedule = '{}'")
     d_old, d_failed, d_ok, d_fixed, d_cancelled = await emit_n(conn, 5)
-    event_of = {r["id"]: r["event_id"] for r in await conn.fetch("SELECT * FROM webhooks.deliveries")}
+    event_of = {
+        r["id"]: r["event_id"] for r in await conn.fetch("SELECT * FROM webhooks.deliveries")
+    }
     claimed = {d.id: d for d, _ in await claim(store, {endpoint_id: 4})}
     await store.record([outcome(claimed[d_old], 500)])
-    await conn.execute("UPDATE webhooks.delivery_outcomes SET ended_at = now() - interval '2 hours'")
+    await conn.execute(
+        "UPDATE webhooks.delivery_outcomes SET ended_at = now() - interval '2 hours'"
+    )
     since = await clock(conn)
     await store.record(
         [outcome(claimed[d], s) for d, s in [(d_failed, 500), (d_ok, 200), (d_fixed, 500)]]
@@ -733,7 +739,7 @@ def test_every_project_sqlstate_has_an_error_class() -> None:
     """Each WH00n code raised by sql/functions/ maps to a StoreError subclass."""
     from engine.sqlfiles import function_files
 
-    raised = set()
+    raised: set[str] = set()
     for f in function_files():
         raised.update(
             code for code in f.text.split("'") if code.startswith("WH") and code[2:].isdigit()
@@ -854,3 +860,22 @@ async def test_maintain_purges_old_rows_of_default_partitions(
     assert await conn.fetchval("SELECT count(*) FROM webhooks.events") == 1
     keys = await conn.fetch("SELECT key FROM webhooks.idempotency_keys")
     assert [k["key"] for k in keys] == ["new"]
+
+
+@pytest.mark.parametrize("success_first", [True, False])
+async def test_success_in_same_batch_prevents_disable(
+    store: Store, conn: asyncpg.Connection, success_first: bool
+) -> None:
+    """A long-failing endpoint that succeeds in a batch is not disabled by failures in it."""
+    endpoint_id = await create(store)
+    d1, d2 = await emit_n(conn, 2)
+    await conn.execute("UPDATE webhooks.endpoints SET failing_since = now() - interval '6 days'")
+    claimed = {d.id: d for d, _ in await claim(store)}
+    batch = [outcome(claimed[d1], 200), outcome(claimed[d2], 500)]
+    recorded = await store.record(batch if success_first else batch[::-1])
+    assert {(r.delivery_id, r.outcome) for r in recorded} == {(d1, "delivered"), (d2, "retry")}
+    endpoint = await conn.fetchrow("SELECT * FROM webhooks.endpoints WHERE id = $1", endpoint_id)
+    assert endpoint is not None
+    assert endpoint["enabled"] is True
+    assert endpoint["failing_since"] is None
+    assert await live(conn, d2) is not None

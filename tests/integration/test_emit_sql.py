@@ -1,15 +1,64 @@
-"""webhooks.emit against a real Postgres: subscribers, idempotency, validation and the wake-up NOTIFY."""
+"""webhooks.emit on a real Postgres: subscribers, idempotency, validation and the wake-up NOTIFY."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
 import asyncpg
 import pytest
+
+
+def with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
+
+
+@pytest.fixture(scope="module")
+async def shared_db(pg_server_url: str, template_db: str) -> AsyncIterator[str]:
+    """One migrated database for this module's tests that run inside ``tx``."""
+    name = f"misar_emit_{os.getpid()}"
+    admin = await asyncpg.connect(pg_server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+        yield with_database(pg_server_url, name)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def tx(shared_db: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection in a transaction rolled back after the test.
+
+    Cheaper than a database per test for the many tests that only check what a call refuses;
+    their rows, settings changes included, vanish with the rollback. Calls that must fail go through
+    :func:`error_of`, which runs them in a savepoint so the transaction stays usable.
+    """
+    connection = await asyncpg.connect(shared_db)
+    transaction = connection.transaction()
+    await transaction.start()
+    try:
+        yield connection
+    finally:
+        await transaction.rollback()
+        await connection.close()
+
+
+async def error_of(conn: asyncpg.Connection, call: Awaitable[object]) -> asyncpg.PostgresError:
+    """Await a call that must fail, in a savepoint, and return the database error it raised."""
+    try:
+        async with conn.transaction():
+            await call
+    except asyncpg.PostgresError as exc:
+        return exc
+    raise AssertionError("the call did not fail")
+
 
 EMIT = "SELECT webhooks.emit($1, $2, $3::jsonb, $4)"
 
@@ -49,7 +98,9 @@ async def table_counts(conn: asyncpg.Connection) -> dict[str, int]:
 
 
 async def delivered_to(conn: asyncpg.Connection, event_id: int) -> set[UUID]:
-    rows = await conn.fetch("SELECT endpoint_id FROM webhooks.deliveries WHERE event_id = $1", event_id)
+    rows = await conn.fetch(
+        "SELECT endpoint_id FROM webhooks.deliveries WHERE event_id = $1", event_id
+    )
     return {r["endpoint_id"] for r in rows}
 
 
@@ -118,13 +169,13 @@ async def test_exact_and_wildcard_subscribers_each_get_one_delivery(
     ],
 )
 async def test_subscription_matching(
-    conn: asyncpg.Connection, event_types: list[str], subscribed: bool
+    tx: asyncpg.Connection, event_types: list[str], subscribed: bool
 ) -> None:
     """A contact.created event reaches only endpoints whose subscriptions match it."""
-    await create(conn, event_types)
-    event_id = await emit(conn, "contact.created")
+    await create(tx, event_types)
+    event_id = await emit(tx, "contact.created")
     assert (event_id is not None) is subscribed
-    assert await table_counts(conn) == (
+    assert await table_counts(tx) == (
         {"events": 1, "deliveries": 1, "keys": 0} if subscribed else NOTHING
     )
 
@@ -197,8 +248,12 @@ async def test_concurrent_idempotent_emits_create_one_event(db_url: str) -> None
 
 
 INVALID_EMIT = [
-    pytest.param({"account_id": ""}, "WH001", "account_id", "must not be empty", id="empty-account"),
-    pytest.param({"account_id": None}, "WH001", "account_id", "must not be empty", id="null-account"),
+    pytest.param(
+        {"account_id": ""}, "WH001", "account_id", "must not be empty", id="empty-account"
+    ),
+    pytest.param(
+        {"account_id": None}, "WH001", "account_id", "must not be empty", id="null-account"
+    ),
     pytest.param({"event_type": "email.nope"}, "WH002", "event_type", "unknown", id="unknown-type"),
     pytest.param({"event_type": "email.*"}, "WH002", "event_type", "unknown", id="wildcard-type"),
     pytest.param({"event_type": None}, "WH002", "event_type", "unknown", id="null-type"),
@@ -214,10 +269,10 @@ INVALID_EMIT = [
 
 @pytest.mark.parametrize(("overrides", "sqlstate", "column", "reason"), INVALID_EMIT)
 async def test_emit_refuses_invalid_input(
-    conn: asyncpg.Connection, overrides: dict[str, Any], sqlstate: str, column: str, reason: str
+    tx: asyncpg.Connection, overrides: dict[str, Any], sqlstate: str, column: str, reason: str
 ) -> None:
     """Invalid input raises a project SQLSTATE naming the field and the reason, writing nothing."""
-    await create(conn, ["*"])
+    await create(tx, ["*"])
     args: dict[str, Any] = {
         "account_id": "acct_1",
         "event_type": "email.sent",
@@ -225,17 +280,19 @@ async def test_emit_refuses_invalid_input(
         "key": None,
     }
     args.update({k: v for k, v in overrides.items() if k != "payload"})
-    with pytest.raises(asyncpg.PostgresError) as info:
-        await conn.fetchval(EMIT, args["account_id"], args["event_type"], args["raw_payload"], args["key"])
-    assert info.value.sqlstate == sqlstate
-    assert info.value.column_name == column
-    assert info.value.message.startswith(f"{column}: ")
-    assert reason in info.value.message
-    assert await table_counts(conn) == NOTHING
+    error = await error_of(
+        tx,
+        tx.fetchval(EMIT, args["account_id"], args["event_type"], args["raw_payload"], args["key"]),
+    )
+    assert error.sqlstate == sqlstate
+    assert error.column_name == column
+    assert error.message.startswith(f"{column}: ")
+    assert reason in error.message
+    assert await table_counts(tx) == NOTHING
 
 
 async def test_payload_over_the_limit_is_refused(conn: asyncpg.Connection) -> None:
-    """A payload one byte over settings.max_payload_bytes raises WH003; one at the limit is accepted."""
+    """A payload one byte over max_payload_bytes raises WH003; one at the limit is accepted."""
     await create(conn, ["email.sent"])
     payload = json.dumps({"body": "x" * 300})
     size = await conn.fetchval("SELECT octet_length($1::jsonb::text)", payload)
@@ -268,12 +325,14 @@ async def test_unknown_type_is_refused_even_without_subscribers(conn: asyncpg.Co
 
 
 async def test_error_rolls_back_nothing_half_written(conn: asyncpg.Connection) -> None:
-    """A failing emit inside a transaction leaves no event of an earlier emit in it behind."""
+    """When a later emit fails, the caller's rollback takes the earlier emit's rows with it."""
     await create(conn, ["email.sent"])
+    tx = conn.transaction()
+    await tx.start()
+    assert await emit(conn) is not None
     with pytest.raises(asyncpg.PostgresError):
-        async with conn.transaction():
-            assert await emit(conn) is not None
-            await emit(conn, payload=[1])
+        await emit(conn, payload=[1])
+    await tx.rollback()
     assert await table_counts(conn) == NOTHING
 
 
@@ -288,14 +347,14 @@ class Listener:
         self.channel = channel
         self.payloads: list[str] = []
 
-    def _on_notify(self, _c: Any, _pid: int, _channel: str, payload: str) -> None:
-        self.payloads.append(payload)
+    def _on_notify(self, _c: object, _pid: int, _channel: str, payload: object) -> None:
+        self.payloads.append(str(payload))
 
     async def start(self) -> None:
         await self.conn.add_listener(self.channel, self._on_notify)
 
     async def drain(self) -> list[str]:
-        """Everything notified so far: a round trip reads every message the server sent before it."""
+        """Everything notified so far: a round trip reads all the server sent before it."""
         await self.conn.fetchval("SELECT 1")
         await asyncio.sleep(0)
         return list(self.payloads)

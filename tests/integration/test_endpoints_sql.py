@@ -4,12 +4,62 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID, uuid4
 
 import asyncpg
 import pytest
+
+
+def with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
+
+
+@pytest.fixture(scope="module")
+async def shared_db(pg_server_url: str, template_db: str) -> AsyncIterator[str]:
+    """One migrated database for this module's tests that run inside ``tx``."""
+    name = f"misar_endpoints_{os.getpid()}"
+    admin = await asyncpg.connect(pg_server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+        yield with_database(pg_server_url, name)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def tx(shared_db: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection in a transaction rolled back after the test.
+
+    Cheaper than a database per test for the many tests that only check what a call refuses;
+    their rows, settings changes included, vanish with the rollback. Calls that must fail go through
+    :func:`error_of`, which runs them in a savepoint so the transaction stays usable.
+    """
+    connection = await asyncpg.connect(shared_db)
+    transaction = connection.transaction()
+    await transaction.start()
+    try:
+        yield connection
+    finally:
+        await transaction.rollback()
+        await connection.close()
+
+
+async def error_of(conn: asyncpg.Connection, call: Awaitable[object]) -> asyncpg.PostgresError:
+    """Await a call that must fail, in a savepoint, and return the database error it raised."""
+    try:
+        async with conn.transaction():
+            await call
+    except asyncpg.PostgresError as exc:
+        return exc
+    raise AssertionError("the call did not fail")
+
 
 CREATE = """
 SELECT id, secret FROM webhooks.create_endpoint(
@@ -81,7 +131,7 @@ async def endpoint_row(conn: asyncpg.Connection, endpoint_id: UUID) -> asyncpg.R
 
 
 async def test_create_returns_id_and_generated_secret(conn: asyncpg.Connection) -> None:
-    """create_endpoint stores the endpoint with defaults and returns a generated 32-byte whsec_ secret."""
+    """create_endpoint stores the endpoint with defaults and returns a new 32-byte whsec_ secret."""
     endpoint_id, secret = await create(conn, description="orders")
     assert secret.startswith("whsec_")
     assert len(base64.b64decode(secret.removeprefix("whsec_"), validate=True)) == 32
@@ -125,10 +175,10 @@ async def test_create_normalises_event_types(conn: asyncpg.Connection) -> None:
 @pytest.mark.parametrize(
     "event_types", [["email.*"], ["*"], ["contact.*", "email.sent"], ["automation.*"]]
 )
-async def test_create_accepts_wildcards(conn: asyncpg.Connection, event_types: list[str]) -> None:
+async def test_create_accepts_wildcards(tx: asyncpg.Connection, event_types: list[str]) -> None:
     """Known prefixes with `.*` and the catch-all `*` are valid subscriptions."""
-    endpoint_id, _ = await create(conn, event_types=event_types)
-    assert (await endpoint_row(conn, endpoint_id))["event_types"] == sorted(event_types)
+    endpoint_id, _ = await create(tx, event_types=event_types)
+    assert (await endpoint_row(tx, endpoint_id))["event_types"] == sorted(event_types)
 
 
 async def test_create_allows_http_only_when_settings_allow_it(conn: asyncpg.Connection) -> None:
@@ -143,9 +193,15 @@ async def test_create_allows_http_only_when_settings_allow_it(conn: asyncpg.Conn
 
 
 INVALID_CREATE = [
-    pytest.param({"account_id": ""}, "WH001", "account_id", "must not be empty", id="empty-account"),
-    pytest.param({"account_id": "  "}, "WH001", "account_id", "must not be empty", id="blank-account"),
-    pytest.param({"account_id": None}, "WH001", "account_id", "must not be empty", id="null-account"),
+    pytest.param(
+        {"account_id": ""}, "WH001", "account_id", "must not be empty", id="empty-account"
+    ),
+    pytest.param(
+        {"account_id": "  "}, "WH001", "account_id", "must not be empty", id="blank-account"
+    ),
+    pytest.param(
+        {"account_id": None}, "WH001", "account_id", "must not be empty", id="null-account"
+    ),
     pytest.param({"account_id": "a" * 201}, "WH001", "account_id", "at most", id="long-account"),
     pytest.param({"url": ""}, "WH001", "url", "must not be empty", id="empty-url"),
     pytest.param({"url": "not a url"}, "WH001", "url", "not a valid absolute", id="no-scheme"),
@@ -185,16 +241,15 @@ INVALID_CREATE = [
 
 @pytest.mark.parametrize(("overrides", "sqlstate", "column", "reason"), INVALID_CREATE)
 async def test_create_refuses_invalid_input(
-    conn: asyncpg.Connection, overrides: dict[str, Any], sqlstate: str, column: str, reason: str
+    tx: asyncpg.Connection, overrides: dict[str, Any], sqlstate: str, column: str, reason: str
 ) -> None:
     """Invalid input raises a project SQLSTATE naming the field and the reason, writing nothing."""
-    with pytest.raises(asyncpg.PostgresError) as info:
-        await create(conn, **overrides)
-    assert info.value.sqlstate == sqlstate
-    assert info.value.column_name == column
-    assert info.value.message.startswith(f"{column}: ")
-    assert reason in info.value.message
-    assert (await table_counts(conn))["endpoints"] == 0
+    error = await error_of(tx, create(tx, **overrides))
+    assert error.sqlstate == sqlstate
+    assert error.column_name == column
+    assert error.message.startswith(f"{column}: ")
+    assert reason in error.message
+    assert (await table_counts(tx))["endpoints"] == 0
 
 
 # -- update ---------------------------------------------------------------------------------------
@@ -248,34 +303,35 @@ async def test_update_rate_limit_zero_removes_it(conn: asyncpg.Connection) -> No
     ],
 )
 async def test_update_refuses_invalid_input(
-    conn: asyncpg.Connection, args: tuple[Any, ...], sqlstate: str, column: str
+    tx: asyncpg.Connection, args: tuple[Any, ...], sqlstate: str, column: str
 ) -> None:
-    """An invalid update raises a project SQLSTATE for the field and leaves the endpoint unchanged."""
-    endpoint_id, _ = await create(conn)
-    before = await endpoint_row(conn, endpoint_id)
-    with pytest.raises(asyncpg.PostgresError) as info:
-        await conn.fetchrow(UPDATE, endpoint_id, *args, None)
-    assert info.value.sqlstate == sqlstate
-    assert info.value.column_name == column
-    assert info.value.message.startswith(f"{column}: ")
-    assert dict((await endpoint_row(conn, endpoint_id)).items()) == dict(before.items())
+    """An invalid update raises a project SQLSTATE for the field and changes nothing."""
+    endpoint_id, _ = await create(tx)
+    before = await endpoint_row(tx, endpoint_id)
+    error = await error_of(tx, tx.fetchrow(UPDATE, endpoint_id, *args, None))
+    assert error.sqlstate == sqlstate
+    assert error.column_name == column
+    assert error.message.startswith(f"{column}: ")
+    assert dict((await endpoint_row(tx, endpoint_id)).items()) == dict(before.items())
 
 
 # -- disable / enable -----------------------------------------------------------------------------
 
 
 async def test_disable_cancels_live_deliveries(conn: asyncpg.Connection) -> None:
-    """Disabling records the reason and ends every live delivery as 'cancelled' in delivery_outcomes."""
+    """Disabling records the reason and ends every live delivery as 'cancelled'."""
     endpoint_id, _ = await create(conn)
     events = [await emit(conn), await emit(conn)]
-    row = await conn.fetchrow("SELECT * FROM webhooks.disable_endpoint($1, 'maintenance')", endpoint_id)
+    row = await conn.fetchrow(
+        "SELECT * FROM webhooks.disable_endpoint($1, 'maintenance')", endpoint_id
+    )
     assert row is not None
     assert row["enabled"] is False
     assert row["disabled_reason"] == "maintenance"
     assert row["disabled_at"] is not None
     assert await conn.fetchval("SELECT count(*) FROM webhooks.deliveries") == 0
     outcomes = await conn.fetch(
-        "SELECT event_id, status, last_error, attempts FROM webhooks.delivery_outcomes ORDER BY event_id"
+        "SELECT event_id, status, last_error, attempts FROM webhooks.delivery_outcomes ORDER BY 1"
     )
     assert [(o["event_id"], o["status"], o["attempts"]) for o in outcomes] == [
         (events[0], "cancelled", 0),
@@ -364,36 +420,33 @@ CALLS_ON_ENDPOINT = [
 
 @pytest.mark.parametrize("statement", CALLS_ON_ENDPOINT)
 async def test_deleted_endpoint_is_unknown_to_every_function(
-    conn: asyncpg.Connection, statement: str
+    tx: asyncpg.Connection, statement: str
 ) -> None:
     """After delete_endpoint, every endpoint function raises WH004 for it."""
-    endpoint_id, _ = await create(conn)
-    await conn.execute("SELECT webhooks.delete_endpoint($1)", endpoint_id)
-    before = await endpoint_row(conn, endpoint_id)
-    with pytest.raises(asyncpg.PostgresError) as info:
-        await conn.execute(statement, endpoint_id)
-    assert info.value.sqlstate == "WH004"
-    assert info.value.column_name == "endpoint_id"
-    assert info.value.message.startswith("endpoint_id: ")
-    assert dict((await endpoint_row(conn, endpoint_id)).items()) == dict(before.items())
+    endpoint_id, _ = await create(tx)
+    await tx.execute("SELECT webhooks.delete_endpoint($1)", endpoint_id)
+    before = await endpoint_row(tx, endpoint_id)
+    error = await error_of(tx, tx.execute(statement, endpoint_id))
+    assert error.sqlstate == "WH004"
+    assert error.column_name == "endpoint_id"
+    assert error.message.startswith("endpoint_id: ")
+    assert dict((await endpoint_row(tx, endpoint_id)).items()) == dict(before.items())
 
 
 @pytest.mark.parametrize("statement", CALLS_ON_ENDPOINT)
-async def test_unknown_endpoint_is_refused(conn: asyncpg.Connection, statement: str) -> None:
+async def test_unknown_endpoint_is_refused(tx: asyncpg.Connection, statement: str) -> None:
     """Every endpoint function raises WH004 for an id that never existed."""
-    with pytest.raises(asyncpg.PostgresError) as info:
-        await conn.execute(statement, uuid4())
-    assert info.value.sqlstate == "WH004"
-    assert info.value.column_name == "endpoint_id"
+    error = await error_of(tx, tx.execute(statement, uuid4()))
+    assert error.sqlstate == "WH004"
+    assert error.column_name == "endpoint_id"
 
 
 @pytest.mark.parametrize("statement", CALLS_ON_ENDPOINT)
-async def test_null_endpoint_id_is_refused(conn: asyncpg.Connection, statement: str) -> None:
+async def test_null_endpoint_id_is_refused(tx: asyncpg.Connection, statement: str) -> None:
     """Every endpoint function raises WH001 naming endpoint_id for a NULL id."""
-    with pytest.raises(asyncpg.PostgresError) as info:
-        await conn.execute(statement, None)
-    assert info.value.sqlstate == "WH001"
-    assert info.value.column_name == "endpoint_id"
+    error = await error_of(tx, tx.execute(statement, None))
+    assert error.sqlstate == "WH001"
+    assert error.column_name == "endpoint_id"
 
 
 async def test_delete_cancels_deliveries_and_hides_the_endpoint(conn: asyncpg.Connection) -> None:
@@ -433,7 +486,9 @@ async def test_rotate_keeps_old_secret_for_the_grace_period(conn: asyncpg.Connec
     """rotate_secret returns a new secret and keeps the old one valid until now() + grace."""
     endpoint_id, old = await create(conn)
     async with conn.transaction():
-        new = await conn.fetchval("SELECT webhooks.rotate_secret($1, interval '2 hours')", endpoint_id)
+        new = await conn.fetchval(
+            "SELECT webhooks.rotate_secret($1, interval '2 hours')", endpoint_id
+        )
         now = await conn.fetchval("SELECT now()")
     assert new != old
     assert new.startswith("whsec_")
@@ -486,17 +541,19 @@ async def test_rotate_accepts_a_given_secret(conn: asyncpg.Connection) -> None:
     ],
 )
 async def test_rotate_refuses_invalid_input(
-    conn: asyncpg.Connection, grace: str | None, new_secret: str | None, column: str
+    tx: asyncpg.Connection, grace: str | None, new_secret: str | None, column: str
 ) -> None:
     """An invalid rotation raises WH001 for the field and keeps the current secret."""
-    endpoint_id, secret = await create(conn)
-    before = await endpoint_row(conn, endpoint_id)
-    given = secret if new_secret == "CURRENT" else new_secret
-    with pytest.raises(asyncpg.PostgresError) as info:
-        await conn.execute(
+    endpoint_id, secret = await create(tx)
+    before = await endpoint_row(tx, endpoint_id)
+    given = secret if new_secret == "CURRENT" else new_secret  # noqa: S105 (a marker, no secret)
+    error = await error_of(
+        tx,
+        tx.execute(
             "SELECT webhooks.rotate_secret($1, $2::text::interval, $3)", endpoint_id, grace, given
-        )
-    assert info.value.sqlstate == "WH001"
-    assert info.value.column_name == column
-    assert info.value.message.startswith(f"{column}: ")
-    assert dict((await endpoint_row(conn, endpoint_id)).items()) == dict(before.items())
+        ),
+    )
+    assert error.sqlstate == "WH001"
+    assert error.column_name == column
+    assert error.message.startswith(f"{column}: ")
+    assert dict((await endpoint_row(tx, endpoint_id)).items()) == dict(before.items())

@@ -1,4 +1,4 @@
-"""The migration runner against a real Postgres: fresh apply, no-op re-run, concurrency, checksums."""
+"""The migration runner on a real Postgres: fresh apply, no-op re-run, concurrency, checksums."""
 
 from __future__ import annotations
 
@@ -38,8 +38,19 @@ def sql_copy(tmp_path: Path) -> Path:
     return root
 
 
+def next_file(name: str) -> str:
+    """A migration file name numbered after the last one shipped."""
+    return f"{len(sqlfiles.migrations()) + 1:04d}_{name}.sql"
+
+
+def shipped_versions() -> list[int]:
+    return [m.version for m in sqlfiles.migrations()]
+
+
 async def recorded(conn: asyncpg.Connection) -> list[tuple[int, str, str]]:
-    rows = await conn.fetch("SELECT version, name, sha256 FROM webhooks.schema_migrations ORDER BY 1")
+    rows = await conn.fetch(
+        "SELECT version, name, sha256 FROM webhooks.schema_migrations ORDER BY 1"
+    )
     return [(r["version"], r["name"], r["sha256"]) for r in rows]
 
 
@@ -109,32 +120,41 @@ async def test_edited_migration_file_is_refused(conn: asyncpg.Connection, sql_co
 
 async def test_new_migration_is_applied_alone(conn: asyncpg.Connection, sql_copy: Path) -> None:
     """A new numbered file is applied and recorded; applied ones are left alone."""
-    (sql_copy / "migrations" / "0002_add_note.sql").write_text(
+    (sql_copy / "migrations" / next_file("add_note")).write_text(
         "ALTER TABLE webhooks.endpoints ADD COLUMN note text;\n"
     )
     report = await migrate(conn, root=sql_copy)
-    assert report.applied == ["0002_add_note.sql"]
+    assert report.applied == [next_file("add_note")]
     assert report.functions == []
-    assert [v for v, _, _ in await recorded(conn)] == [1, 2]
-    assert await conn.fetchval(
-        "SELECT count(*) FROM information_schema.columns "
-        "WHERE table_schema = 'webhooks' AND table_name = 'endpoints' AND column_name = 'note'"
-    ) == 1
+    assert [v for v, _, _ in await recorded(conn)] == [
+        *shipped_versions(),
+        len(shipped_versions()) + 1,
+    ]
+    assert (
+        await conn.fetchval(
+            "SELECT count(*) FROM information_schema.columns "
+            "WHERE table_schema = 'webhooks' AND table_name = 'endpoints' AND column_name = 'note'"
+        )
+        == 1
+    )
     assert not (await migrate(conn, root=sql_copy)).changed
 
 
 async def test_failing_migration_leaves_nothing(conn: asyncpg.Connection, sql_copy: Path) -> None:
     """A migration that fails midway is rolled back whole and not recorded; the lock is released."""
-    (sql_copy / "migrations" / "0002_broken.sql").write_text(
+    (sql_copy / "migrations" / next_file("broken")).write_text(
         "CREATE TABLE webhooks.half_done (id int);\nSELECT 1 / 0;\n"
     )
     with pytest.raises(asyncpg.DivisionByZeroError):
         await migrate(conn, root=sql_copy)
     assert await conn.fetchval("SELECT to_regclass('webhooks.half_done')") is None
-    assert [v for v, _, _ in await recorded(conn)] == [1]
-    assert await conn.fetchval(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
-    ) == 0
+    assert [v for v, _, _ in await recorded(conn)] == shipped_versions()
+    assert (
+        await conn.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+        )
+        == 0
+    )
     assert not (await migrate(conn)).changed
 
 
@@ -155,7 +175,7 @@ async def test_changed_function_file_is_reapplied(conn: asyncpg.Connection, sql_
     emit = sql_copy / "functions" / "30_emit.sql"
     emit.write_text(
         emit.read_text()
-        + "\nCREATE OR REPLACE FUNCTION webhooks.probe_v1() RETURNS int LANGUAGE sql AS 'SELECT 7';\n"
+        + "\nCREATE FUNCTION webhooks.probe_v1() RETURNS int LANGUAGE sql AS 'SELECT 7';\n"
     )
     report = await migrate(conn, root=sql_copy)
     assert report.applied == []

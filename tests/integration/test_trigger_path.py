@@ -1,4 +1,4 @@
-"""The trigger path as MisarMail uses it: an app table whose AFTER INSERT trigger calls webhooks.emit.
+"""The trigger path as MisarMail uses it: an app table with an AFTER INSERT trigger calling emit.
 
 The event is written in the app's own transaction, so it exists exactly when the app's row does.
 """
@@ -138,12 +138,14 @@ async def test_rolled_back_savepoint_drops_only_its_events(app: asyncpg.Connecti
 
 
 async def test_invalid_event_fails_the_app_insert(app: asyncpg.Connection) -> None:
-    """An unknown kind makes emit raise WH002, so the app's insert fails and nothing is half-written."""
+    """An unknown kind makes emit raise WH002: the app's insert fails, nothing is half-written."""
     await endpoint(app, ["*"])
+    tx = app.transaction()
+    await tx.start()
+    await app.execute(INSERT, "acct_1", "email.sent", payload("m1"))
     with pytest.raises(asyncpg.PostgresError) as info:
-        async with app.transaction():
-            await app.execute(INSERT, "acct_1", "email.sent", payload("m1"))
-            await app.execute(INSERT, "acct_1", "email.teleported", payload("m2"))
+        await app.execute(INSERT, "acct_1", "email.teleported", payload("m2"))
+    await tx.rollback()
     assert info.value.sqlstate == "WH002"
     assert info.value.column_name == "event_type"
     assert await counts(app) == (0, 0, 0)

@@ -1,0 +1,227 @@
+"""EXPLAIN guards: the claim and emit's subscriber lookup use their indexes on 100,000-row tables.
+
+The statements are the ones the SQL functions run, with the function's variables as parameters.
+plpgsql plans them like prepared statements, custom plans first and then possibly a generic plan,
+so each is checked both ways. The planner chooses freely: no enable_* settings are changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+from uuid import UUID
+
+import asyncpg
+import pytest
+
+ROWS = 100_000
+ENDPOINTS_WITH_BACKLOG = 1_000  # 100 live deliveries each
+ACCOUNTS = 25_000  # 4 endpoints each
+
+FILL_ENDPOINTS = """
+INSERT INTO webhooks.endpoints (account_id, url, event_types, secret, enabled)
+SELECT 'acct_' || (g % $2), 'https://example.com/hooks/' || g,
+       CASE g % 3 WHEN 0 THEN '{email.sent,email.opened}'::text[]
+                  WHEN 1 THEN '{email.*}' ELSE '{*}' END,
+       'whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=', g % 10 <> 0
+  FROM generate_series(1, $1) AS g
+"""
+
+# Most live deliveries are due (a backlog); every fifth waits for a retry.
+FILL_DELIVERIES = """
+WITH busy AS (
+    SELECT array_agg(id) AS ids
+      FROM (SELECT id FROM webhooks.endpoints WHERE enabled ORDER BY id LIMIT $2) AS e
+)
+INSERT INTO webhooks.deliveries (event_id, event_created_at, event_type, endpoint_id, due_at)
+SELECT g, now(), 'email.sent', busy.ids[g % $2 + 1],
+       now() + CASE WHEN g % 5 = 0 THEN interval '10 minutes' ELSE -interval '1 second' * g END
+  FROM generate_series(1, $1) AS g, busy
+"""
+
+# claim_v1, dispatch ordering: the endpoint's due rows, oldest first.
+CLAIM_DUE = """
+SELECT d.id FROM webhooks.deliveries d
+ WHERE d.endpoint_id = $1 AND d.due_at <= now()
+ ORDER BY d.due_at, d.id
+ LIMIT $2
+ FOR UPDATE SKIP LOCKED
+"""
+
+# claim_v1, strict ordering: the endpoint's oldest live delivery.
+CLAIM_HEAD = """
+SELECT d.id, d.due_at FROM webhooks.deliveries d
+ WHERE d.endpoint_id = $1 ORDER BY d.id LIMIT 1
+"""
+
+# claim_v1's loose index scan: the endpoints that have live deliveries, one probe each.
+CLAIM_ENDPOINTS = """
+WITH RECURSIVE eps(id) AS (
+    (SELECT d.endpoint_id FROM webhooks.deliveries d ORDER BY d.endpoint_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT d.endpoint_id FROM webhooks.deliveries d
+             WHERE d.endpoint_id > eps.id ORDER BY d.endpoint_id LIMIT 1)
+      FROM eps WHERE eps.id IS NOT NULL
+)
+SELECT eps.id, e.ordering, e.enabled
+  FROM eps JOIN webhooks.endpoints e ON e.id = eps.id
+ ORDER BY ($1::uuid IS NOT NULL AND eps.id <= $1::uuid), eps.id
+"""
+
+# emit's subscriber lookup.
+EMIT_LOOKUP = """
+SELECT array_agg(e.id ORDER BY e.id)
+  FROM webhooks.endpoints e
+ WHERE e.account_id = $1
+   AND e.enabled
+   AND ($2 = ANY (e.event_types)
+        OR '*' = ANY (e.event_types)
+        OR split_part($2, '.', 1) || '.*' = ANY (e.event_types))
+"""
+
+
+def with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
+
+
+@pytest.fixture(scope="module")
+async def big_db(pg_server_url: str, template_db: str) -> AsyncIterator[str]:
+    """One migrated database for this module with 100,000 endpoints and 100,000 live deliveries."""
+    name = f"misar_plans_{os.getpid()}"
+    admin = await asyncpg.connect(pg_server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+        url = with_database(pg_server_url, name)
+        conn = await asyncpg.connect(url)
+        try:
+            async with conn.transaction():
+                await conn.execute(FILL_ENDPOINTS, ROWS, ACCOUNTS)
+                await conn.execute(FILL_DELIVERIES, ROWS, ENDPOINTS_WITH_BACKLOG)
+            await conn.execute("ANALYZE webhooks.endpoints, webhooks.deliveries")
+        finally:
+            await conn.close()
+        yield url
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def big(big_db: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the 100,000-row database."""
+    conn = await asyncpg.connect(big_db)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from plan_nodes(child)
+
+
+def scans(plan_json: str) -> dict[str, set[str]]:
+    """Table name -> the indexes its scans use ('' stands for a sequential scan)."""
+    [top] = json.loads(plan_json)
+    found: dict[str, set[str]] = {}
+    for node in plan_nodes(top["Plan"]):
+        kind = node["Node Type"]
+        if kind in ("Index Scan", "Index Only Scan"):
+            found.setdefault(node["Relation Name"], set()).add(node["Index Name"])
+        elif kind == "Bitmap Heap Scan":
+            found.setdefault(node["Relation Name"], set()).update(
+                n["Index Name"] for n in plan_nodes(node) if n["Node Type"] == "Bitmap Index Scan"
+            )
+        elif kind == "Seq Scan":
+            found.setdefault(node["Relation Name"], set()).add("")
+    return found
+
+
+async def custom_plan(conn: asyncpg.Connection, sql: str, *args: Any) -> dict[str, set[str]]:
+    return scans(await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, *args))
+
+
+async def generic_plan(
+    conn: asyncpg.Connection, sql: str, types: str, values: str
+) -> dict[str, set[str]]:
+    """The plan a long-lived plpgsql function may settle on, whatever the parameter values."""
+    await conn.execute(f"PREPARE probe ({types}) AS {sql}")
+    try:
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        return scans(await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE probe ({values})"))
+    finally:
+        await conn.execute("RESET plan_cache_mode")
+        await conn.execute("DEALLOCATE probe")
+
+
+async def backlog_endpoint(conn: asyncpg.Connection) -> UUID:
+    """One of the 1,000 endpoints with live deliveries."""
+    endpoint_id: UUID = await conn.fetchval(
+        "SELECT endpoint_id FROM webhooks.deliveries ORDER BY id LIMIT 1"
+    )
+    return endpoint_id
+
+
+# With a generic plan the values do not matter; these only fill the parameters.
+ANY_UUID = "'00000000-0000-0000-0000-000000000000'"
+
+
+async def test_tables_are_big(big: asyncpg.Connection) -> None:
+    """The plan checks below run on 100,000 endpoints and 100,000 deliveries, analyzed."""
+    assert await big.fetchval("SELECT count(*) FROM webhooks.endpoints") == ROWS
+    assert await big.fetchval("SELECT count(*) FROM webhooks.deliveries") == ROWS
+    assert (
+        await big.fetchval(
+            "SELECT count(*) FROM webhooks.deliveries WHERE endpoint_id = $1",
+            await backlog_endpoint(big),
+        )
+        == ROWS // ENDPOINTS_WITH_BACKLOG
+    )
+    for table in ("endpoints", "deliveries"):
+        estimate = await big.fetchval(
+            "SELECT reltuples FROM pg_class WHERE oid = $1::regclass", f"webhooks.{table}"
+        )
+        assert abs(estimate - ROWS) < ROWS * 0.01
+
+
+async def test_claim_due_rows_use_endpoint_due_index(big: asyncpg.Connection) -> None:
+    """The claim's per-endpoint query scans deliveries_endpoint_due_idx."""
+    custom = await custom_plan(big, CLAIM_DUE, await backlog_endpoint(big), 8)
+    assert custom == {"deliveries": {"deliveries_endpoint_due_idx"}}
+    generic = await generic_plan(big, CLAIM_DUE, "uuid, integer", f"{ANY_UUID}, 8")
+    assert generic == {"deliveries": {"deliveries_endpoint_due_idx"}}
+
+
+async def test_claim_strict_head_uses_endpoint_id_index(big: asyncpg.Connection) -> None:
+    """The strict-ordering head lookup scans deliveries_endpoint_id_idx."""
+    custom = await custom_plan(big, CLAIM_HEAD, await backlog_endpoint(big))
+    assert custom == {"deliveries": {"deliveries_endpoint_id_idx"}}
+    generic = await generic_plan(big, CLAIM_HEAD, "uuid", ANY_UUID)
+    assert generic == {"deliveries": {"deliveries_endpoint_id_idx"}}
+
+
+async def test_claim_loose_scan_uses_endpoint_id_index(big: asyncpg.Connection) -> None:
+    """The claim's walk over endpoints with live deliveries probes deliveries_endpoint_id_idx."""
+    for after in (None, await backlog_endpoint(big)):
+        plan = await custom_plan(big, CLAIM_ENDPOINTS, after)
+        assert plan["deliveries"] == {"deliveries_endpoint_id_idx"}
+        assert plan["endpoints"] == {"endpoints_pkey"}
+    rows = await big.fetch(CLAIM_ENDPOINTS, None)
+    assert len(rows) == ENDPOINTS_WITH_BACKLOG
+
+
+async def test_emit_lookup_uses_enabled_account_index(big: asyncpg.Connection) -> None:
+    """emit's subscriber lookup probes endpoints_enabled_account_idx, not the whole table."""
+    custom = await custom_plan(big, EMIT_LOOKUP, "acct_7", "email.sent")
+    assert custom == {"endpoints": {"endpoints_enabled_account_idx"}}
+    generic = await generic_plan(big, EMIT_LOOKUP, "text, text", "'acct_7', 'email.sent'")
+    assert generic == {"endpoints": {"endpoints_enabled_account_idx"}}
+    found = await big.fetchval(EMIT_LOOKUP, "acct_7", "email.sent")
+    assert found is not None
+    assert 1 <= len(found) <= ROWS // ACCOUNTS
