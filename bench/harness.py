@@ -221,7 +221,8 @@ class EngineProcess(Child):
     """``misar-webhooks run`` on the benchmark's database, logging at warning level to a file.
 
     Other ``WEBHOOKS_*`` variables of the caller's environment pass through, so an engine setting
-    can be tried without editing the benchmark (``WEBHOOKS_CLAIM_BATCH=200 python -m bench...``).
+    can be tried without editing the benchmark (``WEBHOOKS_CLAIM_BATCH=200 python -m bench...``);
+    ``WEBHOOKS_ADMIN_PORT`` defaults to 0 (a free port).
     """
 
     @classmethod
@@ -229,6 +230,9 @@ class EngineProcess(Child):
     async def running(cls, database_url: str, workdir: Path) -> AsyncIterator[EngineProcess]:
         """Start the engine (it does not migrate: the workload did); stop it on exit."""
         env = {
+            # A free port for the admin server unless the caller chose one (to scrape /metrics):
+            # the default, 8080, may be taken by another engine on this shared machine.
+            "WEBHOOKS_ADMIN_PORT": "0",
             **os.environ,
             "WEBHOOKS_DATABASE_URL": database_url,
             "WEBHOOKS_LOG_LEVEL": "warning",
@@ -293,9 +297,8 @@ async def run_baseline(url: str, *, concurrency: int, requests: int) -> Baseline
             proc.kill()
             await proc.wait()
     if proc.returncode != 0:
-        raise BenchError(
-            f"the HTTP baseline failed with code {proc.returncode}: {err.decode()[-LOG_TAIL_CHARS:]}"
-        )
+        tail = err.decode(errors="replace")[-LOG_TAIL_CHARS:]
+        raise BenchError(f"the HTTP baseline failed with code {proc.returncode}: {tail}")
     result = BaselineResult(**json.loads(out))
     if result.errors:
         raise BenchError(f"the HTTP baseline got {result.errors} failed requests: {result}")

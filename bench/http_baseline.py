@@ -129,9 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.concurrency < 1 or args.requests < 1:
         parser.error("--concurrency and --requests must be positive")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        result = runner.run(
-            measure(args.url, concurrency=args.concurrency, requests=args.requests)
-        )
+        result = runner.run(measure(args.url, concurrency=args.concurrency, requests=args.requests))
     print(json.dumps(asdict(result)))
     return 0
 

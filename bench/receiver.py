@@ -117,7 +117,9 @@ async def serve(port_file: Path | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.receiver", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.receiver", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--port-file", type=Path, help="also write the port to this file")
     args = parser.parse_args(argv)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

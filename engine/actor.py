@@ -41,6 +41,7 @@ class ActorDeps:
     idle_s: float
     lease_s: Callable[[], float]
     on_room: Callable[[], None]
+    on_started: Callable[[Delivery, datetime], None]  # an attempt starts (metrics)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +168,7 @@ class EndpointActor:
     async def _attempt(self, delivery: Delivery, config: EndpointConfig) -> None:
         started_at = datetime.now(UTC)
         started = time.monotonic()
+        self._deps.on_started(delivery, started_at)
         try:
             headers = sign(
                 config.secrets,

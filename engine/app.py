@@ -7,6 +7,10 @@ Shutdown (the ``stop`` event, set by SIGTERM): the dispatcher stops claiming, re
 started and lets in-flight attempts finish; then the writer writes every outcome; then the rest
 ends. Only if the database stays unreachable past the grace period are outcomes abandoned (logged
 with their count; their deliveries are sent again after the lease expires: at-least-once).
+
+The admin server (/healthz, /readyz, /metrics) is bound before the parts start, so a taken port
+fails the start and ``admin_url`` is known once ``started`` is set; it stops only after the drain,
+so probes and scrapes keep answering while in-flight attempts finish (/readyz says ``stopping``).
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ import asyncpg
 import structlog
 
 from engine.actor import ActorDeps
+from engine.admin import AdminContext, AdminServer, create_app
 from engine.aio import wait_first
 from engine.config import Settings
 from engine.listener import Listener
+from engine.metrics import Metrics
 from engine.migrate import check_current, migrate
 from engine.models import Outcome, Policy, Recorded
 from engine.results import ResultWriter
@@ -29,6 +35,8 @@ from engine.store import Store
 from engine.supervisor import Dispatcher
 
 log = structlog.get_logger("engine.app")
+
+QUEUE_DEPTHS_TIMEOUT_S = 5.0
 
 
 class Engine:
@@ -44,6 +52,12 @@ class Engine:
         self.store: Store | None = None
         self.started = asyncio.Event()
         self._settings_changed = asyncio.Event()
+        self.admin_url: str | None = None  # the admin server's base URL, once started
+        self.metrics = Metrics(
+            actors=lambda: len(self.dispatcher.actors) if self.dispatcher else 0,
+            results_buffered=lambda: self.writer.buffered if self.writer else 0,
+            listener_up=lambda: bool(self.listener and self.listener.connected),
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
@@ -88,6 +102,7 @@ class Engine:
             idle_s=s.actor_idle_s,
             lease_s=self._lease_s,
             on_room=self._wake,
+            on_started=self.metrics.attempt_started,
         )
         self.dispatcher = dispatcher = Dispatcher(
             store,
@@ -100,36 +115,50 @@ class Engine:
             self.database_url,
             on_wakeup=dispatcher.wake,
             on_settings=self._settings_changed.set,
-            on_connect=dispatcher.wake,
+            on_connect=self._listener_connected,
             probe_s=s.listener_probe_s,
         )
-        async with asyncio.TaskGroup() as tg:
-            writer_task = tg.create_task(writer.run(), name="result-writer")
-            if s.listen:
-                tg.create_task(listener.run(stop), name="listener")
-            tg.create_task(self._maintain(store, stop), name="maintenance")
-            tg.create_task(self._refresh_policy(store, sender, stop), name="policy")
-            self.started.set()
-            log.info("engine_started")
-            await dispatcher.run(stop)
-            writer.close()
-            done, _ = await asyncio.wait([writer_task], timeout=s.shutdown_grace_s)
-            if not done:
-                lost = writer.abandon()
-                log.error(
-                    "results_abandoned", count=lost, reason="database unreachable at shutdown"
-                )
-                writer_task.cancel()
+        context = AdminContext(
+            store, self.metrics, listener if s.listen else None, stop, s.admin_token
+        )
+        admin = AdminServer(create_app(context), s.admin_host, s.admin_port)
+        self.admin_url = await admin.start()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                writer_task = tg.create_task(writer.run(), name="result-writer")
+                if s.listen:
+                    tg.create_task(listener.run(stop), name="listener")
+                tg.create_task(self._maintain(store, stop), name="maintenance")
+                tg.create_task(self._refresh_policy(store, sender, stop), name="policy")
+                tg.create_task(self._refresh_queue_depths(store, stop), name="queue-depths")
+                self.started.set()
+                log.info("engine_started")
+                await dispatcher.run(stop)
+                writer.close()
+                done, _ = await asyncio.wait([writer_task], timeout=s.shutdown_grace_s)
+                if not done:
+                    lost = writer.abandon()
+                    log.error(
+                        "results_abandoned", count=lost, reason="database unreachable at shutdown"
+                    )
+                    writer_task.cancel()
+        finally:
+            await admin.close()
         log.info("engine_stopped", attempts_written=writer.written)
 
     def _wake(self) -> None:
         if self.dispatcher is not None:
             self.dispatcher.wake()
 
+    def _listener_connected(self) -> None:
+        self.metrics.listener_connected()
+        self._wake()
+
     def _lease_s(self) -> float:
         return self.policy.lease_duration_s if self.policy else 120.0
 
     def _written(self, outcomes: Sequence[Outcome], recorded: Sequence[Recorded]) -> None:
+        self.metrics.results_written(outcomes, recorded)
         for outcome, result in zip(outcomes, recorded, strict=True):
             if result.outcome != "delivered":
                 log.info(
@@ -153,6 +182,26 @@ class Engine:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 log.warning("maintenance_failed", error=repr(exc))
             await wait_first(stop, seconds=self.settings.maintenance_interval_s)
+
+    async def _refresh_queue_depths(self, store: Store, stop: asyncio.Event) -> None:
+        """Re-count the queue-depth gauges every ``metrics_refresh_s`` (see engine.metrics).
+
+        A failure leaves the last values, whose age queue_depth_updated_timestamp_seconds shows;
+        it is logged once until a count succeeds again.
+        """
+        failing = False
+        while not stop.is_set():
+            try:
+                async with asyncio.timeout(QUEUE_DEPTHS_TIMEOUT_S):
+                    depths = await store.queue_depths()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                if not failing:
+                    log.warning("queue_depths_failed", error=repr(exc))
+                failing = True
+            else:
+                self.metrics.set_queue_depths(depths)
+                failing = False
+            await wait_first(stop, seconds=self.settings.metrics_refresh_s)
 
     async def _refresh_policy(self, store: Store, sender: Sender, stop: asyncio.Event) -> None:
         while not stop.is_set():

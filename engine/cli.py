@@ -1,8 +1,10 @@
-"""``misar-webhooks``: migrate | run | check-config.
+"""``misar-webhooks``: migrate | run | demo | endpoints | deliveries | recover | check-config.
 
-Configuration comes from ``WEBHOOKS_*`` variables; flags override them. Bad input ends with a
-one-line message naming what was wrong and exit code 2, never a traceback. uvloop appears only
-here: ``asyncio.Runner(loop_factory=uvloop.new_event_loop)``.
+Configuration comes from ``WEBHOOKS_*`` variables; flags override them. Tables are for people,
+``--json`` for scripts. Whatever goes wrong ends with one line, ``misar-webhooks: error: ...``,
+never a traceback: exit code 2 for bad input (flags, ids, field values), 1 when the operation
+failed (unknown id, refused state change, database unreachable), 130 on Ctrl-C. uvloop appears
+only here: ``asyncio.Runner(loop_factory=uvloop.new_event_loop)``.
 """
 
 from __future__ import annotations
@@ -15,47 +17,74 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import asyncpg
 import structlog
 import uvloop
 
+from engine import cli_commands as cmd
 from engine import logs
-from engine.app import Engine
+from engine.cli_args import delivery_id, duration, endpoint_id, page_size, seconds, since, words
 from engine.config import Settings
 from engine.embedded import EmbeddedPostgres
-from engine.errors import EngineError
+from engine.errors import ConfigError, EngineError, InvalidInput
 from engine.migrate import migrate
+from engine.views import DeliveryStatus
 
 T = TypeVar("T")
 log = structlog.get_logger("engine.cli")
+PROG = "misar-webhooks"
+EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 DEFAULT_DATA_DIR = "~/.local/share/misar-webhooks/postgres"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     try:
         settings = Settings.from_env(os.environ, **_overrides(args))
         logs.configure(settings.log_level, settings.log_format)
         handler: Callable[[argparse.Namespace, Settings], int] = args.handler
         return handler(args, settings)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`| head`): stay quiet, and keep the interpreter's final flush of
+        # stdout from raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    except (InvalidInput, ConfigError) as exc:
+        return _fail(str(exc), EXIT_USAGE)
     except EngineError as exc:
-        print(f"misar-webhooks: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (OSError, asyncpg.PostgresError) as exc:
-        print(f"misar-webhooks: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        return _fail(str(exc), EXIT_FAILED)
+    except UnicodeEncodeError as exc:  # e.g. an argument that is not valid UTF-8
+        return _fail(f"cannot encode text: {exc}", EXIT_USAGE)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        return _fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
+    return code
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``misar-webhooks: error: --since: '5x' is not a time``."""
+
+    def error(self, message: str) -> NoReturn:
+        message = message.removeprefix("argument ")
+        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see: {self.prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="misar-webhooks", description=__doc__.splitlines()[0])
+    parser = _Parser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--database-url", help="Postgres URL (default: $WEBHOOKS_DATABASE_URL)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--log-format", choices=["auto", "json", "console"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p: argparse.ArgumentParser
 
     p = sub.add_parser("migrate", help="apply pending migrations and exit")
     p.set_defaults(handler=_cmd_migrate)
@@ -76,9 +105,117 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_cmd_run)
 
+    p = sub.add_parser("demo", help="run the whole product on an embedded Postgres, then exit")
+    p.set_defaults(handler=_cmd_demo)
+
     p = sub.add_parser("check-config", help="print the effective configuration, secrets masked")
     p.set_defaults(handler=_cmd_check_config)
+
+    # Options every database command takes after its name as well.
+    common = _Parser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print JSON for scripts")
+    common.add_argument("--database-url", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    def command(
+        group: argparse._SubParsersAction[_Parser], name: str, run: cmd.Command, text: str
+    ) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = group.add_parser(
+            name, parents=[common], help=text, description=text
+        )
+        p.set_defaults(handler=_with_store(run))
+        return p
+
+    def endpoint_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--events",
+            type=words,
+            action="append",
+            metavar="TYPES",
+            help="event types, comma-separated: email.sent,email.*,* (repeatable; add: default *)",
+        )
+        p.add_argument("--description")
+        p.add_argument("--max-in-flight", type=int, metavar="N", help="1..256 (add: default 8)")
+        p.add_argument("--ordering", choices=["dispatch", "strict"], help="add: default dispatch")
+        p.add_argument("--rate-limit", type=float, metavar="PER_S", help="0 removes the limit")
+
+    endpoints = sub.add_parser("endpoints", help="register and manage endpoints")
+    esub = endpoints.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = command(esub, "add", cmd.endpoints_add, "register an endpoint; prints its secret once")
+    p.add_argument("url", metavar="URL")
+    p.add_argument("--account", required=True, help="the MisarMail account it belongs to")
+    endpoint_options(p)
+    p = command(esub, "list", cmd.endpoints_list, "list endpoints, oldest first")
+    p.add_argument("--account")
+    state = p.add_mutually_exclusive_group()
+    state.add_argument("--enabled", dest="enabled", action="store_const", const=True)
+    state.add_argument("--disabled", dest="enabled", action="store_const", const=False)
+    _paging(p)
+    p = command(esub, "show", cmd.endpoints_show, "show an endpoint (secret masked)")
+    p.add_argument("endpoint", type=endpoint_id, metavar="ENDPOINT")
+    p.add_argument("--reveal-secret", action="store_true", help="print the secret in full")
+    p = command(esub, "update", cmd.endpoints_update, "change an endpoint's settings")
+    p.add_argument("endpoint", type=endpoint_id, metavar="ENDPOINT")
+    p.add_argument("--url")
+    endpoint_options(p)
+    p = command(esub, "disable", cmd.endpoints_disable, "stop deliveries; cancels live ones")
+    p.add_argument("endpoint", type=endpoint_id, metavar="ENDPOINT")
+    p.add_argument("--reason", default="disabled by operator")
+    p = command(esub, "enable", cmd.endpoints_enable, "resume; re-queues what disable cancelled")
+    p.add_argument("endpoint", type=endpoint_id, metavar="ENDPOINT")
+    p = command(esub, "rotate-secret", cmd.endpoints_rotate, "new secret; prints it once")
+    p.add_argument("endpoint", type=endpoint_id, metavar="ENDPOINT")
+    p.add_argument(
+        "--grace",
+        type=duration,
+        default="24h",
+        help="how long the old secret stays valid (default 24h; 0 ends it now)",
+    )
+    p = command(esub, "delete", cmd.endpoints_delete, "delete an endpoint; cancels live deliveries")
+    p.add_argument("endpoint", type=endpoint_id, metavar="ENDPOINT")
+
+    deliveries = sub.add_parser("deliveries", help="inspect and re-send deliveries")
+    dsub = deliveries.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = command(dsub, "list", cmd.deliveries_list, "the delivery log, newest first")
+    p.add_argument("--status", choices=[s.value for s in DeliveryStatus])
+    _delivery_filters(p)
+    p.add_argument(
+        "--since",
+        type=since,
+        metavar="TIME",
+        help="created at or after: ISO 8601 (UTC unless an offset is given) or 15m, 2h, 1d",
+    )
+    _paging(p)
+    p = command(dsub, "show", cmd.deliveries_show, "a delivery with every attempt")
+    p.add_argument("delivery", type=delivery_id, metavar="DELIVERY")
+    p = command(dsub, "redeliver", cmd.deliveries_redeliver, "send a delivery's event again")
+    p.add_argument("delivery", type=delivery_id, metavar="DELIVERY")
+    p = command(dsub, "tail", cmd.deliveries_tail, "follow attempts live until Ctrl-C")
+    _delivery_filters(p)
+    p.add_argument("--interval", type=seconds, default=0.5, metavar="S", help="poll every S s")
+    p.add_argument("--count", type=page_size, metavar="N", help="stop after N attempts")
+    p.add_argument("--max-seconds", type=seconds, metavar="S", help="stop after S seconds")
+
+    p = command(sub, "recover", cmd.recover, "re-send what failed or was cancelled since TIME")
+    p.add_argument("endpoint", type=endpoint_id, metavar="ENDPOINT")
+    p.add_argument(
+        "--since",
+        type=since,
+        required=True,
+        metavar="TIME",
+        help="ISO 8601 (UTC unless an offset is given) or 15m, 2h, 1d",
+    )
     return parser
+
+
+def _paging(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--limit", type=page_size, default=50, metavar="N", help="rows per page")
+    p.add_argument("--cursor", help="the next page, as printed after the previous one")
+
+
+def _delivery_filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--endpoint", type=endpoint_id, metavar="ENDPOINT")
+    p.add_argument("--event-type", metavar="TYPE")
+    p.add_argument("--account")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -105,8 +242,16 @@ def _run_async(main: Callable[[], Awaitable[T]]) -> T:
 
 def _require_url(settings: Settings) -> str:
     if not settings.database_url:
-        raise EngineError("no database: set WEBHOOKS_DATABASE_URL or pass --database-url")
+        raise ConfigError("no database: set WEBHOOKS_DATABASE_URL or pass --database-url")
     return settings.database_url
+
+
+def _with_store(command: cmd.Command) -> Callable[[argparse.Namespace, Settings], int]:
+    def handler(args: argparse.Namespace, settings: Settings) -> int:
+        url = _require_url(settings)
+        return _run_async(lambda: cmd.session(url, command, args))
+
+    return handler
 
 
 def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -132,6 +277,13 @@ def _cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    # Imported here: the demo pulls in an HTTP server and the embedded Postgres package.
+    from engine import demo
+
+    return demo.main(settings)
+
+
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if settings.database_url:
         return _run_engine(settings, settings.database_url)
@@ -150,6 +302,9 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run_engine(settings: Settings, url: str) -> int:
+    # Imported here: the engine pulls in aiohttp, which would double every other command's start.
+    from engine.app import Engine
+
     engine = Engine(settings, url)
 
     async def go() -> int:

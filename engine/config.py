@@ -7,6 +7,7 @@ Pure: reads only the mapping it is given. Policy that SQL must agree on (allow_h
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -17,11 +18,20 @@ ENV_PREFIX = "WEBHOOKS_"
 SECRET_FIELDS = frozenset({"database_url", "admin_token"})
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+MIN_ADMIN_TOKEN_CHARS = 16
 
 
 @dataclass(frozen=True)
 class Settings:
-    """How this engine process runs. Every field can be set as ``WEBHOOKS_<FIELD>``."""
+    """How this engine process runs. Every field can be set as ``WEBHOOKS_<FIELD>``.
+
+    The admin HTTP server (/healthz, /readyz, /metrics, the admin API) always runs: it listens on
+    ``admin_host``:``admin_port`` (port 0 picks a free port, reported in the ``admin_listening``
+    log line). With ``admin_token`` set, every route but /healthz and /readyz requires
+    ``Authorization: Bearer <token>``; without one, ``admin_host`` must be a loopback address, so
+    an unauthenticated admin server is never reachable from another machine.
+    ``metrics_refresh_s`` is how often the queue-depth gauges are re-counted in SQL.
+    """
 
     database_url: str | None = None
     migrate: bool = True
@@ -43,8 +53,9 @@ class Settings:
     log_level: str = "info"
     log_format: str = "auto"
     admin_host: str = "127.0.0.1"
-    admin_port: int = 0
+    admin_port: int = 8080
     admin_token: str | None = None
+    metrics_refresh_s: float = 10.0
     data_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -63,6 +74,7 @@ class Settings:
             "settings_refresh_s",
             "listener_probe_s",
             "excerpt_bytes",
+            "metrics_refresh_s",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -89,6 +101,25 @@ class Settings:
             raise ConfigError(f"{_env('log_level')} must be one of {LOG_LEVELS}", field="log_level")
         if not 0 <= self.admin_port <= 65535:
             raise ConfigError(f"{_env('admin_port')} must be 0..65535", field="admin_port")
+        self._check_admin_access()
+
+    def _check_admin_access(self) -> None:
+        """A token, if any, must be strong; without one the admin server stays on loopback."""
+        if self.admin_token is not None and (
+            len(self.admin_token) < MIN_ADMIN_TOKEN_CHARS
+            or any(c.isspace() for c in self.admin_token)
+        ):
+            raise ConfigError(
+                f"{_env('admin_token')} must be at least {MIN_ADMIN_TOKEN_CHARS} characters "
+                "without spaces (e.g. from `openssl rand -hex 32`)",
+                field="admin_token",
+            )
+        if self.admin_token is None and not is_loopback(self.admin_host):
+            raise ConfigError(
+                f"{_env('admin_host')}={self.admin_host!r} exposes the admin API beyond this "
+                f"machine; set {_env('admin_token')} too, or listen on 127.0.0.1",
+                field="admin_host",
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
@@ -125,6 +156,16 @@ def mask(value: str) -> str:
     if "://" in value:
         return value
     return "***" if len(value) < 12 else value[:4] + "***"
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IP literals; any other name or address is not."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _env(name: str) -> str:

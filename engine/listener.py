@@ -21,6 +21,7 @@ log = structlog.get_logger("engine.listener")
 WAKEUP_CHANNEL = "webhooks_wakeup"
 SETTINGS_CHANNEL = "webhooks_settings"
 CONNECT_TIMEOUT_S = 10.0
+BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 10.0
 
 
@@ -42,25 +43,20 @@ class Listener:
         self._on_connect = on_connect
         self._probe_s = probe_s
         self.connected = False
-        self.reconnects = 0
+        self.reconnects = 0  # connections established after the first one
         self.backend_pid: int | None = None
+        self._backoff_s = BACKOFF_MIN_S
 
     async def run(self, stop: asyncio.Event) -> None:
-        backoff = 0.1
-        first = True
         while not stop.is_set():
             try:
                 await self._session(stop)
-                backoff = 0.1
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("listener_lost", error=repr(exc), retry_in_s=backoff)
+                log.warning("listener_lost", error=repr(exc), retry_in_s=self._backoff_s)
             if stop.is_set():
                 break
-            if not first:
-                self.reconnects += 1
-            first = False
-            await wait_first(stop, seconds=backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
+            await wait_first(stop, seconds=self._backoff_s)
+            self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
 
     async def _session(self, stop: asyncio.Event) -> None:
         conn = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT_S)
@@ -69,8 +65,11 @@ class Listener:
         try:
             await conn.add_listener(WAKEUP_CHANNEL, lambda *_: self._on_wakeup())
             await conn.add_listener(SETTINGS_CHANNEL, lambda *_: self._on_settings())
+            if self.backend_pid is not None:
+                self.reconnects += 1
             self.connected = True
             self.backend_pid = conn.get_server_pid()
+            self._backoff_s = BACKOFF_MIN_S  # up again: a later loss is retried at once
             log.info("listener_connected", backend_pid=self.backend_pid)
             self._on_connect()
             while not stop.is_set():

@@ -104,3 +104,17 @@ class Recorded:
     outcome: str  # delivered | retry | failed | stale
     attempt: int | None
     next_attempt_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepths:
+    """Live deliveries by state, and the share of Postgres's NOTIFY queue in use (0..1).
+
+    ``due``: claimable now (new, a retry whose time came, or a lease that expired); ``in_flight``:
+    leased and the lease still running; ``retry_waiting``: waiting for a scheduled retry.
+    """
+
+    due: int
+    in_flight: int
+    retry_waiting: int
+    notification_queue_usage: float

@@ -17,6 +17,14 @@ SELECT webhooks.set_engine_waiting_v1($1::boolean);
 -- name: next_due_at
 SELECT webhooks.next_due_at_v1();
 
+-- name: queue_depths
+-- One pass over the hot table (live deliveries only) for the metrics gauges; see QueueDepths.
+SELECT count(*) FILTER (WHERE due_at <= now()) AS due,
+       count(*) FILTER (WHERE due_at > now() AND lease_token IS NOT NULL) AS in_flight,
+       count(*) FILTER (WHERE due_at > now() AND lease_token IS NULL) AS retry_waiting,
+       pg_notification_queue_usage() AS notification_queue_usage
+  FROM webhooks.deliveries;
+
 -- name: settings
 SELECT allow_http, allow_private_networks, retry_schedule, max_payload_bytes, retention, lease_duration
   FROM webhooks.settings;
@@ -52,3 +60,26 @@ SELECT webhooks.redeliver($1::bigint);
 
 -- name: recover
 SELECT webhooks.recover($1::uuid, $2::timestamptz);
+
+-- name: get_endpoint
+SELECT * FROM webhooks.get_endpoint_v1($1::uuid, $2::boolean);
+
+-- name: list_endpoints
+SELECT * FROM webhooks.list_endpoints_v1($1::text, $2::boolean, $3::timestamptz, $4::uuid, $5::integer);
+
+-- name: get_delivery
+SELECT * FROM webhooks.get_delivery_v1($1::bigint);
+
+-- name: delivery_attempts
+SELECT * FROM webhooks.delivery_attempts_v1($1::bigint);
+
+-- name: list_deliveries
+SELECT * FROM webhooks.list_deliveries_v1($1::text, $2::uuid, $3::text, $4::timestamptz, $5::text,
+    $6::timestamptz, $7::bigint, $8::integer);
+
+-- name: attempts_after
+SELECT * FROM webhooks.attempts_after_v1($1::bigint, $2::bigint, $3::uuid, $4::text, $5::text,
+    $6::integer);
+
+-- name: last_attempt_id
+SELECT webhooks.last_attempt_id_v1();

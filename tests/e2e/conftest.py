@@ -22,6 +22,7 @@ TEST_SETTINGS = Settings(
     actor_idle_s=2.0,
     listener_probe_s=0.5,
     migrate=False,
+    admin_port=0,  # a free port each: tests run several engines at once
 )
 
 

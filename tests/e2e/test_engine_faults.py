@@ -1,4 +1,4 @@
-"""The engine under faults: no NOTIFY, a killed listener connection, SIGTERM and SIGKILL mid-send."""
+"""The engine under faults: no LISTEN, a killed listener connection, SIGTERM and SIGKILL."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ PROCESS_ENV = {
     "WEBHOOKS_POLL_INTERVAL_S": "0.2",
     "WEBHOOKS_REQUEST_TIMEOUT_S": "3",
     "WEBHOOKS_SHUTDOWN_GRACE_S": "5",
+    "WEBHOOKS_ADMIN_PORT": "0",  # any free port: engines of parallel test runs must not collide
 }
 DELIVERED = "SELECT count(*) FROM webhooks.delivery_outcomes WHERE status = 'delivered'"
 
@@ -35,7 +36,7 @@ DELIVERED = "SELECT count(*) FROM webhooks.delivery_outcomes WHERE status = 'del
 async def test_without_listen_the_poll_delivers_everything(
     conn: asyncpg.Connection, receiver: Receiver, open_policy: None, start_engine: StartEngine
 ) -> None:
-    """With LISTEN off, events emitted before the start and while the engine sleeps are all delivered once."""
+    """With LISTEN off, the poll delivers the backlog and events emitted while the engine sleeps."""
     await create_endpoint(conn, receiver.url("/a"))
     await create_endpoint(conn, receiver.url("/b"))
     early = await _emit(conn, "acct_1", 10)
@@ -62,7 +63,7 @@ async def test_listener_killed_reconnects_and_misses_nothing(
     open_policy: None,
     start_engine: StartEngine,
 ) -> None:
-    """A terminated listener reconnects on a new backend; events emitted while it was down are delivered."""
+    """A killed listener reconnects on a new backend; nothing emitted while it is down is lost."""
     await create_endpoint(conn, receiver.url("/a"))
     await create_endpoint(conn, receiver.url("/b"))
     # A poll this slow cannot hide a lost wake-up: within the test's timeouts only a NOTIFY or the
@@ -76,6 +77,7 @@ async def test_listener_killed_reconnects_and_misses_nothing(
 
     old_pid = listener.backend_pid
     assert old_pid is not None
+    assert listener.reconnects == 0
     database = await conn.fetchval("SELECT current_database()")
     admin = await asyncpg.connect(pg_server_url)
     try:
@@ -85,10 +87,7 @@ async def test_listener_killed_reconnects_and_misses_nothing(
         assert await conn.fetchval("SELECT pg_terminate_backend($1, 10000)", old_pid)
         await wait_until(_holds(lambda: not listener.connected), what="the listener lost")
         during = await _emit(conn, "acct_1", 5)
-        await wait_until(
-            _holds(lambda: listener.reconnects >= 2), what="a reconnect attempt refused"
-        )
-        assert not listener.connected
+        assert not listener.connected, "the events above were committed with no one listening"
     finally:
         await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
         await admin.close()
@@ -102,15 +101,15 @@ async def test_listener_killed_reconnects_and_misses_nothing(
     await wait_until(lambda: _count(conn, DELIVERED, 30), what="delivery woken by NOTIFY again")
 
     assert _pairs(receiver) == _expected({"/a", "/b"}, [*before, *during, *after])
+    assert listener.reconnects == 1, "the reconnect is counted once, refused attempts are not"
     new_pid = listener.backend_pid
     assert await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", new_pid) == 1
 
 
-@pytest.mark.slow
 async def test_sigterm_mid_send_records_every_attempt_and_releases_unstarted_leases(
     db_url: str, conn: asyncpg.Connection, receiver: Receiver, open_policy: None
 ) -> None:
-    """SIGTERM during sends exits 0 after recording every attempt made and releasing every unstarted lease."""
+    """SIGTERM mid-send exits 0 with every attempt recorded and every unstarted lease released."""
     total = 0
     for i in range(3):
         receiver.script(f"/ep{i}", Reply(delay_s=1.0))
@@ -118,7 +117,7 @@ async def test_sigterm_mid_send_records_every_attempt_and_releases_unstarted_lea
         total += len(await _emit(conn, f"acct_{i}", 50))
 
     async with _engine_process(db_url) as engine:
-        await receiver.wait_for(10, timeout_s=30)  # each is answered after 1 s: in flight now
+        await _requests_arrived(receiver, engine, 10)  # each is answered after 1 s: in flight
         engine.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(engine.wait(), timeout=30)
     assert code == 0
@@ -143,7 +142,7 @@ async def test_sigterm_mid_send_records_every_attempt_and_releases_unstarted_lea
 async def test_sigkill_mid_burst_then_restart_delivers_all_duplicating_only_leased(
     db_url: str, conn: asyncpg.Connection, receiver: Receiver, open_policy: None
 ) -> None:
-    """After SIGKILL mid-burst a new engine delivers every event; only deliveries leased at the kill repeat."""
+    """After SIGKILL mid-burst a restart delivers all; only deliveries leased at the kill repeat."""
     # A short lease so the killed engine's deliveries are due again soon. The actor starts an
     # attempt only while the lease outlives the request timeout (3 s) by LEASE_MARGIN_S (5 s).
     await conn.execute("UPDATE webhooks.settings SET lease_duration = '10 seconds'")
@@ -156,18 +155,10 @@ async def test_sigkill_mid_burst_then_restart_delivers_all_duplicating_only_leas
     total = sum(len(ids) for ids in events.values())
 
     async with _engine_process(db_url) as first:
-        await receiver.wait_for(100, timeout_s=30)
+        await _requests_arrived(receiver, first, 100)
         first.kill()
         await first.wait()
-    await wait_until(
-        lambda: _count(
-            conn,
-            "SELECT 1 - count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()",
-            1,
-        ),
-        what="the killed engine's sessions gone",
-    )
+    await wait_until(lambda: _alone(conn), what="the killed engine's sessions gone")
     leased_at_kill = {
         r["id"]
         for r in await conn.fetch(
@@ -183,8 +174,8 @@ async def test_sigkill_mid_burst_then_restart_delivers_all_duplicating_only_leas
         second.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(second.wait(), timeout=30) == 0
 
-    pairs = _pairs(receiver)
-    assert pairs.keys() == {(path, f"evt_{i}") for path, ids in events.items() for i in ids}
+    expected = {(path, f"evt_{i}") for path, ids in events.items() for i in ids}
+    assert _pairs(receiver).keys() == expected, "every event reached its endpoint at least once"
     per_delivery = Counter(int(r.headers["X-MisarMail-Delivery"]) for r in receiver.received)
     repeated = {delivery_id for delivery_id, n in per_delivery.items() if n > 1}
     assert repeated <= leased_at_kill, "only deliveries leased at the kill are sent again"
@@ -224,6 +215,20 @@ async def _engine_process(db_url: str) -> AsyncIterator[asyncio.subprocess.Proce
         await process.wait()
 
 
+async def _requests_arrived(
+    receiver: Receiver, engine: asyncio.subprocess.Process, count: int
+) -> None:
+    """Wait for ``count`` requests; fail at once, with the exit code, if the engine exits first."""
+    arrived = asyncio.ensure_future(receiver.wait_for(count, timeout_s=30))
+    exited = asyncio.ensure_future(engine.wait())
+    await asyncio.wait([arrived, exited], return_when=asyncio.FIRST_COMPLETED)
+    if not arrived.done():
+        arrived.cancel()
+        raise AssertionError(f"the engine exited with {exited.result()} before {count} requests")
+    exited.cancel()
+    await arrived
+
+
 async def _emit(conn: asyncpg.Connection, account: str, n: int) -> list[int]:
     """Emit ``n`` events for ``account`` in one transaction; returns their ids."""
     rows = await conn.fetch(
@@ -237,6 +242,15 @@ async def _emit(conn: asyncpg.Connection, account: str, n: int) -> list[int]:
 
 async def _count(conn: asyncpg.Connection, sql: str, n: int) -> bool:
     return int(await conn.fetchval(sql)) >= n
+
+
+async def _alone(conn: asyncpg.Connection) -> bool:
+    """True once ``conn`` is the only client session on its database."""
+    others = await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+    )
+    return bool(others == 0)
 
 
 def _holds(condition: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:

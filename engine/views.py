@@ -1,0 +1,176 @@
+"""What the read side of the store returns to the CLI and the admin API. Pure: no I/O.
+
+Every value is a frozen dataclass. Lists come as a :class:`Page` with an opaque ``next_cursor``;
+the cursor encodes the keyset position (``created_at`` and id of the last row), so the next page
+costs the same however deep it is, and rows written meanwhile neither repeat nor shift it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+from uuid import UUID
+
+from engine.errors import InvalidInput
+
+T = TypeVar("T")
+K = TypeVar("K")
+MAX_PAGE = 1000
+
+
+class DeliveryStatus(enum.StrEnum):
+    """A delivery's status as ``webhooks.delivery_log`` shows it."""
+
+    PENDING = "pending"
+    IN_FLIGHT = "in_flight"
+    RETRYING = "retrying"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a list; ``next_cursor`` is None on the last page."""
+
+    items: tuple[T, ...]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointView:
+    """An endpoint as operators see it. ``secret`` is masked (``whsec_abcd…``) unless revealed;
+    ``previous_secret`` is set only while a rotation's grace period lasts."""
+
+    id: UUID
+    account_id: str
+    url: str
+    description: str
+    event_types: tuple[str, ...]
+    secret: str
+    previous_secret: str | None
+    previous_secret_expires_at: datetime | None
+    enabled: bool
+    disabled_at: datetime | None
+    disabled_reason: str | None
+    max_in_flight: int
+    ordering: str
+    rate_limit_per_s: float | None
+    last_success_at: datetime | None
+    failing_since: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryView:
+    """One row of ``webhooks.delivery_log``: a delivery, live or ended."""
+
+    delivery_id: int
+    event_id: int
+    event_type: str
+    endpoint_id: UUID
+    account_id: str
+    endpoint_url: str
+    status: DeliveryStatus
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    created_at: datetime
+    last_attempt_at: datetime | None
+    next_attempt_at: datetime | None
+    ended_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptView:
+    """One HTTP attempt. ``status_code`` is 0 when no response arrived; ``outcome`` is
+    delivered | retry | failed | stale."""
+
+    id: int
+    delivery_id: int
+    endpoint_id: UUID
+    attempt: int
+    started_at: datetime
+    duration_ms: int
+    status_code: int
+    error_kind: str | None
+    error_message: str | None
+    response_excerpt: str | None
+    outcome: str
+    next_attempt_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryDetail:
+    """A delivery with every attempt, oldest first, and the event's payload (None once the event
+    has passed retention)."""
+
+    delivery: DeliveryView
+    attempts: tuple[AttemptView, ...]
+    payload: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecentAttempt:
+    """An attempt with what a live feed shows beside it (``deliveries tail``)."""
+
+    attempt: AttemptView
+    event_type: str | None
+    endpoint_url: str
+    account_id: str
+
+
+def encode_cursor(kind: str, created_at: datetime, key: object) -> str:
+    """The opaque cursor after a row ordered by (created_at, key)."""
+    raw = f"{kind}|{created_at.isoformat()}|{key}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(kind: str, cursor: str, key_type: Callable[[str], K]) -> tuple[datetime, K]:
+    """(created_at, key) of a cursor made by :func:`encode_cursor` for the same kind of list."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        found, created, key = raw.split("|")
+        created_at = datetime.fromisoformat(created)
+        parsed = key_type(key)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise _bad_cursor() from exc
+    if found != kind or created_at.tzinfo is None:
+        raise _bad_cursor()
+    return created_at, parsed
+
+
+def _bad_cursor() -> InvalidInput:
+    return InvalidInput(
+        "cursor: is not a cursor of this list (pass next_cursor of the previous page)",
+        field="cursor",
+    )
+
+
+def check_limit(limit: int) -> int:
+    """Page sizes are 1..MAX_PAGE; the store asks for one more row to know if a next page exists."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidInput(f"limit: must be between 1 and {MAX_PAGE}", field="limit")
+    return limit
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON values of views: datetimes as ISO 8601, UUIDs as strings, tuples as lists."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
