@@ -27,6 +27,7 @@ from typing import IO, Any
 
 import aiohttp
 import asyncpg
+from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
 from bench.http_baseline import BaselineResult
@@ -152,9 +153,11 @@ class ReceiverStats:
     count: int
     unique: int
     duplicates: int
+    failed: int
     first: float | None
     last: float | None
     per_path: dict[str, int]
+    last_per_path: dict[str, float]
 
 
 class ReceiverProcess(Child):
@@ -216,6 +219,21 @@ class ReceiverProcess(Child):
         async with self._session.post(self.url("/reset")) as resp:
             resp.raise_for_status()
 
+    async def configure(
+        self, *, delay_s: dict[str, float] | None = None, fail_ratio: float = 0.0
+    ) -> None:
+        """Make paths slow and a share of deliveries fail, until the next call (see receiver)."""
+        config = {"delay_s": delay_s or {}, "fail_ratio": fail_ratio}
+        async with self._session.post(self.url("/configure"), json=config) as resp:
+            resp.raise_for_status()
+
+    async def arrivals(self) -> dict[str, float]:
+        """``"<webhook-id> <path>"`` -> when its first 2xx answer was given (epoch s)."""
+        async with self._session.get(self.url("/arrivals")) as resp:
+            resp.raise_for_status()
+            data: dict[str, float] = await resp.json()
+        return data
+
 
 class EngineProcess(Child):
     """``misar-webhooks run`` on the benchmark's database, logging at warning level to a file.
@@ -227,8 +245,14 @@ class EngineProcess(Child):
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def running(cls, database_url: str, workdir: Path) -> AsyncIterator[EngineProcess]:
-        """Start the engine (it does not migrate: the workload did); stop it on exit."""
+    async def running(
+        cls, database_url: str, workdir: Path, **settings: str
+    ) -> AsyncIterator[EngineProcess]:
+        """Start the engine (it does not migrate: the workload did); stop it on exit.
+
+        ``settings`` are engine settings by field name (``actor_idle_s="5"``); they win over the
+        caller's environment.
+        """
         env = {
             # A free port for the admin server unless the caller chose one (to scrape /metrics):
             # the default, 8080, may be taken by another engine on this shared machine.
@@ -237,6 +261,7 @@ class EngineProcess(Child):
             "WEBHOOKS_DATABASE_URL": database_url,
             "WEBHOOKS_LOG_LEVEL": "warning",
             "WEBHOOKS_MIGRATE": "false",
+            **{f"WEBHOOKS_{name.upper()}": value for name, value in settings.items()},
         }
         log_path = workdir / "engine.log"
         log = _open_log(log_path)
@@ -257,6 +282,57 @@ class EngineProcess(Child):
             yield engine
         finally:
             await engine.terminate()
+            await engine._session.close()
+
+    def __init__(self, name: str, proc: asyncio.subprocess.Process, log_path: Path) -> None:
+        super().__init__(name, proc, log_path)
+        self._admin_port: int | None = None
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S))
+
+    def memory_mb(self) -> tuple[float, float]:
+        """Resident set size now and its peak so far (VmRSS, VmHWM of /proc/PID/status), in MB."""
+        fields: dict[str, float] = {}
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0]) / 1024  # kB
+        return fields["VmRSS"], fields["VmHWM"]
+
+    async def metrics(self) -> dict[str, float]:
+        """The engine's ``/metrics``, as sample name (with labels, if any) -> value."""
+        if self._admin_port is None:
+            self._admin_port = self._listening_port()
+        url = f"http://127.0.0.1:{self._admin_port}/metrics"
+        async with self._session.get(url) as resp:
+            resp.raise_for_status()
+            text = await resp.text()
+        samples: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+        return samples
+
+    def _listening_port(self) -> int:
+        # WEBHOOKS_ADMIN_PORT=0 lets the engine pick a free port; the admin server is the only
+        # socket it listens on, so the kernel's socket table tells us which one: the sockets in
+        # LISTEN state (0A) of /proc/PID/net/tcp* whose inode is one of the process's descriptors.
+        proc = Path(f"/proc/{self.pid}")
+        inodes = set()
+        for fd in (proc / "fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:[") : -1])
+        ports = set()
+        for table in ("tcp", "tcp6"):
+            for line in (proc / "net" / table).read_text().splitlines()[1:]:
+                cols = line.split()
+                if cols[3] == "0A" and cols[9] in inodes:
+                    ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+        if len(ports) != 1:
+            raise BenchError(f"expected the engine to listen on one port, found {sorted(ports)}")
+        return ports.pop()
 
 
 def _engine_command() -> str:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import asyncpg
 from aiohttp import web
 
+from engine import logs
 from engine.app import Engine
 from engine.config import Settings
 from engine.embedded import TemporaryPostgres
@@ -103,8 +104,16 @@ class DemoReceiver:
 
 
 def main(settings: Settings) -> int:
-    """Run the demo (the CLI calls this; it owns the event loop through asyncio.Runner)."""
+    """Run the demo (the CLI calls this; it owns the event loop through asyncio.Runner).
+
+    The engine's own log lines are kept to warnings and errors so the demo's output stays readable.
+    """
     import uvloop
+
+    logs.configure(
+        "warning" if settings.log_level in ("debug", "info") else settings.log_level,
+        settings.log_format,
+    )
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(_demo(settings))
@@ -141,14 +150,21 @@ async def _with_services(url: str, port: int, receiver: DemoReceiver, settings: 
         await migrate(conn)
         await _prepare(conn, port, receiver)
         engine_settings = settings.replace(
-            migrate=False, request_timeout_s=5.0, shutdown_grace_s=6.0, poll_interval_s=0.25
+            migrate=False,
+            request_timeout_s=5.0,
+            shutdown_grace_s=6.0,
+            poll_interval_s=0.25,
+            admin_port=0,
         )
         engine = Engine(engine_settings, url)
         stop = asyncio.Event()
         task = asyncio.get_running_loop().create_task(engine.run(stop))
         try:
             await asyncio.wait_for(engine.started.wait(), timeout=30)
-            say("  engine started (LISTEN/NOTIFY wake-ups, 0.25 s poll fallback)")
+            say(
+                "  engine started (LISTEN/NOTIFY wake-ups, 0.25 s poll fallback);"
+                f" health and metrics at {engine.admin_url}/metrics"
+            )
             total = await _write_app_events(conn)
             ok = await _watch(conn, total)
         finally:
