@@ -57,6 +57,7 @@ class Engine:
             actors=lambda: len(self.dispatcher.actors) if self.dispatcher else 0,
             results_buffered=lambda: self.writer.buffered if self.writer else 0,
             listener_up=lambda: bool(self.listener and self.listener.connected),
+            tasks=lambda: len(asyncio.all_tasks()),  # scraped from within the loop
         )
 
     async def run(self, stop: asyncio.Event) -> None:

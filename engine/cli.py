@@ -38,6 +38,8 @@ PROG = "misar-webhooks"
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+# A fixed port, so the app's connection string stays the same across restarts.
+EMBEDDED_PORT = 5433
 DEFAULT_DATA_DIR = "~/.local/share/misar-webhooks/postgres"
 
 
@@ -288,7 +290,7 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if settings.database_url:
         return _run_engine(settings, settings.database_url)
     data_dir = Path(settings.data_dir or DEFAULT_DATA_DIR).expanduser()
-    server = EmbeddedPostgres(data_dir, port=5433 if not settings.data_dir else None)
+    server = EmbeddedPostgres(data_dir, port=EMBEDDED_PORT)
     url = server.start()
     print(
         f"embedded Postgres in {data_dir} at {url}\n"

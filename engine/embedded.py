@@ -74,6 +74,12 @@ class EmbeddedPostgres:
                 "-D", str(self.data_dir),
                 "--auth=trust", "--encoding=UTF8", "--locale=C", "-U", "postgres",
             )  # fmt: skip
+        running_port = self._running_port()
+        if running_port is not None:
+            # Left running by a process that was killed: adopt it rather than fail to start.
+            self.port = running_port
+            self._started = True
+            return self.url
         options = f"-h 127.0.0.1 -p {self.port} -k {self.data_dir}"
         if not self.durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
@@ -83,6 +89,18 @@ class EmbeddedPostgres:
         )  # fmt: skip
         self._started = True
         return self.url
+
+    def _running_port(self) -> int | None:
+        """The port of a server already running on this data directory, if any."""
+        pid_file = self.data_dir / "postmaster.pid"
+        if not pid_file.exists():
+            return None
+        try:
+            self._run("pg_ctl", "-D", str(self.data_dir), "status")
+        except EmbeddedPostgresError:
+            return None
+        lines = pid_file.read_text().splitlines()
+        return int(lines[3]) if len(lines) > 3 and lines[3].strip().isdigit() else None
 
     def stop(self) -> None:
         """Stop the server (fast shutdown); a no-op when it is not running."""

@@ -51,7 +51,7 @@ def status_class(status: int) -> str:
 class Metrics:
     """The registry and the instruments the engine updates; ``render()`` is the /metrics body.
 
-    ``actors``, ``results_buffered`` and ``listener_up`` are read at scrape time.
+    ``actors``, ``results_buffered``, ``listener_up`` and ``tasks`` are read at scrape time.
     """
 
     def __init__(
@@ -60,6 +60,7 @@ class Metrics:
         actors: Callable[[], int],
         results_buffered: Callable[[], int],
         listener_up: Callable[[], bool],
+        tasks: Callable[[], int],
     ) -> None:
         self.registry = registry = CollectorRegistry()
         self.delivery_outcomes = Counter(
@@ -121,6 +122,12 @@ class Metrics:
             "Endpoint actors alive (endpoints with work queued, in flight or recently).",
             registry=registry,
         ).set_function(lambda: float(actors()))
+        Gauge(
+            PREFIX + "tasks",
+            "asyncio tasks alive in the engine's event loop (actors, attempts in flight, the "
+            "long-lived parts); an idle engine's count does not grow with its endpoints.",
+            registry=registry,
+        ).set_function(lambda: float(tasks()))
         Gauge(
             PREFIX + "results_buffered",
             "Attempt outcomes waiting to be written to Postgres.",
