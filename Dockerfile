@@ -19,6 +19,13 @@ RUN pip install --no-deps . && rm -rf /src
 
 USER webhooks
 WORKDIR /home/webhooks
+EXPOSE 8080
+# /healthz answers while the process serves; /readyz (database, listener, migrations) is for
+# orchestrators that route traffic, which this engine does not receive.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=3)"
+# SIGTERM drains: in-flight attempts finish (up to WEBHOOKS_SHUTDOWN_GRACE_S, 15 s by default), so
+# give the container a longer stop timeout than that (compose: stop_grace_period).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["misar-webhooks"]
 CMD ["run"]
