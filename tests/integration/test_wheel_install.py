@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import shlex
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -67,3 +70,16 @@ async def test_installed_wheel_migrates_a_database(empty_db_url: str, tmp_path: 
     finally:
         await conn.close()
     assert versions == len(list((ROOT / "sql" / "migrations").glob("*.sql")))
+
+
+async def test_dockerfile_dependency_layer_lists_the_runtime_dependencies(tmp_path: Path) -> None:
+    """The Dockerfile's dependency-layer command prints exactly pyproject's runtime dependencies."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    match = re.search(r'RUN (python -c "[^"]+") > /tmp/requirements.txt', dockerfile)
+    assert match is not None, "the Dockerfile's dependency step changed; update this test"
+    (tmp_path / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
+    command = shlex.split(match[1])
+    printed = await _run(sys.executable, *command[1:], cwd=tmp_path)
+    expected = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert printed.split() == expected
+    assert "RUN pip install --no-deps ." in dockerfile
