@@ -105,3 +105,37 @@ async def conn(db_url: str) -> AsyncIterator[asyncpg.Connection]:
         yield connection
     finally:
         await connection.close()
+
+
+@pytest.fixture(scope="module")
+async def shared_db(
+    request: pytest.FixtureRequest, pg_server_url: str, template_db: str
+) -> AsyncIterator[str]:
+    """One migrated database for a module's tests that run inside ``tx``."""
+    module = request.module.__name__.rsplit(".", 1)[-1]
+    name = f"misar_{module}_{os.getpid()}"[:63]
+    admin = await asyncpg.connect(pg_server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+        yield with_database(pg_server_url, name)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def tx(shared_db: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection in a transaction rolled back after the test.
+
+    Cheaper than a database per test for the many tests that only check what a call refuses;
+    their rows, settings changes included, vanish with the rollback. Calls that must fail go
+    through :func:`tests.support.db.error_of`, in a savepoint, so the transaction stays usable.
+    """
+    connection = await asyncpg.connect(shared_db)
+    transaction = connection.transaction()
+    await transaction.start()
+    try:
+        yield connection
+    finally:
+        await transaction.rollback()
+        await connection.close()

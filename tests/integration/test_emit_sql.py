@@ -4,61 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
 import asyncpg
 import pytest
 
-
-def with_database(url: str, database: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
-
-
-@pytest.fixture(scope="module")
-async def shared_db(pg_server_url: str, template_db: str) -> AsyncIterator[str]:
-    """One migrated database for this module's tests that run inside ``tx``."""
-    name = f"misar_emit_{os.getpid()}"
-    admin = await asyncpg.connect(pg_server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-        yield with_database(pg_server_url, name)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
-@pytest.fixture
-async def tx(shared_db: str) -> AsyncIterator[asyncpg.Connection]:
-    """A connection in a transaction rolled back after the test.
-
-    Cheaper than a database per test for the many tests that only check what a call refuses;
-    their rows, settings changes included, vanish with the rollback. Calls that must fail go through
-    :func:`error_of`, which runs them in a savepoint so the transaction stays usable.
-    """
-    connection = await asyncpg.connect(shared_db)
-    transaction = connection.transaction()
-    await transaction.start()
-    try:
-        yield connection
-    finally:
-        await transaction.rollback()
-        await connection.close()
-
-
-async def error_of(conn: asyncpg.Connection, call: Awaitable[object]) -> asyncpg.PostgresError:
-    """Await a call that must fail, in a savepoint, and return the database error it raised."""
-    try:
-        async with conn.transaction():
-            await call
-    except asyncpg.PostgresError as exc:
-        return exc
-    raise AssertionError("the call did not fail")
-
+from tests.support.db import error_of
 
 EMIT = "SELECT webhooks.emit($1, $2, $3::jsonb, $4)"
 
