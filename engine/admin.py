@@ -1,4 +1,4 @@
-"""The admin HTTP server: /healthz, /readyz, /metrics now, the admin API on the same app later.
+"""The admin HTTP server: /healthz, /readyz, /metrics, and the admin API (engine.api) on one app.
 
 ``create_app(context, *route_tables)`` builds the aiohttp application; :class:`AdminServer` binds
 it and stops it. Handlers reach the engine's parts through ``request.app[CONTEXT]``. Another
@@ -16,7 +16,7 @@ and the app passes that table: ``create_app(context, api.routes)``.
 
 Every route except those in :data:`PUBLIC_PATHS` requires ``Authorization: Bearer <token>`` when
 a token is configured (a new route is protected by default). Errors, including unknown paths and
-methods, are JSON: ``{"error": {"code": ..., "message": ..., "field": ...}}`` (see
+methods, are JSON: ``{"error": {"status": ..., "code": ..., "message": ..., "field": ...}}`` (see
 :func:`json_error`); a handler raises :class:`ApiError` to produce one.
 """
 
@@ -43,7 +43,8 @@ from engine.store import Store
 log = structlog.get_logger("engine.admin")
 
 # Probes answer without a token: an orchestrator's health check has none, and they reveal nothing.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+# Nor does the OpenAPI document, which is the file checked into the repository.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
 READY_TIMEOUT_S = 2.0  # the database checks of /readyz together
 SHUTDOWN_TIMEOUT_S = 2.0  # for requests still open when the server stops
 
@@ -95,22 +96,28 @@ def json_error(
     field: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
-    """The one error shape: ``{"error": {"code", "message"[, "field"]}}`` with ``status``.
+    """The one error shape: ``{"error": {"status", "code", "message"[, "field"]}}``.
 
-    ``code`` is a stable snake_case word for programs; ``message`` names what was wrong for
-    people; ``field`` names the offending request field, when there is one.
+    ``status`` repeats the HTTP status; ``code`` is a stable snake_case word for programs;
+    ``message`` names what was wrong for people; ``field`` names the offending request field
+    (body field, query parameter, path parameter or header), when there is one.
     """
-    error: dict[str, Any] = {"code": code, "message": message}
+    error: dict[str, Any] = {"status": status, "code": code, "message": message}
     if field is not None:
         error["field"] = field
     return web.json_response({"error": error}, status=status, headers=headers)
 
 
 def create_app(
-    context: AdminContext, *route_tables: Iterable[web.AbstractRouteDef]
+    context: AdminContext,
+    *route_tables: Iterable[web.AbstractRouteDef],
+    client_max_size: int = 1024**2,
 ) -> web.Application:
-    """The admin application: health, readiness and metrics, plus each of ``route_tables``."""
-    app = web.Application(middlewares=[_errors, _auth])
+    """The admin application: health, readiness and metrics, plus each of ``route_tables``.
+
+    ``client_max_size`` bounds a request body in bytes; a larger one is refused with 413.
+    """
+    app = web.Application(middlewares=[_errors, _auth], client_max_size=client_max_size)
     app[CONTEXT] = context
     app.add_routes(
         [
@@ -173,7 +180,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise
         phrase = HTTPStatus(exc.status).phrase
         code = phrase.lower().replace(" ", "_").replace("-", "_")
-        return json_error(exc.status, code, f"{phrase}: {request.method} {request.path}")
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None  # 405
+        return json_error(
+            exc.status, code, f"{phrase}: {request.method} {request.path}", headers=allow
+        )
     except Exception:  # a bug in a handler: logged here, answered as 500 JSON
         log.exception("admin_request_failed", method=request.method, path=request.path)
         return json_error(500, "internal", "internal error; see the engine's log")

@@ -292,6 +292,8 @@ async def test_queue_depth_gauges_count_due_in_flight_and_retry_waiting(
     )
     samples = await scrape(running)
     assert value(samples, "misar_webhooks_actors") >= 1
+    # The actors' supervisors and the attempt in flight are tasks of the engine's loop.
+    assert value(samples, "misar_webhooks_tasks") > value(samples, "misar_webhooks_actors")
     assert value(samples, "misar_webhooks_queue_depth_updated_timestamp_seconds") > 0
 
 
@@ -319,7 +321,9 @@ async def test_errors_are_json_naming_what_was_wrong(start_engine: StartEngine) 
     running = await start_engine()
     missing = await get(running, "/v1/nothing")
     assert missing.status == 404
-    assert missing.json == {"error": {"code": "not_found", "message": "Not Found: GET /v1/nothing"}}
+    assert missing.json == {
+        "error": {"status": 404, "code": "not_found", "message": "Not Found: GET /v1/nothing"}
+    }
     assert running.engine.admin_url is not None
     async with (
         aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as session,
@@ -327,6 +331,7 @@ async def test_errors_are_json_naming_what_was_wrong(start_engine: StartEngine) 
     ):
         assert response.status == 405
         assert (await response.json())["error"]["code"] == "method_not_allowed"
+        assert response.headers["Allow"] == "GET,HEAD"
 
 
 def test_config_refuses_a_non_loopback_admin_host_without_a_token() -> None:
