@@ -8,9 +8,10 @@ started and lets in-flight attempts finish; then the writer writes every outcome
 ends. Only if the database stays unreachable past the grace period are outcomes abandoned (logged
 with their count; their deliveries are sent again after the lease expires: at-least-once).
 
-The admin server (/healthz, /readyz, /metrics) is bound before the parts start, so a taken port
-fails the start and ``admin_url`` is known once ``started`` is set; it stops only after the drain,
-so probes and scrapes keep answering while in-flight attempts finish (/readyz says ``stopping``).
+The admin server (/healthz, /readyz, /metrics and the API of engine.api) is bound before the parts
+start, so a taken port fails the start and ``admin_url`` is known once ``started`` is set; it stops
+only after the drain, so probes and scrapes keep answering while in-flight attempts finish (/readyz
+says ``stopping``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from collections.abc import Sequence
 
 import asyncpg
 import structlog
+from aiohttp import web
 
+from engine import api
 from engine.actor import ActorDeps
 from engine.admin import AdminContext, AdminServer, create_app
 from engine.aio import wait_first
@@ -53,6 +56,7 @@ class Engine:
         self.started = asyncio.Event()
         self._settings_changed = asyncio.Event()
         self.admin_url: str | None = None  # the admin server's base URL, once started
+        self.admin_app: web.Application | None = None  # what the admin server serves, once built
         self.metrics = Metrics(
             actors=lambda: len(self.dispatcher.actors) if self.dispatcher else 0,
             results_buffered=lambda: self.writer.buffered if self.writer else 0,
@@ -84,13 +88,15 @@ class Engine:
             )
             await sender.start()
             try:
-                await self._run_parts(store, sender, stop)
+                await self._run_parts(store, sender, policy, stop)
             finally:
                 await sender.close()
         finally:
             await pool.close()
 
-    async def _run_parts(self, store: Store, sender: Sender, stop: asyncio.Event) -> None:
+    async def _run_parts(
+        self, store: Store, sender: Sender, policy: Policy, stop: asyncio.Event
+    ) -> None:
         s = self.settings
         self.writer = writer = ResultWriter(
             store, batch=s.result_batch, buffer_max=s.result_buffer_max, on_written=self._written
@@ -122,7 +128,11 @@ class Engine:
         context = AdminContext(
             store, self.metrics, listener if s.listen else None, stop, s.admin_token
         )
-        admin = AdminServer(create_app(context), s.admin_host, s.admin_port)
+        # Sized once from the policy at start: a body limit raised later applies after a restart.
+        self.admin_app = create_app(
+            context, api.routes, client_max_size=api.body_limit(policy.max_payload_bytes)
+        )
+        admin = AdminServer(self.admin_app, s.admin_host, s.admin_port)
         self.admin_url = await admin.start()
         try:
             async with asyncio.TaskGroup() as tg:

@@ -94,6 +94,7 @@ class Policy:
     allow_http: bool
     allow_private_networks: bool
     lease_duration_s: float
+    max_payload_bytes: int  # the admin API sizes its request-body limit from it
 
 
 @dataclass(frozen=True, slots=True)
