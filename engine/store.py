@@ -15,7 +15,7 @@ from uuid import UUID
 
 import asyncpg
 
-from engine.errors import UnknownDelivery, from_sqlstate
+from engine.errors import InvalidInput, UnknownDelivery, from_sqlstate
 from engine.models import (
     Delivery,
     EndpointConfig,
@@ -90,33 +90,40 @@ class Store:
         max_rows: int,
         after: UUID | None = None,
     ) -> list[tuple[Delivery, EndpointConfig]]:
-        """Lease due deliveries, at most ``rooms[endpoint]`` (or ``default_room``) per endpoint."""
+        """Lease due deliveries, at most ``rooms[endpoint]`` (or ``default_room``) per endpoint.
+
+        Rows come grouped by endpoint, so each endpoint's config is built once per claim, not
+        once per row (a claim returns up to ``max_rows`` rows for a handful of endpoints).
+        """
         rows = await self._fetch(
             "claim", list(rooms.keys()), list(rooms.values()), default_room, max_rows, after
         )
-        return [
-            (
-                Delivery(
-                    id=r["delivery_id"],
-                    lease=r["lease_token"],
-                    attempt=r["attempt"],
-                    endpoint_id=r["endpoint_id"],
-                    event_id=r["event_id"],
-                    event_type=r["event_type"],
-                    body=r["body"].encode(),
-                    created_at=r["created_at"],
-                ),
-                EndpointConfig(
-                    id=r["endpoint_id"],
+        configs: dict[UUID, EndpointConfig] = {}
+        claimed = []
+        for r in rows:
+            endpoint_id = r["endpoint_id"]
+            config = configs.get(endpoint_id)
+            if config is None:
+                config = configs[endpoint_id] = EndpointConfig(
+                    id=endpoint_id,
                     url=r["url"],
                     secrets=tuple(r["secrets"]),
                     max_in_flight=r["max_in_flight"],
                     ordering=Ordering(r["ordering"]),
                     rate_limit_per_s=r["rate_limit_per_s"],
-                ),
+                )
+            delivery = Delivery(
+                id=r["delivery_id"],
+                lease=r["lease_token"],
+                attempt=r["attempt"],
+                endpoint_id=endpoint_id,
+                event_id=r["event_id"],
+                event_type=r["event_type"],
+                body=r["body"].encode(),
+                created_at=r["created_at"],
             )
-            for r in rows
-        ]
+            claimed.append((delivery, config))
+        return claimed
 
     async def record(self, outcomes: Sequence[Outcome]) -> list[Recorded]:
         """Write a batch of attempt results in one call of ``record_attempts_v1``."""
@@ -171,6 +178,7 @@ class Store:
             allow_http=row["allow_http"],
             allow_private_networks=row["allow_private_networks"],
             lease_duration_s=lease.total_seconds(),
+            max_payload_bytes=row["max_payload_bytes"],
         )
 
     async def maintain(self) -> dict[str, list[str]]:
@@ -186,10 +194,28 @@ class Store:
         payload: Mapping[str, Any],
         idempotency_key: str | None = None,
     ) -> int | None:
-        """Emit an event as the app's trigger would; None when no endpoint subscribes."""
-        event_id: int | None = await self._fetchval(
-            "emit", account_id, event_type, json.dumps(payload), idempotency_key
-        )
+        """Emit an event as the app's trigger would; None when no endpoint subscribes.
+
+        A payload that is not JSON (NaN, bytes, sets, nested beyond what ``json`` can encode) or
+        holds text Postgres cannot store (NUL, unpaired surrogates) raises InvalidInput for
+        ``payload``, like the checks in SQL, never an encoder's or the JSON parser's error.
+        """
+        try:
+            body = json.dumps(payload, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise InvalidInput(
+                f"payload: cannot be encoded as JSON: {exc}", field="payload"
+            ) from None
+        try:
+            event_id: int | None = await self._fetchval(
+                "emit", account_id, event_type, body, idempotency_key
+            )
+        except (
+            asyncpg.UntranslatableCharacterError,
+            asyncpg.InvalidTextRepresentationError,
+        ) as exc:
+            # Postgres parses only the payload here: a \u0000 or an unpaired surrogate in a string.
+            raise InvalidInput(f"payload: {exc.args[0]} ({exc.detail})", field="payload") from exc
         return event_id
 
     async def create_endpoint(
