@@ -45,6 +45,8 @@ def main(pytest_args: list[str]) -> int:
     servers.append(("pytest on embedded Postgres", None))
     for label, url in servers:
         env = {k: v for k, v in os.environ.items() if k != "WEBHOOKS_TEST_DATABASE_URL"}
+        # Tests run the CLI as a user would, by name: the venv's scripts come first on PATH.
+        env["PATH"] = f"{VENV / 'bin'}{os.pathsep}{env.get('PATH', '')}"
         if url:
             env["WEBHOOKS_TEST_DATABASE_URL"] = url
         started = time.monotonic()
