@@ -113,6 +113,11 @@ class Child:
     def returncode(self) -> int | None:
         return self.proc.returncode
 
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the process used so far (/proc/PID/stat)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def log_tail(self) -> str:
         try:
             text = self.log_path.read_text(errors="replace")

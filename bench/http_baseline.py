@@ -9,7 +9,8 @@ To make that ratio about the engine and nothing else, each request here looks li
 engine's: the same envelope size (:mod:`bench.payloads`), the same headers, a fresh signature per
 request (``engine.signing.sign``, as the engine signs every attempt), a session configured like
 the engine's sender, and the response body read. ``C`` workers share the request count; a short
-untimed warm-up opens the connections first. Prints one JSON object on stdout.
+untimed warm-up opens the connections first. Prints one JSON object on stdout, with the latency
+percentiles of the timed requests (at concurrency 1: what one webhook costs at best, W2's floor).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -42,6 +44,8 @@ class BaselineResult:
     seconds: float
     requests_per_s: float
     errors: int
+    latency_p50_ms: float
+    latency_p99_ms: float
 
 
 class _Load:
@@ -52,6 +56,7 @@ class _Load:
         self.total = total
         self.next = 0
         self.errors = 0
+        self.latencies: list[float] = []
         self.secrets = (new_secret(),)
         self.body = envelope(0)
 
@@ -73,6 +78,7 @@ async def _worker(session: aiohttp.ClientSession, load: _Load, first_id: int) ->
             "X-MisarMail-Delivery": str(first_id + n),
             "X-MisarMail-Attempt": "1",
         }
+        started = time.perf_counter()
         try:
             async with session.post(
                 load.url, data=load.body, headers=headers, allow_redirects=False
@@ -82,6 +88,7 @@ async def _worker(session: aiohttp.ClientSession, load: _Load, first_id: int) ->
                     load.errors += 1
         except (aiohttp.ClientError, TimeoutError):
             load.errors += 1
+        load.latencies.append(time.perf_counter() - started)
 
 
 async def _round(
@@ -115,7 +122,18 @@ async def measure(url: str, *, concurrency: int, requests: int) -> BaselineResul
         seconds=round(seconds, 4),
         requests_per_s=round(requests / seconds, 1),
         errors=load.errors,
+        latency_p50_ms=round(percentile(load.latencies, 50) * 1000, 3),
+        latency_p99_ms=round(percentile(load.latencies, 99) * 1000, 3),
     )
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The ``p``-th percentile (nearest rank) of ``values``; 0.0 for none."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -58,3 +58,31 @@ def envelope(i: int, *, account_id: str = "acct_0") -> bytes:
 def new_secret() -> str:
     """A fresh endpoint secret in the engine's format (``whsec_`` + base64 of 32 bytes)."""
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
+
+
+# What app.email_event_webhook (sql/examples/misarmail_app.sql) adds to a row's details to make
+# the event payload, with values of the usual length (a 7-digit row id, a timestamp with
+# microseconds): the row's details are padded so that the payload comes out at PAYLOAD_BYTES, give
+# or take the few characters by which those values vary.
+_TRIGGER_FIELDS: dict[str, Any] = {
+    "email_event_id": 1_000_000,
+    "recipient": "user000000@example.test",
+    "campaign_id": "cmp_000000",
+    "occurred_at": "2026-01-01T00:00:00.000000+00:00",
+}
+
+
+def app_row(i: int, account_id: str) -> tuple[str, str, str, str]:
+    """Row ``i`` of ``app.email_events`` for an account: (account_id, recipient, campaign_id,
+    details as JSON text); its trigger emits an ``email.sent`` event of about PAYLOAD_BYTES."""
+    details: dict[str, Any] = {
+        "message_id": f"<{i:012d}@mail.misarmail.test>",
+        "subject": "Your weekly digest",
+        "padding": "",
+    }
+    merged = {**_TRIGGER_FIELDS, **details}
+    details["padding"] = "x" * (
+        PAYLOAD_BYTES - len(json.dumps(merged, separators=_JSONB_SEPARATORS))
+    )
+    text = json.dumps(details, separators=_JSONB_SEPARATORS)
+    return account_id, f"user{i % 100_000:06d}@example.test", f"cmp_{i % 1000:06d}", text

@@ -2,9 +2,9 @@
 
 It must cost as little as possible, because both the HTTP baseline and the engine are measured
 against it: aiohttp's low-level server (no router, no access log) on uvloop, answering every POST
-``200 ok`` after reading the body, unless told to misbehave (slow paths, random 500s). A separate process keeps its CPU time out of the engine's and
-the load generator's event loops; its clock is comparable because all processes run on one
-machine and record ``time.time()``.
+``200 ok`` after reading the body, unless told to misbehave (slow paths, random 500s). A separate
+process keeps its CPU time out of the engine's and the load generator's event loops; its clock is
+comparable because all processes run on one machine and record ``time.time()``.
 
 Protocol: it listens on 127.0.0.1 on a free port and prints that port as the first (and only)
 line of stdout, and also writes it to ``--port-file`` if given. ``GET /stats`` returns

@@ -1,4 +1,4 @@
-"""The one table a benchmark run prints: each figure, its ratio to a baseline, its target, a verdict.
+"""The one table a benchmark run prints: each figure, its ratio to a baseline, target and verdict.
 
 Ratios are the figures to compare between runs: this machine is shared and noisy, so absolute
 rates move with whatever else runs, while a rate divided by a baseline measured in the same run

@@ -1,0 +1,204 @@
+"""W1-W4: how fast and how soon the engine delivers, alone and beside bad endpoints.
+
+All four emit to the 20 endpoints ``acct_0`` .. ``acct_19`` (event i to ``acct_{i % 20}``, path
+``/ep_{i % 20}``) through the app's trigger, with a fresh engine that is idle when the workload
+begins, so its first commit wakes it by NOTIFY as in production.
+
+- W1 burst: N events in transactions of 500; deliveries/s = N / (first COMMIT sent .. last
+  receipt), against the HTTP limit of the same run.
+- W2 steady: R events/s for S s, one per transaction, on a fixed schedule (late sends go at once,
+  no catch-up burst); latency = the receiver's 2xx answer minus the time the COMMIT was sent.
+- W3 slow endpoint: W1 with ``/ep_0`` sleeping 2 s per request. The other 19 endpoints' rate,
+  (their events) / (first commit .. their last receipt), against their rate in W1 (the ratio of
+  the two times). Once they are done the receiver stops sleeping and the rest drains.
+- W4 flaky: W1 with 20 % of answers 500 and a retry schedule of ten 1 s delays (so that the chance
+  of an event failing for good, 0.2^11, is nil); everything must arrive, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from bench.harness import ReceiverStats
+from bench.http_baseline import percentile
+from bench.report import Row
+from bench.suite import ENDPOINTS, INSERT_ROW, Suite, burst, progress, wait_delivered
+
+RETRY_1S = (
+    "UPDATE webhooks.settings SET retry_schedule = array_fill('1 second'::interval, ARRAY[10])"
+)
+RETRY_DEFAULT = (
+    "UPDATE webhooks.settings SET retry_schedule = "
+    "'{4 minutes,16 minutes,64 minutes,256 minutes,1024 minutes}'"
+)
+EVENT_IDS = """
+SELECT (e.payload->>'email_event_id')::bigint AS row_id, e.id AS event_id
+  FROM webhooks.events e
+ WHERE (e.payload->>'email_event_id')::bigint = ANY ($1::bigint[])"""
+SLOW_PATH = "/ep_0"
+SERVER_FUNCTIONS = (
+    "app.email_event_webhook",
+    "webhooks.emit",
+    "webhooks.claim_v1",
+    "webhooks.record_attempts_v1",
+    "webhooks.set_engine_waiting_v1",
+    "webhooks.next_due_at_v1",
+)
+
+ACCOUNTS = [f"acct_{i}" for i in range(ENDPOINTS)]
+
+
+async def w1_burst(suite: Suite, events: int) -> None:
+    progress(f"W1 burst of {events:,} events")
+    before = await suite.function_times()
+    async with suite.engine() as engine:
+        cpu0 = engine.cpu_seconds(), suite.receiver.cpu_seconds()
+        result = await burst(
+            suite, engine, suite.rows_for(ACCOUNTS, events), lambda s: s.unique >= events
+        )
+        await suite.wait_idle(engine)
+        engine_cpu = engine.cpu_seconds() - cpu0[0]
+        receiver_cpu = suite.receiver.cpu_seconds() - cpu0[1]
+    await asyncio.sleep(0.5)  # the engine's backends report their statistics as they exit
+    after = await suite.function_times()
+    assert result.stats.last is not None
+    seconds = result.stats.last - result.first_commit
+    suite.w1_seconds = seconds
+    rate = events / seconds
+    progress(f"W1 delivered {events:,} in {seconds:.2f} s ({rate:,.0f}/s)")
+    ratio = rate / suite.http_limit
+    suite.add(
+        Row("W1 burst", rate, "deliveries/s", ratio, "HTTP limit", "ratio >= 0.70", ratio >= 0.70),
+        Row("W1   duplicates", result.stats.duplicates, "", target="= 0",
+            ok=result.stats.duplicates == 0, decimals=0),
+        Row(f"W1   emitting {events:,} events", result.emit_seconds, "s", decimals=2),
+        Row("W1   first commit to last receipt", seconds, "s", decimals=2),
+    )  # fmt: skip
+    # Where the time goes: CPU per delivery of the engine and the receiver, and Postgres's time
+    # per delivery in each function.
+    suite.add(
+        Row("W1   engine CPU", engine_cpu * 1e6 / events, "us/delivery"),
+        Row("W1   receiver CPU", receiver_cpu * 1e6 / events, "us/delivery"),
+    )
+    for name in SERVER_FUNCTIONS:
+        calls0, ms0 = before.get(name, (0, 0.0))
+        calls1, ms1 = after.get(name, (0, 0.0))
+        suite.add(
+            Row(f"W1   server time in {name} ({calls1 - calls0:,} calls)",
+                (ms1 - ms0) * 1000 / events, "us/delivery")
+        )  # fmt: skip
+
+
+async def w2_steady(suite: Suite, rate: float, seconds: float) -> None:
+    count = int(rate * seconds)
+    progress(f"W2 steady: {rate:g} events/s for {seconds:g} s")
+    rows = suite.rows_for(ACCOUNTS, count)
+    async with suite.engine() as engine:
+        conn = suite.conn
+        commits: dict[int, float] = {}  # app row id -> COMMIT sent
+        path_of: dict[int, str] = {}
+        started = time.perf_counter()
+        for k, row in enumerate(rows):
+            delay = started + k / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tx = conn.transaction()
+            await tx.start()
+            row_id = await conn.fetchval(INSERT_ROW + " RETURNING id", *row)
+            commits[row_id] = time.time()
+            await tx.commit()
+            path_of[row_id] = f"/ep_{k % ENDPOINTS}"
+        sent_s = time.perf_counter() - started
+        await wait_delivered(suite.receiver, engine, lambda s: s.unique >= count)
+        await suite.wait_idle(engine)
+    arrivals = await suite.receiver.arrivals()
+    latencies = []
+    for record in await conn.fetch(EVENT_IDS, list(commits)):
+        row_id, event_id = record["row_id"], record["event_id"]
+        arrival = arrivals[f"evt_{event_id} {path_of[row_id]}"]
+        latencies.append((arrival - commits[row_id]) * 1000)
+    p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+    lone50, lone99 = suite.lone_request_ms
+    progress(f"W2 latency p50 {p50:.2f} ms, p99 {p99:.2f} ms over {len(latencies):,} events")
+    suite.add(
+        Row("W2 steady, events sent", count / sent_s, "events/s", target=f"= {rate:g}",
+            ok=count / sent_s >= 0.98 * rate),
+        Row("W2   commit-to-receipt p50", p50, "ms", p50 / lone50, "lone request p50",
+            "<= 5 ms", p50 <= 5.0, decimals=2),
+        Row("W2   commit-to-receipt p99", p99, "ms", p99 / lone99, "lone request p99",
+            "<= 20 ms", p99 <= 20.0, decimals=2),
+        Row("W2   commit-to-receipt max", max(latencies), "ms", decimals=2),
+    )  # fmt: skip
+
+
+async def w3_slow_endpoint(suite: Suite, events: int, delay_s: float) -> None:
+    progress(f"W3 burst of {events:,} events, {SLOW_PATH} sleeping {delay_s:g} s per request")
+    others = [f"/ep_{i}" for i in range(ENDPOINTS) if f"/ep_{i}" != SLOW_PATH]
+    expected = {path: len(range(i, events, ENDPOINTS)) for i, path in enumerate(_paths())}
+
+    def others_done(stats: ReceiverStats) -> bool:
+        return all(stats.per_path.get(p, 0) >= expected[p] for p in others)
+
+    await suite.receiver.configure(delay_s={SLOW_PATH: delay_s})
+    try:
+        async with suite.engine() as engine:
+            result = await burst(suite, engine, suite.rows_for(ACCOUNTS, events), others_done)
+            await suite.receiver.configure()
+            await wait_delivered(suite.receiver, engine, lambda s: s.unique >= events)
+            await suite.wait_idle(engine)
+    finally:
+        await suite.receiver.configure()
+    seconds = max(result.stats.last_per_path[p] for p in others) - result.first_commit
+    slow_done = result.stats.per_path.get(SLOW_PATH, 0)
+    n_others = sum(expected[p] for p in others)
+    rate = n_others / seconds / len(others)
+    progress(f"W3 the other {len(others)} endpoints took {seconds:.2f} s ({rate:,.0f}/s each)")
+    row = Row(
+        "W3 slow endpoint: others, per endpoint", rate, "deliveries/s", target="ratio >= 0.95"
+    )
+    if suite.w1_seconds is not None:
+        w1_rate = events / suite.w1_seconds / ENDPOINTS
+        ratio = rate / w1_rate
+        row = Row(row.measure, rate, row.unit, ratio, "W1, per endpoint", row.target, ratio >= 0.95)
+    suite.add(
+        row,
+        Row(f"W3   slow endpoint, delivered meanwhile (of {expected[SLOW_PATH]})", slow_done,
+            decimals=0),
+    )  # fmt: skip
+
+
+async def w4_flaky(suite: Suite, events: int, fail_ratio: float) -> None:
+    progress(f"W4 burst of {events:,} events, {fail_ratio:.0%} answered 500, retries after 1 s")
+    await suite.conn.execute(RETRY_1S)
+    await suite.receiver.configure(fail_ratio=fail_ratio)
+    try:
+        async with suite.engine() as engine:
+            result = await burst(
+                suite, engine, suite.rows_for(ACCOUNTS, events), lambda s: s.unique >= events
+            )
+            await suite.wait_idle(engine)
+            stats = await suite.receiver.stats()
+    finally:
+        await suite.receiver.configure()
+        await suite.conn.execute(RETRY_DEFAULT)
+    assert result.stats.last is not None
+    seconds = result.stats.last - result.first_commit
+    failed_for_good = await suite.conn.fetchval(
+        "SELECT count(*) FROM webhooks.delivery_outcomes WHERE status <> 'delivered'"
+    )
+    progress(f"W4 delivered {stats.unique:,} in {seconds:.2f} s, {stats.failed:,} answered 500")
+    ratio = seconds / suite.w1_seconds if suite.w1_seconds else None
+    suite.add(
+        Row("W4 flaky: delivered", stats.unique, "events", target=f"= {events:,}",
+            ok=stats.unique == events and failed_for_good == 0, decimals=0),
+        Row("W4   duplicates", stats.duplicates, "", target="= 0", ok=stats.duplicates == 0,
+            decimals=0),
+        Row("W4   answered 500 (retried)", stats.failed, "attempts", decimals=0),
+        Row("W4   time to completion", seconds, "s", ratio, "W1 time" if ratio else "",
+            decimals=2),
+    )  # fmt: skip
+
+
+def _paths() -> list[str]:
+    return [f"/ep_{i}" for i in range(ENDPOINTS)]

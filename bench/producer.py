@@ -1,0 +1,358 @@
+"""W6, the app's cost of emitting: commits/s of MisarMail-like writers with and without webhooks.
+
+``python -m bench.producer --url URL --accounts PREFIX`` is the load generator, in its own process
+(like pgbench): C asyncpg connections on uvloop, each inserting one ~1 KiB row into
+``app.email_events`` per transaction (autocommit) for S seconds, account ``PREFIX<n % 20>``. It
+prints ``{"commits": N, "seconds": S}``.
+
+The variants (:func:`w6_producer_cost`), each on an emptied hot table:
+
+- a: no trigger on the table, no engine: the app alone.
+- b: the trigger (``webhooks.emit``), accounts without endpoints, no engine: emit's common path.
+- c: the trigger, one endpoint per account (20), a fresh engine running and busy delivering
+  what the producers emit. ``emit`` NOTIFYs only while the engine says it is waiting.
+- n: as c, with a trigger that also calls ``pg_notify`` every time: the usual design.
+- z: as c, with NOTIFY made impossible: a bench trigger on ``webhooks.engine_state`` keeps
+  ``waiting`` false whatever the engine writes. Same engine load as c, so c/z is what the
+  wake-up scheme itself costs the app.
+- z, no engine: as z without the engine, to show how much of the machine the busy engine and
+  its receiver take from the app on this 2-core machine (not a target).
+- c, open transaction: c while another connection holds a REPEATABLE READ transaction (and so
+  its snapshot) open for the whole run, so no dead row of the hot table can be removed.
+
+A LISTEN connection of the bench counts the wake-ups the app sent in each variant. Claim latency
+is the mean duration of ``webhooks.claim_v1`` calls by the engine during the variant, measured by
+the server (``pg_stat_user_functions``, track_functions): timing claims from a connection of
+our own would either take work from the engine or, with no room, skip the part that slows down
+(the per-endpoint scans of ``deliveries_endpoint_due_idx`` over dead entries).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+import uvloop
+
+from bench.harness import REPO_ROOT, BenchError
+from bench.payloads import app_row
+from bench.report import Row
+from bench.suite import DB_TIMEOUT_S, ENDPOINTS, INSERT_ROW, Suite, progress
+
+ACCOUNTS_PREFIX = "w6_"
+NO_ENDPOINT_PREFIX = "w6_none_"
+PRODUCER_TIMEOUT_S = 120.0
+
+DROP_TRIGGER = "DROP TRIGGER IF EXISTS email_event_webhook ON app.email_events"
+CREATE_TRIGGER = """
+CREATE TRIGGER email_event_webhook AFTER INSERT ON app.email_events
+    FOR EACH ROW EXECUTE FUNCTION app.{function}()"""
+# The example trigger plus a NOTIFY in every transaction: what most Postgres queues do.
+NOTIFY_EVERY_TIME = """
+CREATE OR REPLACE FUNCTION app.email_event_webhook_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM webhooks.emit(
+        NEW.account_id,
+        'email.' || NEW.kind,
+        jsonb_build_object('email_event_id', NEW.id, 'recipient', NEW.recipient,
+                           'campaign_id', NEW.campaign_id, 'occurred_at', NEW.occurred_at)
+            || NEW.details,
+        'email_event:' || NEW.id);
+    PERFORM pg_notify('webhooks_wakeup', '');
+    RETURN NULL;
+END $$"""
+HOLD_BUSY = """
+CREATE OR REPLACE FUNCTION webhooks.bench_hold_busy() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.waiting := false;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER bench_hold_busy BEFORE UPDATE ON webhooks.engine_state
+    FOR EACH ROW EXECUTE FUNCTION webhooks.bench_hold_busy();
+UPDATE webhooks.engine_state SET waiting = false"""
+RELEASE_BUSY = "DROP TRIGGER bench_hold_busy ON webhooks.engine_state"
+CLAIM_STATS = """
+SELECT coalesce(sum(calls), 0)::bigint AS calls, coalesce(sum(total_time), 0)::float8 AS ms
+  FROM pg_stat_user_functions WHERE schemaname = 'webhooks' AND funcname = 'claim_v1'"""
+HOT_TABLE = """
+SELECT pg_relation_size('webhooks.deliveries') AS heap,
+       pg_indexes_size('webhooks.deliveries') AS indexes,
+       (SELECT n_dead_tup FROM pg_stat_user_tables
+         WHERE schemaname = 'webhooks' AND relname = 'deliveries') AS dead,
+       (SELECT count(*) FROM webhooks.deliveries) AS live"""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What one variant measured."""
+
+    commits_per_s: float
+    notifies: int
+    delivered: int = 0
+    hot_table_mb: float = 0.0
+    dead_rows: int = 0
+    live_rows: int = 0
+    claim_ms: float | None = None
+    trigger_us: float = 0.0  # server time per commit in the app's trigger function itself
+    emit_us: float = 0.0  # ... and in webhooks.emit
+
+
+async def w6_producer_cost(suite: Suite, seconds: float, connections: int) -> None:
+    conn = suite.conn
+    await suite.create_endpoints(
+        [f"{ACCOUNTS_PREFIX}{i}" for i in range(ENDPOINTS)], f"/{ACCOUNTS_PREFIX}"
+    )
+    await conn.execute(NOTIFY_EVERY_TIME)
+    runner = _Runner(suite, seconds, connections)
+    try:
+        async with runner.counting_notifies():
+            a = await runner.variant("a", None, ACCOUNTS_PREFIX, engine=False)
+            b = await runner.variant("b", "email_event_webhook", NO_ENDPOINT_PREFIX, engine=False)
+            c = await runner.variant("c", "email_event_webhook", ACCOUNTS_PREFIX)
+            n = await runner.variant("n", "email_event_webhook_notify", ACCOUNTS_PREFIX)
+            z = await runner.variant("z", "email_event_webhook", ACCOUNTS_PREFIX, hold_busy=True)
+            z0 = await runner.variant(
+                "z, no engine", "email_event_webhook", ACCOUNTS_PREFIX, engine=False, hold_busy=True
+            )
+            c_open = await runner.variant(
+                "c, open transaction", "email_event_webhook", ACCOUNTS_PREFIX, hold_snapshot=True
+            )
+    finally:
+        await conn.execute(DROP_TRIGGER)
+        await conn.execute(CREATE_TRIGGER.format(function="email_event_webhook"))
+    _report(suite, connections, a=a, b=b, c=c, n=n, z=z, z0=z0, c_open=c_open)
+
+
+def _report(suite: Suite, connections: int, **v: Variant) -> None:
+    a, b, c, n, z = v["a"], v["b"], v["c"], v["n"], v["z"]
+    z0, c_open = v["z0"], v["c_open"]
+    cps = "commits/s"
+
+    def vs_a(label: str, x: Variant, target: str = "", ok: bool | None = None) -> Row:
+        return Row(label, x.commits_per_s, cps, x.commits_per_s / a.commits_per_s, "W6 a",
+                   target, ok)  # fmt: skip
+
+    b_a = b.commits_per_s / a.commits_per_s
+    c_z = c.commits_per_s / z.commits_per_s
+    c_n = c.commits_per_s / n.commits_per_s
+    claim_ratio = (
+        c_open.claim_ms / c.claim_ms if c_open.claim_ms is not None and c.claim_ms else None
+    )
+    suite.add(
+        vs_a(f"W6 a: no trigger ({connections} connections)", a),
+        vs_a("W6 b: trigger, no subscriber", b, "ratio >= 0.80", b_a >= 0.80),
+        Row("W6   b: server time in the trigger", b.trigger_us, "us/commit"),
+        Row("W6   b: server time in webhooks.emit", b.emit_us, "us/commit"),
+        vs_a("W6 c: trigger, subscribed, engine busy", c),
+        Row("W6   c: server time in the trigger", c.trigger_us, "us/commit"),
+        Row("W6   c: server time in webhooks.emit", c.emit_us, "us/commit"),
+        Row("W6   c / z", c_z, "", c_z, "W6 z", "ratio >= 0.90", c_z >= 0.90, decimals=2),
+        Row("W6   c / n", c_n, "", c_n, "W6 n", "ratio >= 2", c_n >= 2.0, decimals=2),
+        Row("W6   NOTIFYs the app sent in c", c.notifies, "", decimals=0),
+        Row("W6   delivered by the engine in c", c.delivered, "deliveries", decimals=0),
+        vs_a("W6 n: NOTIFY in every transaction", n),
+        Row("W6   NOTIFYs the app sent in n", n.notifies, "", decimals=0),
+        vs_a("W6 z: no NOTIFY, engine busy", z),
+        Row("W6   NOTIFYs the app sent in z", z.notifies, "", target="= 0", ok=z.notifies == 0,
+            decimals=0),
+        vs_a("W6 z, no engine (engine's CPU share)", z0),
+        Row("W6 c, open transaction", c_open.commits_per_s, cps,
+            c_open.commits_per_s / c.commits_per_s, "W6 c"),
+        Row("W6   hot table in c (heap + indexes)", c.hot_table_mb, "MB"),
+        Row("W6   hot table, open transaction", c_open.hot_table_mb, "MB",
+            c_open.hot_table_mb / c.hot_table_mb if c.hot_table_mb else None, "W6 c"),
+        Row("W6   dead / live rows in c", c.dead_rows, f"/ {c.live_rows:,} live", decimals=0),
+        Row("W6   dead / live rows, open transaction", c_open.dead_rows,
+            f"/ {c_open.live_rows:,} live", decimals=0),
+        Row("W6   claim_v1 mean in c", c.claim_ms or 0.0, "ms", decimals=2),
+        Row("W6   claim_v1 mean, open transaction", c_open.claim_ms or 0.0, "ms", claim_ratio,
+            "W6 c" if claim_ratio else "", decimals=2),
+    )  # fmt: skip
+
+
+class _Runner:
+    """Runs one variant at a time; counts NOTIFYs on the wake-up channel all along."""
+
+    def __init__(self, suite: Suite, seconds: float, connections: int) -> None:
+        self.suite = suite
+        self.seconds = seconds
+        self.connections = connections
+        self.notifies = 0
+
+    @contextlib.asynccontextmanager
+    async def counting_notifies(self) -> AsyncIterator[None]:
+        listener = await asyncpg.connect(self.suite.url, timeout=DB_TIMEOUT_S)
+
+        def count(*_: object) -> None:
+            self.notifies += 1
+
+        try:
+            await listener.add_listener("webhooks_wakeup", count)
+            yield
+        finally:
+            await listener.close()
+
+    async def variant(
+        self,
+        name: str,
+        trigger: str | None,
+        accounts: str,
+        *,
+        engine: bool = True,
+        hold_busy: bool = False,
+        hold_snapshot: bool = False,
+    ) -> Variant:
+        suite, conn = self.suite, self.suite.conn
+        progress(f"W6 {name}: {self.connections} connections for {self.seconds:g} s")
+        await suite.clear()
+        await conn.execute(DROP_TRIGGER)
+        if trigger is not None:
+            await conn.execute(CREATE_TRIGGER.format(function=trigger))
+        await conn.execute("VACUUM ANALYZE webhooks.deliveries")
+        functions0 = await suite.function_times()
+        async with contextlib.AsyncExitStack() as stack:
+            if engine:
+                await stack.enter_async_context(suite.engine())
+            if hold_busy:  # after the engine's readiness check, which waits for waiting = true
+                await conn.execute(HOLD_BUSY)
+                stack.push_async_callback(conn.execute, RELEASE_BUSY)
+            if hold_snapshot:
+                await stack.enter_async_context(_open_snapshot(suite.url))
+            claims0 = await _row(conn, CLAIM_STATS)
+            await suite.receiver.reset()
+            await asyncio.sleep(0.2)  # NOTIFYs of the probe and readiness checks arrive first
+            self.notifies = 0
+            commits, seconds = await _produce(suite.url, accounts, self.connections, self.seconds)
+            await asyncio.sleep(0.2)  # the last commits' NOTIFYs
+            notifies = self.notifies
+            hot = await _row(conn, HOT_TABLE)
+            delivered = (await suite.receiver.stats()).unique
+        # The engine has exited, so its backends flushed their function statistics.
+        await asyncio.sleep(0.5)
+        claims1 = await _row(conn, CLAIM_STATS)
+        functions1 = await suite.function_times()
+
+        def us_per_commit(name: str) -> float:
+            ms = functions1.get(name, (0, 0.0))[1] - functions0.get(name, (0, 0.0))[1]
+            return ms * 1000 / commits
+
+        calls = claims1["calls"] - claims0["calls"]
+        claim_ms = (claims1["ms"] - claims0["ms"]) / calls if calls else None
+        rate = commits / seconds
+        progress(f"W6 {name}: {rate:,.0f} commits/s, {notifies:,} NOTIFYs, {delivered:,} delivered")
+        return Variant(
+            commits_per_s=rate,
+            notifies=notifies,
+            delivered=delivered,
+            hot_table_mb=(hot["heap"] + hot["indexes"]) / 2**20,
+            dead_rows=hot["dead"] or 0,
+            live_rows=hot["live"],
+            claim_ms=claim_ms if engine else None,
+            trigger_us=us_per_commit(f"app.{trigger}") if trigger else 0.0,
+            emit_us=us_per_commit("webhooks.emit"),
+        )
+
+
+async def _row(conn: asyncpg.Connection, query: str) -> asyncpg.Record:
+    row = await conn.fetchrow(query)
+    assert row is not None  # aggregates: always one row
+    return row
+
+
+@contextlib.asynccontextmanager
+async def _open_snapshot(url: str) -> AsyncIterator[None]:
+    """A transaction that holds its snapshot (and so the xmin horizon) until exit."""
+    conn = await asyncpg.connect(url, timeout=DB_TIMEOUT_S)
+    try:
+        await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        await conn.fetchval("SELECT count(*) FROM webhooks.deliveries")
+        yield
+        await conn.execute("ROLLBACK")
+    finally:
+        await conn.close()
+
+
+async def _produce(url: str, accounts: str, connections: int, seconds: float) -> tuple[int, float]:
+    """Run ``python -m bench.producer`` and return (commits, seconds) it printed."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.producer",
+        "--url",
+        url,
+        "--accounts",
+        accounts,
+        "--connections",
+        str(connections),
+        "--seconds",
+        str(seconds),
+        cwd=REPO_ROOT,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), seconds + PRODUCER_TIMEOUT_S)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    if proc.returncode != 0:
+        raise BenchError(f"the producer failed ({proc.returncode}): {err.decode()[-3000:]}")
+    data = json.loads(out)
+    return int(data["commits"]), float(data["seconds"])
+
+
+# -- the load generator process ----------------------------------------------------------------
+
+
+async def _writer(
+    conn: asyncpg.Connection, rows: Sequence[tuple[str, str, str, str]], deadline: float
+) -> int:
+    statement = await conn.prepare(INSERT_ROW)
+    done = 0
+    while time.perf_counter() < deadline:
+        await statement.fetch(*rows[done % len(rows)])
+        done += 1
+    return done
+
+
+async def generate(url: str, accounts: str, connections: int, seconds: float) -> dict[str, float]:
+    """Open every connection first, then write from all of them for ``seconds``."""
+    rows = [app_row(i, f"{accounts}{i % ENDPOINTS}") for i in range(ENDPOINTS * 5)]
+    conns = [await asyncpg.connect(url, timeout=DB_TIMEOUT_S) for _ in range(connections)]
+    try:
+        started = time.perf_counter()
+        deadline = started + seconds
+        counts = await asyncio.gather(*(_writer(c, rows, deadline) for c in conns))
+        elapsed = time.perf_counter() - started
+    finally:
+        for c in conns:
+            await c.close()
+    return {"commits": sum(counts), "seconds": elapsed}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.producer", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--url", required=True, help="the benchmark database")
+    parser.add_argument("--accounts", required=True, help="account id prefix (+ 0..19)")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args(argv)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        result = runner.run(generate(args.url, args.accounts, args.connections, args.seconds))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
