@@ -42,6 +42,10 @@ class ActorDeps:
     lease_s: Callable[[], float]
     on_room: Callable[[], None]
     on_started: Callable[[Delivery, datetime], None]  # an attempt starts (metrics)
+    # One slot per attempt in flight across all endpoints (= the HTTP connection limit), taken
+    # before an attempt's clock starts: waiting for a local connection must not eat into the
+    # endpoint's 10 s, nor make thousands of attempts wait inside the HTTP client at once.
+    slots: asyncio.Semaphore
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +134,11 @@ class EndpointActor:
                 if wait_s > 0:
                     await asyncio.sleep(wait_s)
                     continue
-                self._start(self._queue.popleft())
+                await self._deps.slots.acquire()
+                # stop() empties the queue: it may have run while we waited for the slot.
+                item = self._queue.popleft() if self._queue else None
+                if item is None or not self._start(item):
+                    self._deps.slots.release()
                 continue
             if not self._queue and not self._tasks:
                 try:
@@ -141,7 +149,8 @@ class EndpointActor:
                 continue
             await self._changed.wait()
 
-    def _start(self, item: Queued) -> None:
+    def _start(self, item: Queued) -> bool:
+        """Start the attempt as a task holding one of ``slots``; False if it was skipped."""
         lease_left = item.claimed_at + self._deps.lease_s() - time.monotonic()
         if lease_left < self._deps.request_timeout_s + LEASE_MARGIN_S:
             log.warning(
@@ -150,7 +159,7 @@ class EndpointActor:
                 delivery_id=item.delivery.id,
                 lease_left_s=round(lease_left, 1),
             )
-            return
+            return False
         if self.config.rate_limit_per_s:
             now = time.monotonic()
             self._next_start = max(now, self._next_start) + 1.0 / self.config.rate_limit_per_s
@@ -158,9 +167,11 @@ class EndpointActor:
         task = asyncio.get_running_loop().create_task(self._attempt(item.delivery, self.config))
         self._tasks.add(task)
         task.add_done_callback(self._finished)
+        return True
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self._deps.slots.release()
         self._changed.set()
         if self.room() * 2 >= self.capacity:
             self._deps.on_room()

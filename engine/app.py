@@ -110,12 +110,14 @@ class Engine:
             lease_s=self._lease_s,
             on_room=self._wake,
             on_started=self.metrics.attempt_started,
+            slots=asyncio.Semaphore(s.max_connections),
         )
         self.dispatcher = dispatcher = Dispatcher(
             store,
             deps,
             poll_interval_s=s.poll_interval_s,
             claim_batch=s.claim_batch,
+            max_outstanding=s.max_connections * s.queue_per_in_flight,
             shutdown_grace_s=s.shutdown_grace_s,
         )
         self.listener = listener = Listener(

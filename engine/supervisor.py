@@ -38,12 +38,14 @@ class Dispatcher:
         *,
         poll_interval_s: float,
         claim_batch: int,
+        max_outstanding: int,
         shutdown_grace_s: float,
         on_claim_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._store = store
         self._deps = deps
         self._poll_s = poll_interval_s
+        self._max_outstanding = max_outstanding
         self._claim_batch = claim_batch
         self._grace_s = shutdown_grace_s
         self._on_claim_error = on_claim_error
@@ -52,6 +54,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._after: UUID | None = None
         self._waiting: bool | None = None
+        self._claim_failures = 0  # consecutive failed claim cycles (the database is away)
         self.claims = 0
         self.claimed = 0
         self.crashes = 0
@@ -68,33 +71,15 @@ class Dispatcher:
         try:
             while not stop.is_set():
                 self._wake.clear()
-                timeout = await self._claim_cycle()
+                timeout = await self._claim_cycle(stop)
                 await wait_first(self._wake, stop, seconds=timeout)
         finally:
             await self._shutdown()
 
-    async def _claim_cycle(self) -> float:
-        """Claim until nothing more fits or is due; return how long to sleep before the next."""
+    async def _claim_cycle(self, stop: asyncio.Event) -> float:
+        """Claim what fits; return how long to sleep before the next cycle."""
         try:
-            while True:
-                rooms = {eid: actor.room() for eid, actor in self.actors.items()}
-                rows = await self._store.claim(
-                    rooms,
-                    default_room=self.default_room,
-                    max_rows=self._claim_batch,
-                    after=self._after,
-                )
-                self.claims += 1
-                self.claimed += len(rows)
-                for delivery, config in rows:
-                    self._actor_for(config).offer(delivery)
-                if len(rows) < self._claim_batch:
-                    self._after = None
-                    break
-                self._after = rows[-1][1].id
-            # Asleep only when nothing was due although every actor had room: then the app's
-            # emit() must NOTIFY us. With full actors we wake ourselves when room appears.
-            idle = not rows and all(room > 0 for room in rooms.values())
+            idle = await self._claim_all(stop)
             await self._set_waiting(idle)
             if not idle:
                 return self._poll_s
@@ -111,8 +96,43 @@ class Dispatcher:
             return self._poll_s
         return min(self._poll_s, max(0.005, (next_due - datetime.now(UTC)).total_seconds()))
 
+    async def _claim_all(self, stop: asyncio.Event) -> bool:
+        """Claim until nothing more fits or is due; True when the engine is idle.
+
+        Idle means nothing was due although every actor had room: then the app's emit() must
+        NOTIFY us. With full actors we wake ourselves when room appears. Besides each actor's
+        room, everything claimed but not finished is capped in all (``max_outstanding``), so a
+        backlog over thousands of endpoints cannot pile up memory, nor leases that would run out
+        before their turn.
+        """
+        while not stop.is_set():
+            rooms = {eid: actor.room() for eid, actor in self.actors.items()}
+            outstanding = sum(a.queued + a.in_flight for a in self.actors.values())
+            budget = min(self._claim_batch, self._max_outstanding - outstanding)
+            if budget <= 0:
+                return False
+            rows = await self._store.claim(
+                rooms, default_room=self.default_room, max_rows=budget, after=self._after
+            )
+            self.claims += 1
+            self.claimed += len(rows)
+            if self._claim_failures:
+                log.info("claim_recovered", after_failures=self._claim_failures)
+                self._claim_failures = 0
+            for delivery, config in rows:
+                self._actor_for(config).offer(delivery)
+            if len(rows) < budget:
+                self._after = None
+                return not rows and all(room > 0 for room in rooms.values())
+            self._after = rows[-1][1].id
+        return False
+
     def _claim_failed(self, exc: BaseException) -> None:
-        log.warning("claim_failed", error=repr(exc))
+        # Once per outage, as the result writer does: a poll every second must not turn a
+        # database outage into a warning a second.
+        if not self._claim_failures:
+            log.warning("claim_failed", error=repr(exc))
+        self._claim_failures += 1
         self._waiting = None
         if self._on_claim_error is not None:
             self._on_claim_error(exc)

@@ -132,3 +132,19 @@ async def _all_delivered(conn: asyncpg.Connection, n: int) -> bool:
 
 async def _attempts(conn: asyncpg.Connection, n: int) -> bool:
     return int(await conn.fetchval("SELECT count(*) FROM webhooks.attempts")) >= n
+
+
+async def test_attempts_in_flight_are_capped_across_endpoints(
+    conn: asyncpg.Connection, receiver: Receiver, open_policy: None, start_engine: StartEngine
+) -> None:
+    """With max_connections 4, three endpoints allowed 8 each never have more than 4 in flight."""
+    receiver.script("/g0", Reply(delay_s=0.2))
+    receiver.script("/g1", Reply(delay_s=0.2))
+    receiver.script("/g2", Reply(delay_s=0.2))
+    for i in range(3):
+        await create_endpoint(conn, receiver.url(f"/g{i}"), account=f"g{i}")
+    await start_engine(max_connections=4)
+    for i in range(3):
+        await _emit(conn, 12, account=f"g{i}")
+    await receiver.wait_for(36, timeout_s=30)
+    assert receiver.max_concurrency() == 4
