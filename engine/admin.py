@@ -249,7 +249,13 @@ async def readiness(context: AdminContext) -> dict[str, str]:
     except TimeoutError:
         if checks["database"] != "ok":
             checks["database"] = "timeout"
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    # InternalClientError: how asyncpg sometimes reports a connection the server just closed.
+    except (
+        OSError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.InternalClientError,
+    ) as exc:
         log.debug("readiness_database_failed", error=repr(exc))
     if context.listener is None:
         checks["listener"] = "disabled"

@@ -22,13 +22,13 @@ def endpoint_id(text: str) -> UUID:
 
 
 def delivery_id(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) <= MAX_BIGINT:
+    if not _digits(text) or not 0 < int(text) <= MAX_BIGINT:
         raise argparse.ArgumentTypeError(f"{text!r} is not a delivery id (a positive integer)")
     return int(text)
 
 
 def page_size(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) <= MAX_PAGE:
+    if not _digits(text) or not 0 < int(text) <= MAX_PAGE:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number from 1 to {MAX_PAGE}")
     return int(text)
 
@@ -40,7 +40,10 @@ def duration(text: str) -> timedelta:
         return timedelta(0)
     if match is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration (like 90s, 15m, 2h, 1d)")
-    return timedelta(seconds=int(match[1]) * UNIT_S[match[2]])
+    try:
+        return timedelta(seconds=int(match[1]) * UNIT_S[match[2]])
+    except OverflowError:  # argparse reports ValueError, not this: it would be a traceback
+        raise argparse.ArgumentTypeError(f"{text!r} is too long a duration") from None
 
 
 def since(text: str) -> datetime:
@@ -57,6 +60,11 @@ def since(text: str) -> datetime:
             f"{text!r} is not a time (use ISO 8601 like 2025-01-31T12:00Z, or 15m, 2h, 1d)"
         ) from None
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes '²' and '٣', which int() then refuses."""
+    return text.isascii() and text.isdigit()
 
 
 def words(text: str) -> list[str]:

@@ -51,7 +51,15 @@ class Listener:
         while not stop.is_set():
             try:
                 await self._session(stop)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # InternalClientError: how asyncpg sometimes reports a connection the server closed
+            # under a query (the probe racing a pg_terminate_backend).
+            except (
+                OSError,
+                TimeoutError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+            ) as exc:
                 log.warning("listener_lost", error=repr(exc), retry_in_s=self._backoff_s)
             if stop.is_set():
                 break

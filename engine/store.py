@@ -58,6 +58,27 @@ def mapped_errors() -> Iterator[None]:
         raise mapped from exc
 
 
+class DatabaseUnavailable(ConnectionError):
+    """The database server refused a new connection, or closed one under a query.
+
+    A ConnectionError (an OSError) because that is what every part that waits out a lost database
+    catches: the result writer, the dispatcher, the periodic tasks, the admin API (503).
+    """
+
+
+@contextmanager
+def _closed_under_us(conn: asyncpg.pool.PoolConnectionProxy) -> Iterator[None]:
+    """When the server ends a connection under a query (pg_terminate_backend, a restart),
+    asyncpg sometimes reports it as InternalClientError ("cannot switch to state ...") instead of
+    a connection error; the closed connection tells the two apart."""
+    try:
+        yield
+    except asyncpg.InternalClientError as exc:
+        if conn.is_closed():
+            raise DatabaseUnavailable("the database closed the connection") from exc
+        raise
+
+
 class Store:
     """Typed access to the webhooks schema through an asyncpg pool owned by the caller."""
 
@@ -67,8 +88,21 @@ class Store:
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
-        async with self.pool.acquire(timeout=QUERY_TIMEOUT_S) as conn:
-            yield conn
+        try:
+            conn = await self.pool.acquire(timeout=QUERY_TIMEOUT_S)
+        except asyncpg.PostgresError as exc:
+            # Raised while the pool opened a connection, so the server refused it (e.g. too
+            # many clients, ALLOW_CONNECTIONS false): the database is away, the query is fine.
+            raise DatabaseUnavailable(f"the database refused a connection: {exc}") from exc
+        try:
+            with _closed_under_us(conn):
+                yield conn
+        finally:
+            try:
+                await self.pool.release(conn)
+            except asyncpg.InternalClientError as exc:
+                # Its reset failed the same way; the pool has already dropped the connection.
+                raise DatabaseUnavailable("the database closed the connection") from exc
 
     async def _fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:
         with mapped_errors():

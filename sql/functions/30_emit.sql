@@ -43,6 +43,11 @@ BEGIN
         RAISE EXCEPTION 'payload: % bytes is over the limit of % bytes', v_size, v_limit
             USING ERRCODE = 'WH003', COLUMN = 'payload';
     END IF;
+    -- Receivers parse what we send, and common JSON parsers give up at 64 levels or fewer (.NET's
+    -- default; Ruby stops at 100): an item below level 32 of the payload would fail there.
+    IF jsonb_path_exists(p_payload, 'strict $.**{33}') THEN
+        PERFORM webhooks.invalid('payload', 'must not nest deeper than 32 levels');
+    END IF;
 
     SELECT array_agg(e.id ORDER BY e.id) INTO v_endpoints
       FROM webhooks.endpoints e

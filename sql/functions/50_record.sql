@@ -5,6 +5,8 @@
 --
 -- Fenced by the lease: a result whose delivery is gone or was re-leased (the engine was presumed
 -- dead and another claim took it) still gets its attempt row, marked 'stale', but changes nothing.
+-- A result already recorded (same delivery and started_at: the connection dropped after the commit
+-- and the engine wrote the batch again) is not recorded twice; its first outcome is returned.
 -- 410 Gone disables the endpoint at once; a failure after settings.disable_after without any success
 -- disables it too. Returns one row per input with what happened.
 CREATE OR REPLACE FUNCTION webhooks.record_attempts_v1(
@@ -31,6 +33,7 @@ DECLARE
     v_outcome    text;
     v_error      text;
     v_successes  uuid[];
+    v_prev       record;
 BEGIN
     SELECT * INTO v_set FROM webhooks.settings;
     -- Lock order: endpoints before deliveries, as disable_endpoint and delete_endpoint do, so an
@@ -50,6 +53,15 @@ BEGIN
                         ELSE p_error_kinds[i] || coalesce(': ' || p_error_msgs[i], '') END;
         SELECT * INTO v_d FROM webhooks.deliveries d WHERE d.id = p_delivery_ids[i] FOR UPDATE;
         IF NOT FOUND OR v_d.lease_token IS DISTINCT FROM p_leases[i] THEN
+            SELECT a.outcome, a.attempt, a.next_attempt_at INTO v_prev FROM webhooks.attempts a
+             WHERE a.delivery_id = p_delivery_ids[i] AND a.started_at = p_started_at[i]
+             LIMIT 1;
+            IF FOUND THEN
+                delivery_id := p_delivery_ids[i]; outcome := v_prev.outcome;
+                attempt := v_prev.attempt; next_attempt_at := v_prev.next_attempt_at;
+                RETURN NEXT;
+                CONTINUE;
+            END IF;
             INSERT INTO webhooks.attempts
                 (delivery_id, endpoint_id, event_id, attempt, started_at, duration_ms, status_code,
                  error_kind, error_message, response_excerpt, outcome)

@@ -64,7 +64,9 @@ class PgProxy:
         """``server_url`` with the proxy's address in place of the server's."""
         parts = urlsplit(self._server_url)
         credentials = parts.netloc.rpartition("@")[0]
-        netloc = f"{credentials}@127.0.0.1:{self._port}" if credentials else f"127.0.0.1:{self._port}"
+        netloc = (
+            f"{credentials}@127.0.0.1:{self._port}" if credentials else f"127.0.0.1:{self._port}"
+        )
         return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
     @property
@@ -72,7 +74,7 @@ class PgProxy:
         return self._cut
 
     def cut(self, *, hold: bool = False) -> None:
-        """Drop every proxied connection; refuse new ones (or, with ``hold``, leave them hanging)."""
+        """Drop every proxied connection; refuse new ones (with ``hold``: leave them hanging)."""
         self._cut, self._hold = True, hold
         self._restored.clear()
         for writer in list(self._writers):
@@ -109,24 +111,23 @@ class PgProxy:
             _abort(writer)
             return
         self._writers.add(writer)
+        upstream: asyncio.StreamWriter | None = None
         try:
             await self._restored.wait()  # a held connection waits here, unanswered
             if writer.is_closing() or self._server is None:
                 return
-            up_reader, up_writer = await asyncio.open_connection(*self._target)
-        except OSError:
-            _abort(writer)
-            self._writers.discard(writer)
-            return
-        self._writers.add(up_writer)
-        try:
+            up_reader, upstream = await asyncio.open_connection(*self._target)
+            self._writers.add(upstream)
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(_pump(reader, up_writer))
+                tg.create_task(_pump(reader, upstream))
                 tg.create_task(_pump(up_reader, writer))
+        except OSError:
+            pass  # the server refused the proxy: the client sees its connection dropped
         finally:
-            for w in (writer, up_writer):
-                _abort(w)
-                self._writers.discard(w)
+            for w in (writer, upstream):
+                if w is not None:
+                    _abort(w)
+                    self._writers.discard(w)
 
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -46,7 +46,8 @@ class Reply:
     holding it in memory); ``endless`` streams filler until the client goes away; ``drip_s`` sends
     the headers, then ``body`` one byte every ``drip_s`` seconds (slowloris). ``header_bytes`` adds
     one header of that many bytes. ``reset`` closes the connection with a TCP RST instead of
-    answering; ``raw`` writes those bytes on the transport instead of a response, then closes.
+    answering; ``raw`` writes those bytes on the transport instead of a response, then closes
+    (with ``drip_s``, one byte every ``drip_s`` seconds: a status line that never completes).
     """
 
     status: int = 200
@@ -252,7 +253,12 @@ async def _misbehave(request: web.Request, reply: Reply) -> None:
         transport.abort()
     else:
         assert reply.raw is not None
-        transport.write(reply.raw)
+        if reply.drip_s is None:
+            transport.write(reply.raw)
+        else:
+            for i in range(len(reply.raw)):
+                transport.write(reply.raw[i : i + 1])
+                await asyncio.sleep(reply.drip_s)
         transport.close()
     # Losing the connection cancels this handler (handler_cancellation=True).
     await asyncio.Event().wait()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 
+import aiohttp
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
@@ -73,6 +75,20 @@ BLOCKED = [
     ("2001:db8::1", "IPv6 documentation"),
     ("3fff::1", "IPv6 documentation RFC 9637"),
     ("4000::1", "outside global unicast"),
+    ("100.100.100.200", "Alibaba Cloud metadata, carrier-grade NAT"),
+    ("192.0.0.192", "Oracle Cloud metadata, IETF protocol assignments"),
+    ("fd00:ec2::254", "AWS metadata over IPv6, unique local"),
+    ("::ffff:100.100.100.200", "IPv4-mapped Alibaba metadata"),
+    ("::ffff:0:7f00:1", "IPv4-translated (SIIT) loopback"),
+    ("::ffff:0.0.0.0", "IPv4-mapped unspecified"),
+    ("2002:a9fe:a9fe::1", "6to4 of metadata"),
+    ("2002:c0a8:101::1", "6to4 of private 192.168/16"),
+    ("64:ff9b::a00:1", "NAT64 of private"),
+    ("64:ff9b::c0a8:101", "NAT64 of private 192.168/16"),
+    ("64:ff9b:1::a9fe:a9fe", "local-use NAT64 of metadata"),
+    ("2001:10::1", "ORCHID"),
+    ("2001:20::1", "ORCHIDv2"),
+    ("5f00::1", "SRv6 SIDs, outside global unicast"),
 ]
 
 
@@ -168,3 +184,62 @@ async def test_guarded_resolver_closes_wrapped_resolver() -> None:
     inner = _FixedResolver()
     await GuardedResolver(lambda: False, inner).close()
     assert inner.closed
+
+
+class _Rebinding(AbstractResolver):
+    """Answers each lookup with the next answer in turn: a name that changes its mind."""
+
+    def __init__(self, *answers: tuple[str, ...]) -> None:
+        self._answers = list(answers)
+        self.lookups = 0
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        answer = self._answers[min(self.lookups, len(self._answers) - 1)]
+        self.lookups += 1
+        return await _FixedResolver(*answer).resolve(host, port, family)
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_dns_rebinding_is_vetted_on_every_resolution() -> None:
+    """A name that answered a public address and then a private one is refused the second time:
+    an earlier answer never vouches for a later one, mixed answers keep only public addresses."""
+    inner = _Rebinding(("93.184.216.34",), ("127.0.0.1",), ("93.184.216.34", "10.0.0.1"), ("::1",))
+    guard = GuardedResolver(lambda: False, inner)
+    assert [r["host"] for r in await guard.resolve("rebind.example", 443)] == ["93.184.216.34"]
+    with pytest.raises(BlockedAddressError, match=r"127\.0\.0\.1"):
+        await guard.resolve("rebind.example", 443)
+    assert [r["host"] for r in await guard.resolve("rebind.example", 443)] == ["93.184.216.34"]
+    with pytest.raises(BlockedAddressError, match="::1"):
+        await guard.resolve("rebind.example", 443)
+    assert inner.lookups == 4
+
+
+async def test_a_rebound_name_gets_no_connection_through_aiohttp() -> None:
+    """aiohttp connects only to what the guard returns: once the name rebinds to loopback, the
+    request fails as a blocked address before any connection is made, although an earlier
+    lookup of the same name was public."""
+    inner = _Rebinding(("93.184.216.34",), ("127.0.0.1",))
+    guard = GuardedResolver(lambda: False, inner)
+    await guard.resolve("rebind.example", 80)  # the public answer: vetted, never connected to
+    connections: list[object] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        writer.close()
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    connector = aiohttp.TCPConnector(resolver=guard, use_dns_cache=False)
+    try:
+        async with aiohttp.ClientSession(connector=connector) as session:
+            with pytest.raises(aiohttp.ClientConnectorError) as caught:
+                await session.get(f"http://rebind.example:{port}/")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert isinstance(caught.value.os_error, BlockedAddressError)
+    assert connections == []
