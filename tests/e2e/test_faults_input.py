@@ -37,6 +37,7 @@ from tests.support.badinput import (
     calls,
     check_verdict,
     event_type_arg,
+    for_account,
     key_field,
     ok,
     one_at_a_time,
@@ -315,6 +316,7 @@ async def close_session(session: Session) -> None:
 
 
 async def check_emit_sql(s: Session, args: dict[str, Arg]) -> None:
+    args = for_account(args, subscribed=args["account_id"].value == ACCOUNT)
     before = await s.snapshot()
     try:
         event_id = await s.conn.fetchval(
@@ -333,6 +335,7 @@ async def check_emit_sql(s: Session, args: dict[str, Arg]) -> None:
 
 
 async def check_emit_store(s: Session, args: dict[str, Arg]) -> None:
+    args = for_account(args, subscribed=args["account_id"].value == ACCOUNT)
     before = await s.snapshot()
     values = {name: a.value for name, a in args.items()}
     try:

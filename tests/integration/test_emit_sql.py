@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
@@ -382,3 +383,13 @@ async def test_settings_change_notifies_and_stamps(db_url: str, conn: asyncpg.Co
         assert await conn.fetchval("SELECT updated_at FROM webhooks.settings") > before
     finally:
         await listener.conn.close()
+
+
+async def test_emit_knows_exactly_the_catalogue(conn: asyncpg.Connection) -> None:
+    """emit's built-in list of event types is exactly the rows of webhooks.event_types."""
+    source = await conn.fetchval("SELECT prosrc FROM pg_proc WHERE oid = 'webhooks.emit'::regproc")
+    listed = re.search(r"ANY \('\{([^}]*)\}'::text\[\]\)", source)
+    assert listed is not None, "emit no longer checks types against a constant; update this test"
+    names = sorted(name.strip() for name in listed[1].split(","))
+    rows = await conn.fetch("SELECT name FROM webhooks.event_types ORDER BY name")
+    assert names == [r["name"] for r in rows]
