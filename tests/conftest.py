@@ -12,7 +12,6 @@ import itertools
 import os
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -20,6 +19,7 @@ import uvloop
 
 from engine.embedded import TemporaryPostgres
 from engine.migrate import migrate
+from tests.support.db import scratch_database
 
 _db_numbers = itertools.count()
 
@@ -29,12 +29,6 @@ def pytest_asyncio_loop_factories(
 ) -> Mapping[str, Callable[[], Any]]:
     """Every async test runs on uvloop, the loop production uses."""
     return {"uvloop": uvloop.new_event_loop}
-
-
-def with_database(url: str, database: str) -> str:
-    """The same server URL pointing at another database."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
 
 
 @pytest.fixture(scope="session")
@@ -56,45 +50,29 @@ def pg_server_url() -> Iterator[str]:
 async def template_db(pg_server_url: str) -> AsyncIterator[str]:
     """A database migrated once per session, copied for each test."""
     name = f"misar_tpl_{os.getpid()}"
-    admin = await asyncpg.connect(pg_server_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        conn = await asyncpg.connect(with_database(pg_server_url, name))
+    async with scratch_database(pg_server_url, name) as url:
+        conn = await asyncpg.connect(url)
         try:
             await migrate(conn)
         finally:
             await conn.close()
         yield name
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @pytest.fixture
 async def empty_db_url(pg_server_url: str) -> AsyncIterator[str]:
     """A fresh database with no schema at all, for migration tests."""
     name = f"misar_t{os.getpid()}_{next(_db_numbers)}"
-    admin = await asyncpg.connect(pg_server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield with_database(pg_server_url, name)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with scratch_database(pg_server_url, name) as url:
+        yield url
 
 
 @pytest.fixture
 async def db_url(pg_server_url: str, template_db: str) -> AsyncIterator[str]:
     """A fresh, migrated database of this test's own."""
     name = f"misar_t{os.getpid()}_{next(_db_numbers)}"
-    admin = await asyncpg.connect(pg_server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-        yield with_database(pg_server_url, name)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with scratch_database(pg_server_url, name, template=template_db) as url:
+        yield url
 
 
 @pytest.fixture
@@ -114,13 +92,8 @@ async def shared_db(
     """One migrated database for a module's tests that run inside ``tx``."""
     module = request.module.__name__.rsplit(".", 1)[-1]
     name = f"misar_{module}_{os.getpid()}"[:63]
-    admin = await asyncpg.connect(pg_server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-        yield with_database(pg_server_url, name)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with scratch_database(pg_server_url, name, template=template_db) as url:
+        yield url
 
 
 @pytest.fixture

@@ -11,11 +11,12 @@ import json
 import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
 import asyncpg
 import pytest
+
+from tests.support.db import scratch_database
 
 ROWS = 100_000
 ENDPOINTS_WITH_BACKLOG = 1_000  # 100 live deliveries each
@@ -83,19 +84,11 @@ SELECT array_agg(e.id ORDER BY e.id)
 """
 
 
-def with_database(url: str, database: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
-
-
 @pytest.fixture(scope="module")
 async def big_db(pg_server_url: str, template_db: str) -> AsyncIterator[str]:
     """One migrated database for this module with 100,000 endpoints and 100,000 live deliveries."""
     name = f"misar_plans_{os.getpid()}"
-    admin = await asyncpg.connect(pg_server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-        url = with_database(pg_server_url, name)
+    async with scratch_database(pg_server_url, name, template=template_db) as url:
         conn = await asyncpg.connect(url)
         try:
             async with conn.transaction():
@@ -105,9 +98,6 @@ async def big_db(pg_server_url: str, template_db: str) -> AsyncIterator[str]:
         finally:
             await conn.close()
         yield url
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 @pytest.fixture
