@@ -3,8 +3,9 @@
 Anything the document (engine/openapi.json) does not allow is refused here, before the database
 sees it, with an :class:`ApiError` naming the field: unknown fields, wrong JSON types, values out
 of range, malformed ids and times. Text is also refused where Postgres could not store it (NUL,
-lone surrogates) or asyncpg could not encode it (times past year 9999 in UTC), so such input is a
-400, never a 500. The database then checks what only it knows (URLs, event types, payload size).
+lone surrogates), so such input is a 400, never a 500; a valid time whose instant lies outside
+Python's years 1 to 9999 in UTC is clamped into them (see :func:`parse_time`). The database then
+checks what only it knows (URLs, event types, payload size).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ DATE_TIME = re.compile(
     r"(?:Z|[+-][0-9]{2}:[0-9]{2})"
 )
 INTEGER = re.compile(r"-?[0-9]{1,19}")
+EARLIEST = datetime.min.replace(tzinfo=UTC)  # asyncpg sends it as -infinity
+LATEST = datetime.max.replace(tzinfo=UTC)  # and this as infinity
 JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
 
 
@@ -71,15 +74,24 @@ def parse_uuid(text: str, field: str) -> UUID:
 
 
 def parse_time(text: str, field: str) -> datetime:
-    """An RFC 3339 date-time with its offset (``Z`` or ``+hh:mm``), kept in asyncpg's range."""
+    """An RFC 3339 date-time with its offset (``Z`` or ``+hh:mm``), kept in asyncpg's range.
+
+    On 0001-01-01 a positive offset, and on 9999-12-31 a negative one, can put the instant
+    outside the years Python holds in UTC (``0001-01-01T00:00:00+05:00``). Such a time is valid,
+    so it is clamped to the first or last instant Python holds, which asyncpg sends as -infinity or
+    infinity: as a lower bound it selects the same rows.
+    """
     upper = text.upper()
     if DATE_TIME.fullmatch(upper) is None:
         raise invalid(field, "must be an RFC 3339 date-time, like 2025-01-31T12:00:00Z")
     try:
         value = datetime.fromisoformat(upper)
-        value.astimezone(UTC)  # years 1 and 9999 may leave the range in UTC
-    except (ValueError, OverflowError) as exc:
+    except ValueError as exc:
         raise invalid(field, f"is not a valid date-time ({exc})") from None
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        return EARLIEST if value.year == 1 else LATEST
     return value
 
 

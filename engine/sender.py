@@ -161,7 +161,9 @@ class Sender:
             self._stale = False
         for old in [c for c in self._retired if c.in_flight == 0]:
             await old.close()  # idempotent, so a cancellation here is retried next time
-            self._retired.remove(old)
+            # Another send may have closed and removed it while this one awaited the close.
+            if old in self._retired:
+                self._retired.remove(old)
         return self._client
 
     def _new_client(self) -> _Client:
