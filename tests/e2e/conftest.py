@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import pytest
 
-from engine.app import Engine
 from engine.config import Settings
-from tests.support.engines import RunningEngine
+from tests.support.engines import RunningEngine, launch_engine
 from tests.support.receiver import Receiver
 
 # Short enough that tests finish quickly, long enough for a loaded 2-core machine.
@@ -50,17 +48,8 @@ async def start_engine(
     running: list[RunningEngine] = []
 
     async def start(**overrides: Any) -> RunningEngine:
-        engine = Engine(TEST_SETTINGS.replace(**overrides), db_url)
-        stop_event = asyncio.Event()
-        task = asyncio.get_running_loop().create_task(engine.run(stop_event))
-        handle = RunningEngine(engine, task, stop_event)
+        handle = await launch_engine(TEST_SETTINGS.replace(**overrides), db_url)
         running.append(handle)
-        started = asyncio.ensure_future(engine.started.wait())
-        await asyncio.wait([started, task], return_when=asyncio.FIRST_COMPLETED, timeout=30)
-        started.cancel()
-        if task.done():
-            task.result()
-        assert engine.started.is_set(), "engine did not start within 30 s"
         return handle
 
     yield start

@@ -8,7 +8,6 @@ JSON body valid under the response's schema (Draft 2020-12, the dialect of OpenA
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
@@ -28,9 +27,8 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from engine.api import openapi_document
-from engine.app import Engine
 from tests.e2e.conftest import TEST_SETTINGS
-from tests.support.engines import RunningEngine, wait_until
+from tests.support.engines import RunningEngine, launch_engine, wait_until
 from tests.support.pgproxy import PgProxy
 from tests.support.receiver import Receiver, Reply
 
@@ -890,16 +888,8 @@ async def test_a_lost_database_is_a_503_until_it_comes_back(db_url: str) -> None
 @contextlib.asynccontextmanager
 async def _engine(database_url: str) -> AsyncIterator[RunningEngine]:
     """An in-process engine with a token on ``database_url``; stopped at exit."""
-    engine = Engine(TEST_SETTINGS.replace(admin_token=TOKEN), database_url)
-    stop = asyncio.Event()
-    task = asyncio.get_running_loop().create_task(engine.run(stop))
-    running = RunningEngine(engine, task, stop)
+    running = await launch_engine(TEST_SETTINGS.replace(admin_token=TOKEN), database_url)
     try:
-        started = asyncio.ensure_future(engine.started.wait())
-        await asyncio.wait([started, task], return_when=asyncio.FIRST_COMPLETED, timeout=30)
-        started.cancel()
-        if task.done():
-            task.result()
         yield running
     finally:
         await running.stop()

@@ -18,10 +18,9 @@ import pytest
 import structlog
 import structlog.testing
 
-from engine.app import Engine
 from engine.config import Settings
 from engine.results import ResultWriter
-from tests.support.engines import RunningEngine, wait_until
+from tests.support.engines import RunningEngine, launch_engine, wait_until
 from tests.support.load import (
     History,
     Load,
@@ -178,17 +177,8 @@ async def test_database_refusing_connections_does_not_stop_the_engine(
 @contextlib.asynccontextmanager
 async def _engine(database_url: str) -> AsyncIterator[RunningEngine]:
     """An in-process engine on ``database_url``; stopped gracefully at exit."""
-    engine = Engine(SETTINGS, database_url)
-    stop = asyncio.Event()
-    task = asyncio.get_running_loop().create_task(engine.run(stop))
-    running = RunningEngine(engine, task, stop)
+    running = await launch_engine(SETTINGS, database_url)
     try:
-        started = asyncio.ensure_future(engine.started.wait())
-        await asyncio.wait([started, task], return_when=asyncio.FIRST_COMPLETED, timeout=30)
-        started.cancel()
-        if task.done():
-            task.result()
-        assert engine.started.is_set(), "engine did not start within 30 s"
         yield running
     finally:
         await running.stop()

@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 
 from engine.app import Engine
+from engine.config import Settings
 
 
 @dataclass
@@ -25,6 +26,24 @@ class RunningEngine:
         """Ask for a graceful stop and wait for run() to return (re-raising what it raised)."""
         self.stop_event.set()
         await asyncio.wait_for(asyncio.shield(self.task), timeout=30)
+
+
+async def launch_engine(settings: Settings, database_url: str) -> RunningEngine:
+    """Run an Engine as a task on this loop; return once it has started (or raise why not)."""
+    engine = Engine(settings, database_url)
+    stop_event = asyncio.Event()
+    task = asyncio.get_running_loop().create_task(engine.run(stop_event))
+    started = asyncio.ensure_future(engine.started.wait())
+    await asyncio.wait([started, task], return_when=asyncio.FIRST_COMPLETED, timeout=30)
+    started.cancel()
+    if task.done():
+        task.result()
+    if not engine.started.is_set():
+        stop_event.set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise AssertionError("engine did not start within 30 s")
+    return RunningEngine(engine, task, stop_event)
 
 
 async def wait_until(
