@@ -12,20 +12,9 @@ from uuid import UUID
 import asyncpg
 import pytest
 
-from tests.support.db import error_of
+from tests.support.db import error_of, sql_endpoint
 
 EMIT = "SELECT webhooks.emit($1, $2, $3::jsonb, $4)"
-
-
-async def create(
-    conn: asyncpg.Connection, event_types: list[str], account_id: str = "acct_1"
-) -> UUID:
-    endpoint_id: UUID = await conn.fetchval(
-        "SELECT id FROM webhooks.create_endpoint($1, 'https://example.com/hook', $2::text[])",
-        account_id,
-        event_types,
-    )
-    return endpoint_id
 
 
 async def emit(
@@ -69,7 +58,7 @@ async def test_no_subscriber_returns_null_and_writes_nothing(conn: asyncpg.Conne
 
 async def test_event_and_delivery_rows(conn: asyncpg.Connection) -> None:
     """A subscribed endpoint gets one delivery, due now, of the event stored with its payload."""
-    endpoint_id = await create(conn, ["email.sent"])
+    endpoint_id = await sql_endpoint(conn, ["email.sent"])
     async with conn.transaction():
         event_id = await emit(conn, payload={"message_id": "m1", "to": "a@example.com"}, key="k")
         now = await conn.fetchval("SELECT now()")
@@ -96,16 +85,16 @@ async def test_exact_and_wildcard_subscribers_each_get_one_delivery(
     conn: asyncpg.Connection,
 ) -> None:
     """Exact, `email.*` and `*` subscribers get one delivery each; others get none."""
-    exact = await create(conn, ["email.sent"])
-    prefix = await create(conn, ["email.*"])
-    everything = await create(conn, ["*"])
-    overlapping = await create(conn, ["email.sent", "email.*", "*"])
-    await create(conn, ["contact.*", "email.opened"])  # unsubscribed
-    disabled = await create(conn, ["email.sent"])
+    exact = await sql_endpoint(conn, ["email.sent"])
+    prefix = await sql_endpoint(conn, ["email.*"])
+    everything = await sql_endpoint(conn, ["*"])
+    overlapping = await sql_endpoint(conn, ["email.sent", "email.*", "*"])
+    await sql_endpoint(conn, ["contact.*", "email.opened"])  # unsubscribed
+    disabled = await sql_endpoint(conn, ["email.sent"])
     await conn.execute("SELECT webhooks.disable_endpoint($1)", disabled)
-    deleted = await create(conn, ["*"])
+    deleted = await sql_endpoint(conn, ["*"])
     await conn.execute("SELECT webhooks.delete_endpoint($1)", deleted)
-    await create(conn, ["*"], account_id="acct_2")  # another account's
+    await sql_endpoint(conn, ["*"], account_id="acct_2")  # another account's
     event_id = await emit(conn)
     assert event_id is not None
     assert await delivered_to(conn, event_id) == {exact, prefix, everything, overlapping}
@@ -126,7 +115,7 @@ async def test_subscription_matching(
     tx: asyncpg.Connection, event_types: list[str], subscribed: bool
 ) -> None:
     """A contact.created event reaches only endpoints whose subscriptions match it."""
-    await create(tx, event_types)
+    await sql_endpoint(tx, event_types)
     event_id = await emit(tx, "contact.created")
     assert (event_id is not None) is subscribed
     assert await table_counts(tx) == (
@@ -138,17 +127,17 @@ async def test_only_unsubscribed_disabled_or_foreign_endpoints_write_nothing(
     conn: asyncpg.Connection,
 ) -> None:
     """Endpoints that are unsubscribed, disabled or another account's make emit return NULL."""
-    await create(conn, ["email.opened"])
-    disabled = await create(conn, ["email.sent"])
+    await sql_endpoint(conn, ["email.opened"])
+    disabled = await sql_endpoint(conn, ["email.sent"])
     await conn.execute("SELECT webhooks.disable_endpoint($1)", disabled)
-    await create(conn, ["email.sent"], account_id="acct_2")
+    await sql_endpoint(conn, ["email.sent"], account_id="acct_2")
     assert await emit(conn) is None
     assert await table_counts(conn) == NOTHING
 
 
 async def test_repeated_idempotency_key_returns_same_event(conn: asyncpg.Connection) -> None:
     """A repeated key for the same account returns the first event's id and writes nothing."""
-    await create(conn, ["email.sent"])
+    await sql_endpoint(conn, ["email.sent"])
     first = await emit(conn, key="send-42")
     counts = await table_counts(conn)
     assert counts == {"events": 1, "deliveries": 1, "keys": 1}
@@ -159,8 +148,8 @@ async def test_repeated_idempotency_key_returns_same_event(conn: asyncpg.Connect
 
 async def test_idempotency_key_is_per_account(conn: asyncpg.Connection) -> None:
     """The same key in another account is a new event."""
-    await create(conn, ["email.sent"])
-    await create(conn, ["email.sent"], account_id="acct_2")
+    await sql_endpoint(conn, ["email.sent"])
+    await sql_endpoint(conn, ["email.sent"], account_id="acct_2")
     first = await emit(conn, key="k")
     second = await emit(conn, key="k", account_id="acct_2")
     assert first is not None
@@ -171,7 +160,7 @@ async def test_idempotency_key_is_per_account(conn: asyncpg.Connection) -> None:
 
 async def test_without_key_every_call_is_a_new_event(conn: asyncpg.Connection) -> None:
     """Without an idempotency key, identical calls create separate events."""
-    await create(conn, ["email.sent"])
+    await sql_endpoint(conn, ["email.sent"])
     first = await emit(conn)
     second = await emit(conn)
     assert first != second
@@ -182,7 +171,7 @@ async def test_concurrent_idempotent_emits_create_one_event(db_url: str) -> None
     """Two transactions emitting the same key at once end with one event and one delivery."""
     first, second = await asyncpg.connect(db_url), await asyncpg.connect(db_url)
     try:
-        await create(first, ["email.sent"])
+        await sql_endpoint(first, ["email.sent"])
         tx1, tx2 = first.transaction(), second.transaction()
         await tx1.start()
         await tx2.start()
@@ -226,7 +215,7 @@ async def test_emit_refuses_invalid_input(
     tx: asyncpg.Connection, overrides: dict[str, Any], sqlstate: str, column: str, reason: str
 ) -> None:
     """Invalid input raises a project SQLSTATE naming the field and the reason, writing nothing."""
-    await create(tx, ["*"])
+    await sql_endpoint(tx, ["*"])
     args: dict[str, Any] = {
         "account_id": "acct_1",
         "event_type": "email.sent",
@@ -247,7 +236,7 @@ async def test_emit_refuses_invalid_input(
 
 async def test_payload_over_the_limit_is_refused(conn: asyncpg.Connection) -> None:
     """A payload one byte over max_payload_bytes raises WH003; one at the limit is accepted."""
-    await create(conn, ["email.sent"])
+    await sql_endpoint(conn, ["email.sent"])
     payload = json.dumps({"body": "x" * 300})
     size = await conn.fetchval("SELECT octet_length($1::jsonb::text)", payload)
     await conn.execute("UPDATE webhooks.settings SET max_payload_bytes = $1", size - 1)
@@ -263,7 +252,7 @@ async def test_payload_over_the_limit_is_refused(conn: asyncpg.Connection) -> No
 
 async def test_default_payload_limit_is_256_kib(conn: asyncpg.Connection) -> None:
     """With default settings a payload just over 256 KiB is refused."""
-    await create(conn, ["email.sent"])
+    await sql_endpoint(conn, ["email.sent"])
     assert await conn.fetchval("SELECT max_payload_bytes FROM webhooks.settings") == 262144
     with pytest.raises(asyncpg.PostgresError) as info:
         await emit(conn, payload={"body": "x" * 262144})
@@ -280,7 +269,7 @@ async def test_unknown_type_is_refused_even_without_subscribers(conn: asyncpg.Co
 
 async def test_error_rolls_back_nothing_half_written(conn: asyncpg.Connection) -> None:
     """When a later emit fails, the caller's rollback takes the earlier emit's rows with it."""
-    await create(conn, ["email.sent"])
+    await sql_endpoint(conn, ["email.sent"])
     tx = conn.transaction()
     await tx.start()
     assert await emit(conn) is not None
@@ -328,7 +317,7 @@ async def wakeups(db_url: str) -> AsyncIterator[Listener]:
 
 async def test_notify_only_when_engine_waits(conn: asyncpg.Connection, wakeups: Listener) -> None:
     """emit notifies webhooks_wakeup (empty payload) only while engine_state.waiting is true."""
-    await create(conn, ["email.sent"])
+    await sql_endpoint(conn, ["email.sent"])
     assert await conn.fetchval("SELECT waiting FROM webhooks.engine_state") is True
     await emit(conn)
     assert await wakeups.drain() == [""]
@@ -350,7 +339,7 @@ async def test_no_notify_without_subscribers(conn: asyncpg.Connection, wakeups: 
 
 async def test_no_notify_from_rolled_back_emit(conn: asyncpg.Connection, wakeups: Listener) -> None:
     """A rolled-back transaction's emit never wakes the engine."""
-    await create(conn, ["email.sent"])
+    await sql_endpoint(conn, ["email.sent"])
     tx = conn.transaction()
     await tx.start()
     await emit(conn)

@@ -6,10 +6,11 @@ The event is written in the app's own transaction, so it exists exactly when the
 from __future__ import annotations
 
 import json
-from uuid import UUID
 
 import asyncpg
 import pytest
+
+from tests.support.db import sql_endpoint
 
 APP_SCHEMA = """
 CREATE TABLE email_events (
@@ -39,17 +40,6 @@ async def app(conn: asyncpg.Connection) -> asyncpg.Connection:
     return conn
 
 
-async def endpoint(
-    conn: asyncpg.Connection, event_types: list[str], account_id: str = "acct_1"
-) -> UUID:
-    endpoint_id: UUID = await conn.fetchval(
-        "SELECT id FROM webhooks.create_endpoint($1, 'https://example.com/hook', $2::text[])",
-        account_id,
-        event_types,
-    )
-    return endpoint_id
-
-
 async def counts(conn: asyncpg.Connection) -> tuple[int, int, int]:
     row = await conn.fetchrow(
         """SELECT (SELECT count(*) FROM email_events)        AS app_rows,
@@ -66,7 +56,7 @@ def payload(message_id: str) -> str:
 
 async def test_rolled_back_app_transaction_creates_nothing(app: asyncpg.Connection) -> None:
     """When the app's transaction rolls back, neither the event nor any delivery exists."""
-    await endpoint(app, ["email.sent"])
+    await sql_endpoint(app, ["email.sent"])
     tx = app.transaction()
     await tx.start()
     await app.execute(INSERT, "acct_1", "email.sent", payload("m1"))
@@ -79,13 +69,13 @@ async def test_committed_app_transaction_creates_one_delivery_per_subscriber(
     app: asyncpg.Connection,
 ) -> None:
     """A committed insert creates one event and one delivery per subscribed endpoint, no others."""
-    exact = await endpoint(app, ["email.sent"])
-    wildcard = await endpoint(app, ["email.*"])
-    everything = await endpoint(app, ["*"])
-    await endpoint(app, ["email.opened", "contact.*"])  # unsubscribed
-    disabled = await endpoint(app, ["email.sent"])
+    exact = await sql_endpoint(app, ["email.sent"])
+    wildcard = await sql_endpoint(app, ["email.*"])
+    everything = await sql_endpoint(app, ["*"])
+    await sql_endpoint(app, ["email.opened", "contact.*"])  # unsubscribed
+    disabled = await sql_endpoint(app, ["email.sent"])
     await app.execute("SELECT webhooks.disable_endpoint($1)", disabled)
-    await endpoint(app, ["*"], account_id="acct_2")  # another account's
+    await sql_endpoint(app, ["*"], account_id="acct_2")  # another account's
     async with app.transaction():
         await app.execute(INSERT, "acct_1", "email.sent", payload("m1"))
     assert await counts(app) == (1, 1, 3)
@@ -100,8 +90,8 @@ async def test_committed_app_transaction_creates_one_delivery_per_subscriber(
 
 async def test_each_app_row_is_its_own_event(app: asyncpg.Connection) -> None:
     """A multi-row insert creates one event per row, each routed by its own account and kind."""
-    sent = await endpoint(app, ["email.sent"])
-    bounced = await endpoint(app, ["email.bounced"], account_id="acct_2")
+    sent = await sql_endpoint(app, ["email.sent"])
+    bounced = await sql_endpoint(app, ["email.bounced"], account_id="acct_2")
     await app.execute(
         """INSERT INTO email_events (account_id, kind, payload) VALUES
                ('acct_1', 'email.sent',    '{"n": 1}'),
@@ -119,14 +109,14 @@ async def test_each_app_row_is_its_own_event(app: asyncpg.Connection) -> None:
 
 async def test_account_without_endpoints_writes_only_the_app_row(app: asyncpg.Connection) -> None:
     """For an account with no endpoint the app's insert succeeds and no webhook row is written."""
-    await endpoint(app, ["*"], account_id="acct_2")
+    await sql_endpoint(app, ["*"], account_id="acct_2")
     await app.execute(INSERT, "acct_1", "email.sent", payload("m1"))
     assert await counts(app) == (1, 0, 0)
 
 
 async def test_rolled_back_savepoint_drops_only_its_events(app: asyncpg.Connection) -> None:
     """Rows rolled back to a savepoint take their events with them; the rest commit."""
-    await endpoint(app, ["email.*"])
+    await sql_endpoint(app, ["email.*"])
     async with app.transaction():
         await app.execute(INSERT, "acct_1", "email.sent", payload("kept"))
         savepoint = app.transaction()
@@ -139,7 +129,7 @@ async def test_rolled_back_savepoint_drops_only_its_events(app: asyncpg.Connecti
 
 async def test_invalid_event_fails_the_app_insert(app: asyncpg.Connection) -> None:
     """An unknown kind makes emit raise WH002: the app's insert fails, nothing is half-written."""
-    await endpoint(app, ["*"])
+    await sql_endpoint(app, ["*"])
     tx = app.transaction()
     await tx.start()
     await app.execute(INSERT, "acct_1", "email.sent", payload("m1"))
@@ -157,7 +147,7 @@ async def test_notify_is_sent_at_commit_only(db_url: str, app: asyncpg.Connectio
     listener = await asyncpg.connect(db_url)
     try:
         await listener.add_listener("webhooks_wakeup", lambda *args: received.append(args[3]))
-        await endpoint(app, ["email.sent"])
+        await sql_endpoint(app, ["email.sent"])
         tx = app.transaction()
         await tx.start()
         await app.execute(INSERT, "acct_1", "email.sent", payload("m1"))

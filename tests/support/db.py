@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit, urlunsplit
+from uuid import UUID
 
 import asyncpg
 
@@ -41,3 +42,15 @@ async def error_of(conn: asyncpg.Connection, call: Awaitable[object]) -> asyncpg
     except asyncpg.PostgresError as exc:
         return exc
     raise AssertionError("the call did not fail")
+
+
+async def sql_endpoint(
+    conn: asyncpg.Connection, event_types: list[str], account_id: str = "acct_1"
+) -> UUID:
+    """An endpoint created through the SQL API, for tests that never deliver to it."""
+    endpoint_id: UUID = await conn.fetchval(
+        "SELECT id FROM webhooks.create_endpoint($1, 'https://example.com/hook', $2::text[])",
+        account_id,
+        event_types,
+    )
+    return endpoint_id
