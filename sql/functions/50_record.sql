@@ -34,6 +34,7 @@ DECLARE
     v_error      text;
     v_successes  uuid[];
     v_prev       record;
+    v_delivered  integer[];
 BEGIN
     SELECT * INTO v_set FROM webhooks.settings;
     -- Lock order: endpoints before deliveries, as disable_endpoint and delete_endpoint do, so an
@@ -47,7 +48,48 @@ BEGIN
       FROM unnest(p_delivery_ids, p_leases, p_status_codes) AS r(id, lease, status)
       JOIN webhooks.deliveries d ON d.id = r.id AND d.lease_token = r.lease
      WHERE r.status BETWEEN 200 AND 299;
+    -- The common case, a 2xx under a current lease, as one statement for the whole batch: row by row
+    -- it cost four statements per result (bench W1). v_delivered[i] is the attempt number of result i
+    -- when this statement recorded it, NULL otherwise; the loop below does the rest, in input order.
+    WITH ok AS (
+        SELECT r.*
+          FROM unnest(p_delivery_ids, p_leases, p_started_at, p_duration_ms, p_status_codes,
+                      p_error_kinds, p_error_msgs, p_excerpts)
+               WITH ORDINALITY AS r(id, lease, started_at, duration_ms, status, error_kind,
+                                    error_msg, excerpt, i)
+         WHERE r.status BETWEEN 200 AND 299
+    ), gone AS (
+        DELETE FROM webhooks.deliveries d USING ok
+         WHERE d.id = ok.id AND d.lease_token = ok.lease
+        RETURNING d.id, d.event_id, d.event_created_at, d.event_type, d.endpoint_id, d.attempts,
+                  d.created_at, ok.started_at, ok.duration_ms, ok.status, ok.error_kind, ok.error_msg,
+                  ok.excerpt, ok.i
+    ), attempts_written AS (
+        INSERT INTO webhooks.attempts
+            (delivery_id, endpoint_id, event_id, attempt, started_at, duration_ms, status_code,
+             error_kind, error_message, response_excerpt, outcome)
+        SELECT g.id, g.endpoint_id, g.event_id, g.attempts + 1, g.started_at, g.duration_ms, g.status,
+               g.error_kind, g.error_msg, g.excerpt, 'delivered'
+          FROM gone g
+    ), outcomes_written AS (
+        INSERT INTO webhooks.delivery_outcomes
+            (delivery_id, event_id, event_created_at, event_type, endpoint_id, status, attempts,
+             last_status, last_error, created_at)
+        SELECT g.id, g.event_id, g.event_created_at, g.event_type, g.endpoint_id, 'delivered',
+               g.attempts + 1, g.status, NULL, g.created_at
+          FROM gone g
+    )
+    SELECT array_agg(g.attempts + 1 ORDER BY n.i) INTO v_delivered
+      FROM generate_series(1, coalesce(cardinality(p_delivery_ids), 0)) AS n(i)
+      LEFT JOIN gone g ON g.i = n.i;
+
     FOR i IN 1 .. coalesce(cardinality(p_delivery_ids), 0) LOOP
+        IF v_delivered[i] IS NOT NULL THEN
+            delivery_id := p_delivery_ids[i]; outcome := 'delivered'; attempt := v_delivered[i];
+            next_attempt_at := NULL;
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
         v_status := coalesce(p_status_codes[i], 0);
         v_error := CASE WHEN p_error_kinds[i] IS NULL THEN NULL
                         ELSE p_error_kinds[i] || coalesce(': ' || p_error_msgs[i], '') END;

@@ -522,6 +522,50 @@ async def test_record_batch_returns_one_row_per_result(
     assert await store.record([]) == []
 
 
+async def test_batch_mixing_set_path_and_row_path_keeps_input_order(
+    store: Store, conn: asyncpg.Connection
+) -> None:
+    """2xx results under a current lease are recorded by one set-based statement, the rest row by
+    row: the rows come back in input order all the same, with the right attempt numbers, and a
+    result given twice in one batch is recorded once."""
+    await create(store)
+    d1, d2, d3, d4, d5 = await emit_n(conn, 5)
+    first = dict((d.id, d) for d, _ in await claim(store))
+    [failed] = await store.record([outcome(first[d2], 500)])
+    assert failed.outcome == "retry"
+    await make_due(conn, d2)
+    await make_due(conn, d4)  # its lease expired: the result below under the old lease is stale
+    again = dict((d.id, d) for d, _ in await claim(store))
+    assert set(again) == {d2, d4}
+    d1_ok = outcome(first[d1], 204)
+    recorded = await store.record(
+        [
+            outcome(first[d5], 200),
+            outcome(first[d4], 200),  # stale: re-leased
+            outcome(again[d2], 201),  # second attempt
+            outcome(first[d3], 503),
+            d1_ok,
+            d1_ok,  # the same result twice (same started_at): a replay, not a second attempt
+        ]
+    )
+    assert [(r.delivery_id, r.outcome, r.attempt) for r in recorded] == [
+        (d5, "delivered", 1),
+        (d4, "stale", None),
+        (d2, "delivered", 2),
+        (d3, "retry", 1),
+        (d1, "delivered", 1),
+        (d1, "delivered", 1),
+    ]
+    assert [a["outcome"] for a in await attempts_of(conn, d1)] == ["delivered"]
+    assert [a["outcome"] for a in await attempts_of(conn, d2)] == ["retry", "delivered"]
+    assert [a["outcome"] for a in await attempts_of(conn, d4)] == ["stale"]
+    assert await live(conn, d4) is not None
+    for delivered in (d1, d2, d5):
+        [ended] = await outcomes_of(conn, delivered)
+        assert ended["status"] == "delivered"
+    assert await outcomes_of(conn, d3) == []
+
+
 # -- release, next_due_at, delivery_log ------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ import pytest
 from tests.support.db import error_of, sql_endpoint
 
 EMIT = "SELECT webhooks.emit($1, $2, $3::jsonb, $4)"
+SUBSCRIBED = "SELECT webhooks.subscribed($1, $2)"
 
 
 async def emit(
@@ -114,8 +115,10 @@ async def test_exact_and_wildcard_subscribers_each_get_one_delivery(
 async def test_subscription_matching(
     tx: asyncpg.Connection, event_types: list[str], subscribed: bool
 ) -> None:
-    """A contact.created event reaches only endpoints whose subscriptions match it."""
+    """A contact.created event reaches only endpoints whose subscriptions match it, and
+    webhooks.subscribed (the guard app triggers call first) says so beforehand."""
     await sql_endpoint(tx, event_types)
+    assert await tx.fetchval(SUBSCRIBED, "acct_1", "contact.created") is subscribed
     event_id = await emit(tx, "contact.created")
     assert (event_id is not None) is subscribed
     assert await table_counts(tx) == (
@@ -126,11 +129,13 @@ async def test_subscription_matching(
 async def test_only_unsubscribed_disabled_or_foreign_endpoints_write_nothing(
     conn: asyncpg.Connection,
 ) -> None:
-    """Endpoints that are unsubscribed, disabled or another account's make emit return NULL."""
+    """Endpoints that are unsubscribed, disabled or another account's make emit return NULL
+    and webhooks.subscribed false."""
     await sql_endpoint(conn, ["email.opened"])
     disabled = await sql_endpoint(conn, ["email.sent"])
     await conn.execute("SELECT webhooks.disable_endpoint($1)", disabled)
     await sql_endpoint(conn, ["email.sent"], account_id="acct_2")
+    assert await conn.fetchval(SUBSCRIBED, "acct_1", "email.sent") is False
     assert await emit(conn) is None
     assert await table_counts(conn) == NOTHING
 
@@ -210,12 +215,20 @@ INVALID_EMIT = [
 ]
 
 
+@pytest.mark.parametrize("with_subscriber", [True, False], ids=["subscribed", "no-subscriber"])
 @pytest.mark.parametrize(("overrides", "sqlstate", "column", "reason"), INVALID_EMIT)
 async def test_emit_refuses_invalid_input(
-    tx: asyncpg.Connection, overrides: dict[str, Any], sqlstate: str, column: str, reason: str
+    tx: asyncpg.Connection,
+    overrides: dict[str, Any],
+    sqlstate: str,
+    column: str,
+    reason: str,
+    with_subscriber: bool,
 ) -> None:
-    """Invalid input raises a project SQLSTATE naming the field and the reason, writing nothing."""
-    await sql_endpoint(tx, ["*"])
+    """Invalid input raises a project SQLSTATE naming the field and the reason, writing nothing,
+    whether or not an endpoint subscribes: a mistake in an app's trigger shows on its first call."""
+    if with_subscriber:
+        await sql_endpoint(tx, ["*"])
     args: dict[str, Any] = {
         "account_id": "acct_1",
         "event_type": "email.sent",
@@ -374,11 +387,34 @@ async def test_settings_change_notifies_and_stamps(db_url: str, conn: asyncpg.Co
         await listener.conn.close()
 
 
+@pytest.mark.parametrize(
+    ("account_id", "event_type", "sqlstate", "column"),
+    [
+        pytest.param("", "email.sent", "WH001", "account_id", id="empty-account"),
+        pytest.param("a" * 201, "email.sent", "WH001", "account_id", id="long-account"),
+        pytest.param(None, "email.sent", "WH001", "account_id", id="null-account"),
+        pytest.param("acct_1", "email.nope", "WH002", "event_type", id="unknown-type"),
+        pytest.param("acct_1", None, "WH002", "event_type", id="null-type"),
+    ],
+)
+async def test_subscribed_refuses_what_emit_refuses(
+    conn: asyncpg.Connection, account_id: str | None, event_type: str | None, sqlstate: str,
+    column: str,
+) -> None:  # fmt: skip
+    """The guard checks its arguments like emit, so a guarded trigger with a typo fails at once."""
+    error = await error_of(conn, conn.fetchval(SUBSCRIBED, account_id, event_type))
+    assert (error.sqlstate, error.column_name) == (sqlstate, column)
+    assert error.message.startswith(f"{column}: ")
+
+
 async def test_emit_knows_exactly_the_catalogue(conn: asyncpg.Connection) -> None:
-    """emit's built-in list of event types is exactly the rows of webhooks.event_types."""
-    source = await conn.fetchval("SELECT prosrc FROM pg_proc WHERE oid = 'webhooks.emit'::regproc")
+    """The built-in list of event types (webhooks.is_event_type, which emit and subscribed use)
+    is exactly the rows of webhooks.event_types."""
+    source = await conn.fetchval(
+        "SELECT prosrc FROM pg_proc WHERE oid = 'webhooks.is_event_type'::regproc"
+    )
     listed = re.search(r"ANY \('\{([^}]*)\}'::text\[\]\)", source)
-    assert listed is not None, "emit no longer checks types against a constant; update this test"
+    assert listed is not None, "is_event_type no longer lists a constant; update this test"
     names = sorted(name.strip() for name in listed[1].split(","))
     rows = await conn.fetch("SELECT name FROM webhooks.event_types ORDER BY name")
     assert names == [r["name"] for r in rows]

@@ -72,15 +72,20 @@ SELECT eps.id, e.ordering, e.enabled
  ORDER BY ($1::uuid IS NOT NULL AND eps.id <= $1::uuid), eps.id
 """
 
-# emit's subscriber lookup.
+# emit's probe (all that an account without subscribers costs; subscribed() runs the same) and
+# its subscriber lookup, as written in sql/functions/30_emit.sql.
+EMIT_PROBE = """
+SELECT FROM webhooks.endpoints e
+ WHERE e.account_id = $1 AND e.enabled
+   AND webhooks.subscribes(e.event_types, $2)
+ LIMIT 1
+"""
 EMIT_LOOKUP = """
 SELECT array_agg(e.id ORDER BY e.id)
   FROM webhooks.endpoints e
  WHERE e.account_id = $1
    AND e.enabled
-   AND ($2 = ANY (e.event_types)
-        OR '*' = ANY (e.event_types)
-        OR split_part($2, '.', 1) || '.*' = ANY (e.event_types))
+   AND webhooks.subscribes(e.event_types, $2)
 """
 
 
@@ -206,12 +211,15 @@ async def test_claim_loose_scan_uses_endpoint_id_index(big: asyncpg.Connection) 
     assert len(rows) == ENDPOINTS_WITH_BACKLOG
 
 
-async def test_emit_lookup_uses_enabled_account_index(big: asyncpg.Connection) -> None:
-    """emit's subscriber lookup probes endpoints_enabled_account_idx, not the whole table."""
-    custom = await custom_plan(big, EMIT_LOOKUP, "acct_7", "email.sent")
+@pytest.mark.parametrize("query", [EMIT_PROBE, EMIT_LOOKUP], ids=["probe", "lookup"])
+async def test_emit_lookup_uses_enabled_account_index(big: asyncpg.Connection, query: str) -> None:
+    """emit's probe and subscriber lookup use endpoints_enabled_account_idx, not the whole table
+    (the inlined webhooks.subscribes filter does not get in the way)."""
+    custom = await custom_plan(big, query, "acct_7", "email.sent")
     assert custom == {"endpoints": {"endpoints_enabled_account_idx"}}
-    generic = await generic_plan(big, EMIT_LOOKUP, "text, text", "'acct_7', 'email.sent'")
+    generic = await generic_plan(big, query, "text, text", "'acct_7', 'email.sent'")
     assert generic == {"endpoints": {"endpoints_enabled_account_idx"}}
+    assert len(await big.fetch(EMIT_PROBE, "acct_7", "email.sent")) == 1
     found = await big.fetchval(EMIT_LOOKUP, "acct_7", "email.sent")
     assert found is not None
     assert 1 <= len(found) <= ROWS // ACCOUNTS
