@@ -98,17 +98,20 @@ BEGIN
     RETURNING id INTO v_event_id;
 
     IF p_idempotency_key IS NOT NULL THEN
-        -- A concurrent transaction with the same key waits here for the first to commit, then takes
-        -- the unique violation: it then returns the winner's event and its own writes roll back.
-        BEGIN
-            INSERT INTO webhooks.idempotency_keys (account_id, key, event_id)
-            VALUES (p_account_id, p_idempotency_key, v_event_id);
-        EXCEPTION WHEN unique_violation THEN
+        -- A concurrent transaction with the same key makes this insert wait for it to end; if it
+        -- committed, nothing is inserted and the winner's event is returned (this event is
+        -- deleted). ON CONFLICT rather than an EXCEPTION block: each EXCEPTION block is a
+        -- subtransaction, and an app transaction emitting hundreds of events would overflow the
+        -- backend's subtransaction cache, which slows every snapshot on the server.
+        INSERT INTO webhooks.idempotency_keys (account_id, key, event_id)
+        VALUES (p_account_id, p_idempotency_key, v_event_id)
+        ON CONFLICT (account_id, key) DO NOTHING;
+        IF NOT FOUND THEN
             DELETE FROM webhooks.events ev WHERE ev.id = v_event_id AND ev.created_at = now();
             SELECT k.event_id INTO v_event_id FROM webhooks.idempotency_keys k
              WHERE k.account_id = p_account_id AND k.key = p_idempotency_key;
             RETURN v_event_id;
-        END;
+        END IF;
     END IF;
 
     INSERT INTO webhooks.deliveries (event_id, event_created_at, event_type, endpoint_id)

@@ -418,3 +418,20 @@ async def test_emit_knows_exactly_the_catalogue(conn: asyncpg.Connection) -> Non
     names = sorted(name.strip() for name in listed[1].split(","))
     rows = await conn.fetch("SELECT name FROM webhooks.event_types ORDER BY name")
     assert names == [r["name"] for r in rows]
+
+
+async def test_emit_opens_no_subtransaction(tx: asyncpg.Connection) -> None:
+    """Every row emit writes carries the app transaction's own xid: no subtransaction (an EXCEPTION
+    block would open one per call, and hundreds in one app transaction overflow the backend's
+    subtransaction cache, which slows every snapshot taken on the server)."""
+    await sql_endpoint(tx, ["*"])
+    for n in range(3):
+        assert await emit(tx, key=f"key-{n}") is not None
+    assert await emit(tx, key="key-0") is not None  # the replayed-key path too
+    top = await tx.fetchval("SELECT pg_current_xact_id()::xid::text")
+    xmins = await tx.fetch(
+        """SELECT xmin::text AS x FROM webhooks.idempotency_keys
+           UNION SELECT xmin::text FROM webhooks.events
+           UNION SELECT xmin::text FROM webhooks.deliveries"""
+    )
+    assert [r["x"] for r in xmins] == [top]
