@@ -30,10 +30,11 @@ from bench.harness import BenchError, ReceiverProcess, database, run_baseline
 from bench.memory import w5_backlog, w7_many_endpoints
 from bench.producer import w6_producer_cost
 from bench.report import Row, render
+from bench.sql_costs import sql_costs
 from bench.suite import DB_TIMEOUT_S, Suite, progress
 from engine.migrate import migrate
 
-WORKLOADS = ("W1", "W2", "W3", "W4", "W6", "W7", "W5")  # the order they run in
+WORKLOADS = ("W1", "W2", "W3", "W4", "W6", "S", "W7", "W5")  # the order they run in
 BASELINE_CONCURRENCY = (16, 64)
 LONE_REQUESTS = 2_000  # the concurrency-1 baseline (latency floor for W2)
 
@@ -46,6 +47,7 @@ def _workloads(args: argparse.Namespace) -> dict[str, Callable[[Suite], Awaitabl
         "W4": lambda s: w4_flaky(s, args.events, args.fail_ratio),
         "W5": lambda s: w5_backlog(s, args.backlog, args.backlog_endpoints, args.drain_seconds),
         "W6": lambda s: w6_producer_cost(s, args.producer_seconds, args.producer_connections),
+        "S": lambda s: sql_costs(s, args.sql_commits, args.sql_results),
         "W7": lambda s: w7_many_endpoints(s, args.many_endpoints, args.idle_seconds),
     }
 
@@ -125,6 +127,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--drain-seconds", type=float, default=60.0, help="W5: how long the drain is measured")
     add("--producer-seconds", type=float, default=20.0, help="W6: duration of each variant")
     add("--producer-connections", type=int, default=16, help="W6: app connections")
+    add("--sql-commits", type=int, default=20_000, help="S: app commits per trigger variant")
+    add("--sql-results", type=int, default=10_000, help="S: deliveries claimed and recorded")
     add("--many-endpoints", type=int, default=10_000, help="W7: endpoints, one event each")
     add("--idle-seconds", type=float, default=35.0, help="W7: idle time (> WEBHOOKS_ACTOR_IDLE_S)")
     return parser
@@ -138,7 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown workloads {sorted(unknown)}; choose from {', '.join(WORKLOADS)}")
     if "W3" in only or "W4" in only:
         only.add("W1")  # their baseline
-    sizes = ("baseline_requests", "events", "backlog", "backlog_endpoints", "many_endpoints")
+    sizes = ("baseline_requests", "events", "backlog", "backlog_endpoints", "many_endpoints",
+             "sql_commits", "sql_results")  # fmt: skip
     if any(getattr(args, name) < 1 for name in sizes):
         parser.error("sizes must be positive")
 
