@@ -56,6 +56,54 @@ async def test_without_listen_the_poll_delivers_everything(
     assert (listener.connected, listener.backend_pid) == (False, None)
 
 
+# Holds the engine's "waiting = true" update uncommitted until the test lets it go.
+HOLD_WAITING = """
+CREATE FUNCTION webhooks.test_hold_waiting() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.waiting AND NOT OLD.waiting THEN
+        PERFORM pg_advisory_xact_lock(4242);
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER test_hold_waiting BEFORE UPDATE ON webhooks.engine_state
+    FOR EACH ROW EXECUTE FUNCTION webhooks.test_hold_waiting()"""
+WAITING_HELD = """
+SELECT count(*) FROM pg_locks
+ WHERE locktype = 'advisory' AND objid = 4242 AND NOT granted"""
+
+
+async def test_event_committed_while_the_engine_falls_asleep_is_not_left_behind(
+    conn: asyncpg.Connection,
+    db_url: str,
+    receiver: Receiver,
+    open_policy: None,
+    start_engine: StartEngine,
+) -> None:
+    """An event committed after the engine's last empty claim but before its waiting = true
+    commits sends no NOTIFY (emit read false). The engine asks for the next due time after that
+    commit and so finds it: it goes out at once, not at the next poll (an hour here)."""
+    await create_endpoint(conn, receiver.url("/a"))
+    await start_engine(poll_interval_s=3600.0)
+    await wait_until(
+        lambda: _count(conn, "SELECT count(*) FROM webhooks.engine_state WHERE waiting", 1),
+        what="the engine asleep",
+    )
+    await conn.execute(HOLD_WAITING)
+    holder = await asyncpg.connect(db_url)
+    try:
+        await holder.execute("SELECT pg_advisory_lock(4242)")
+        await _emit(conn, "acct_1", 1)  # NOTIFY: the engine wakes, sends, claims nothing more...
+        await wait_until(lambda: _count(conn, DELIVERED, 1), what="the first event delivered")
+        # ... and its waiting = true now hangs on the lock, uncommitted.
+        await wait_until(lambda: _count(conn, WAITING_HELD, 1), what="waiting = true held")
+        assert await conn.fetchval("SELECT waiting FROM webhooks.engine_state") is False
+        await _emit(conn, "acct_1", 1)  # reads waiting = false: sends no NOTIFY
+        await holder.execute("SELECT pg_advisory_unlock(4242)")
+        await wait_until(lambda: _count(conn, DELIVERED, 2), what="the second event delivered")
+    finally:
+        await holder.close()
+
+
 async def test_listener_killed_reconnects_and_misses_nothing(
     conn: asyncpg.Connection,
     pg_server_url: str,

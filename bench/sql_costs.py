@@ -1,0 +1,133 @@
+"""S: what the SQL functions cost Postgres, as server CPU per call from one connection.
+
+W6 measures the app's commits/s with 16 connections, which mixes the server's cost with the load
+generator's and with how the two cores are shared. This workload isolates the server's part: one
+connection of ours, whose backend's CPU time (``/proc/PID/stat``, so the server must run on this
+machine) is read before and after a run of calls.
+
+- App commits, one single-row INSERT per transaction into ``app.email_events`` for accounts
+  without endpoints: with no trigger (the baseline), with the example trigger (guarded by
+  ``webhooks.subscribed``), and with the same trigger calling ``webhooks.emit`` unguarded.
+- Results: ``webhooks.record_attempts_v1`` recording 2xx results in batches of 100 (the engine's
+  common case), per result; claimed first with ``webhooks.claim_v1`` in batches of 180 (W1's mean),
+  per delivery. No engine runs meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+
+from bench.harness import BenchError
+from bench.payloads import app_row
+from bench.producer import BENCH_TRIGGERS, CREATE_TRIGGER, DROP_TRIGGER
+from bench.report import Row
+from bench.suite import DB_TIMEOUT_S, INSERT_ROW, Suite, progress
+
+NO_ENDPOINT_ACCOUNT = "sql_costs_nobody"
+WARM_UP = 200
+CLAIM_BATCH = 180
+RECORD_BATCH = 100
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+RECORD = (
+    "SELECT outcome FROM webhooks.record_attempts_v1($1::bigint[], $2::uuid[],"
+    " $3::timestamptz[], $4::integer[], $5::integer[], $6::text[], $7::text[], $8::text[],"
+    " $9::double precision[])"
+)
+CLAIM = "SELECT delivery_id, lease_token FROM webhooks.claim_v1('{}', '{}', 1000000, $1)"
+EMIT_SUBSCRIBED = """
+SELECT count(webhooks.emit('acct_' || (g % 20), 'email.sent',
+                           jsonb_build_object('n', g, 'padding', repeat('x', 1000))))
+  FROM generate_series(1, $1) AS g"""
+
+
+def _backend_cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of a local process."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError as exc:
+        raise BenchError(
+            f"cannot read the CPU time of backend {pid}: the S workload needs Postgres on this"
+            " machine"
+        ) from exc
+    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
+
+
+async def sql_costs(suite: Suite, commits: int, results: int) -> None:
+    conn = await asyncpg.connect(suite.url, timeout=DB_TIMEOUT_S)
+    try:
+        await conn.execute("SET synchronous_commit = off")  # CPU, not the disk's flush time
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+        await suite.conn.execute(BENCH_TRIGGERS)
+        try:
+            none = await _commits(suite, conn, pid, None, commits)
+            guarded = await _commits(suite, conn, pid, "email_event_webhook", commits)
+            bare = await _commits(suite, conn, pid, "email_event_webhook_unguarded", commits)
+        finally:
+            await suite.conn.execute(DROP_TRIGGER)
+            await suite.conn.execute(CREATE_TRIGGER.format(function="email_event_webhook"))
+        claim_us, record_us = await _results(suite, conn, pid, results)
+    finally:
+        await conn.close()
+    suite.add(
+        Row("S  app commit, no trigger (1 connection)", none, "us CPU", 1.0, "S none"),
+        Row("S  app commit, example trigger, no subscriber", guarded, "us CPU", guarded / none,
+            "S none"),
+        Row("S  app commit, trigger without the guard", bare, "us CPU", bare / none, "S none"),
+        Row("S  claim_v1, batches of 180", claim_us, "us CPU/delivery"),
+        Row("S  record_attempts_v1, 2xx, batches of 100", record_us, "us CPU/result"),
+    )  # fmt: skip
+
+
+async def _commits(
+    suite: Suite, conn: asyncpg.Connection, pid: int, trigger: str | None, count: int
+) -> float:
+    """Server CPU µs per single-row autocommit INSERT with ``trigger`` (None: no trigger)."""
+    progress(f"S: {count:,} app commits with trigger {trigger or '(none)'}")
+    await suite.clear()
+    await suite.conn.execute(DROP_TRIGGER)
+    if trigger is not None:
+        await suite.conn.execute(CREATE_TRIGGER.format(function=trigger))
+    rows = [app_row(i, NO_ENDPOINT_ACCOUNT) for i in range(100)]
+    statement = await conn.prepare(INSERT_ROW)
+    for i in range(WARM_UP):  # plans cached, trigger compiled
+        await statement.fetch(*rows[i % len(rows)])
+    before = _backend_cpu_s(pid)
+    for i in range(count):
+        await statement.fetch(*rows[i % len(rows)])
+    return (_backend_cpu_s(pid) - before) * 1e6 / count
+
+
+async def _results(
+    suite: Suite, conn: asyncpg.Connection, pid: int, count: int
+) -> tuple[float, float]:
+    """Server CPU µs per delivery claimed, then per 2xx result recorded."""
+    progress(f"S: {count:,} deliveries claimed, then recorded as 2xx")
+    await suite.clear()
+    await conn.fetchval(EMIT_SUBSCRIBED, count, timeout=DB_TIMEOUT_S)
+    await conn.execute("VACUUM ANALYZE webhooks.deliveries")
+    before = _backend_cpu_s(pid)
+    claimed: list[asyncpg.Record] = []
+    while len(claimed) < count:
+        batch = await conn.fetch(CLAIM, CLAIM_BATCH)
+        if not batch:
+            raise BenchError(f"claimed {len(claimed)} of {count} deliveries, then nothing")
+        claimed += batch
+    claim_us = (_backend_cpu_s(pid) - before) * 1e6 / len(claimed)
+    now = datetime.now(UTC)
+    before = _backend_cpu_s(pid)
+    for start in range(0, len(claimed), RECORD_BATCH):
+        part = claimed[start : start + RECORD_BATCH]
+        n = len(part)
+        outcomes = await conn.fetch(
+            RECORD, [r["delivery_id"] for r in part], [r["lease_token"] for r in part],
+            [now] * n, [3] * n, [200] * n, [None] * n, [None] * n, ["ok"] * n, [None] * n,
+        )  # fmt: skip
+        if any(o["outcome"] != "delivered" for o in outcomes):
+            raise BenchError(f"record_attempts_v1 did not deliver: {outcomes}")
+    record_us = (_backend_cpu_s(pid) - before) * 1e6 / len(claimed)
+    await suite.clear()
+    return claim_us, record_us
