@@ -16,6 +16,7 @@ machine) is read before and after a run of calls.
 from __future__ import annotations
 
 import os
+import statistics
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,6 +29,9 @@ from bench.report import Row
 from bench.suite import DB_TIMEOUT_S, INSERT_ROW, Suite, progress
 
 NO_ENDPOINT_ACCOUNT = "sql_costs_nobody"
+# No trigger (the baseline), the example trigger, the example trigger without its guard.
+TRIGGERS = (None, "email_event_webhook", "email_event_webhook_unguarded")
+ROUNDS = 5
 WARM_UP = 200
 CLAIM_BATCH = 180
 RECORD_BATCH = 100
@@ -63,9 +67,7 @@ async def sql_costs(suite: Suite, commits: int, results: int) -> None:
         pid = await conn.fetchval("SELECT pg_backend_pid()")
         await suite.conn.execute(BENCH_TRIGGERS)
         try:
-            none = await _commits(suite, conn, pid, None, commits)
-            guarded = await _commits(suite, conn, pid, "email_event_webhook", commits)
-            bare = await _commits(suite, conn, pid, "email_event_webhook_unguarded", commits)
+            none, guarded, bare = await _commit_costs(suite, conn, pid, commits)
         finally:
             await suite.conn.execute(DROP_TRIGGER)
             await suite.conn.execute(CREATE_TRIGGER.format(function="email_event_webhook"))
@@ -82,23 +84,32 @@ async def sql_costs(suite: Suite, commits: int, results: int) -> None:
     )  # fmt: skip
 
 
-async def _commits(
-    suite: Suite, conn: asyncpg.Connection, pid: int, trigger: str | None, count: int
-) -> float:
-    """Server CPU µs per single-row autocommit INSERT with ``trigger`` (None: no trigger)."""
-    progress(f"S: {count:,} app commits with trigger {trigger or '(none)'}")
+async def _commit_costs(
+    suite: Suite, conn: asyncpg.Connection, pid: int, count: int
+) -> tuple[float, ...]:
+    """Server CPU µs per commit for each of TRIGGERS, the median of ROUNDS interleaved runs: on a
+    shared machine the CPU a backend is charged for the same work drifts by a fifth over a minute,
+    and interleaving spreads that drift over every variant alike."""
+    progress(f"S: {count:,} app commits per trigger variant, in {ROUNDS} interleaved rounds")
     await suite.clear()
-    await suite.conn.execute(DROP_TRIGGER)
-    if trigger is not None:
-        await suite.conn.execute(CREATE_TRIGGER.format(function=trigger))
     rows = [app_row(i, NO_ENDPOINT_ACCOUNT) for i in range(100)]
-    statement = await conn.prepare(INSERT_ROW)
-    for i in range(WARM_UP):  # plans cached, trigger compiled
-        await statement.fetch(*rows[i % len(rows)])
-    before = _backend_cpu_s(pid)
-    for i in range(count):
-        await statement.fetch(*rows[i % len(rows)])
-    return (_backend_cpu_s(pid) - before) * 1e6 / count
+    costs: list[list[float]] = [[] for _ in TRIGGERS]
+    for _ in range(ROUNDS):
+        for variant, trigger in enumerate(TRIGGERS):
+            await suite.conn.execute(DROP_TRIGGER)
+            if trigger is not None:
+                await suite.conn.execute(CREATE_TRIGGER.format(function=trigger))
+            # Prepared after the DDL: asyncpg's prepare leaves its Parse's lock on the table held
+            # until the next Sync, which DDL from another connection would wait for forever.
+            statement = await conn.prepare(INSERT_ROW)
+            for i in range(WARM_UP):  # plans cached, trigger compiled
+                await statement.fetch(*rows[i % len(rows)])
+            before = _backend_cpu_s(pid)
+            for i in range(count // ROUNDS):
+                await statement.fetch(*rows[i % len(rows)])
+            costs[variant].append((_backend_cpu_s(pid) - before) * 1e6 / (count // ROUNDS))
+        await suite.clear()
+    return tuple(statistics.median(c) for c in costs)
 
 
 async def _results(
