@@ -97,6 +97,13 @@ def _open_log(path: Path) -> IO[bytes]:
     return path.open("wb")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a local process used so far (/proc/PID/stat); OSError if it is
+    not on this machine or gone."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Child:
     """A process we started: its log file, a bounded terminate, a liveness check."""
 
@@ -114,9 +121,8 @@ class Child:
         return self.proc.returncode
 
     def cpu_seconds(self) -> float:
-        """User plus system CPU time the process used so far (/proc/PID/stat)."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User plus system CPU time the process used so far."""
+        return cpu_seconds(self.pid)
 
     def log_tail(self) -> str:
         try:

@@ -15,14 +15,12 @@ machine) is read before and after a run of calls.
 
 from __future__ import annotations
 
-import os
 import statistics
 from datetime import UTC, datetime
-from pathlib import Path
 
 import asyncpg
 
-from bench.harness import BenchError
+from bench.harness import BenchError, cpu_seconds
 from bench.payloads import app_row
 from bench.producer import BENCH_TRIGGERS, CREATE_TRIGGER, DROP_TRIGGER
 from bench.report import Row
@@ -35,7 +33,6 @@ ROUNDS = 5
 WARM_UP = 200
 CLAIM_BATCH = 180
 RECORD_BATCH = 100
-_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 RECORD = (
     "SELECT outcome FROM webhooks.record_attempts_v1($1::bigint[], $2::uuid[],"
     " $3::timestamptz[], $4::integer[], $5::integer[], $6::text[], $7::text[], $8::text[],"
@@ -49,15 +46,13 @@ SELECT count(webhooks.emit('acct_' || (g % 20), 'email.sent',
 
 
 def _backend_cpu_s(pid: int) -> float:
-    """User plus system CPU seconds of a local process."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return cpu_seconds(pid)
     except OSError as exc:
         raise BenchError(
             f"cannot read the CPU time of backend {pid}: the S workload needs Postgres on this"
             " machine"
         ) from exc
-    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
 
 
 async def sql_costs(suite: Suite, commits: int, results: int) -> None:
