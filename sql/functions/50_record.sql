@@ -120,11 +120,10 @@ BEGIN
             CONTINUE;
         END IF;
 
+        -- A failure: a 2xx under the current lease was recorded by the set-based statement above.
         v_n := v_d.attempts + 1;
         v_next := NULL;
-        IF v_status BETWEEN 200 AND 299 THEN
-            v_outcome := 'delivered';
-        ELSIF v_status = 410 OR v_n > cardinality(v_set.retry_schedule) THEN
+        IF v_status = 410 OR v_n > cardinality(v_set.retry_schedule) THEN
             v_outcome := 'failed';
         ELSE
             v_outcome := 'retry';
@@ -153,24 +152,22 @@ BEGIN
                  last_status, last_error, created_at)
             VALUES (v_d.id, v_d.event_id, v_d.event_created_at, v_d.event_type, v_d.endpoint_id,
                     v_outcome, v_n, v_status,
-                    CASE WHEN v_outcome = 'failed' AND v_status = 410 THEN 'endpoint answered 410 Gone'
-                         WHEN v_outcome = 'failed' THEN coalesce(v_error, 'HTTP ' || v_status)
+                    CASE WHEN v_status = 410 THEN 'endpoint answered 410 Gone'
+                         ELSE coalesce(v_error, 'HTTP ' || v_status)
                               || format(' (gave up after %s attempts)', v_n) END,
                     v_d.created_at);
         END IF;
 
-        IF v_outcome <> 'delivered' THEN
-            UPDATE webhooks.endpoints e SET failing_since = now()
-             WHERE e.id = v_d.endpoint_id AND e.failing_since IS NULL;
-            SELECT * INTO v_ep FROM webhooks.endpoints e WHERE e.id = v_d.endpoint_id;
-            IF v_ep.enabled AND v_status = 410 THEN
-                PERFORM webhooks.disable_endpoint(v_d.endpoint_id, 'endpoint answered 410 Gone');
-            ELSIF v_ep.enabled AND v_ep.failing_since < now() - v_set.disable_after
-                  AND (v_ep.last_success_at IS NULL OR v_ep.last_success_at < now() - v_set.disable_after)
-                  AND NOT v_d.endpoint_id = ANY (v_successes) THEN
-                PERFORM webhooks.disable_endpoint(v_d.endpoint_id,
-                    format('no successful delivery for %s', v_set.disable_after));
-            END IF;
+        UPDATE webhooks.endpoints e SET failing_since = now()
+         WHERE e.id = v_d.endpoint_id AND e.failing_since IS NULL;
+        SELECT * INTO v_ep FROM webhooks.endpoints e WHERE e.id = v_d.endpoint_id;
+        IF v_ep.enabled AND v_status = 410 THEN
+            PERFORM webhooks.disable_endpoint(v_d.endpoint_id, 'endpoint answered 410 Gone');
+        ELSIF v_ep.enabled AND v_ep.failing_since < now() - v_set.disable_after
+              AND (v_ep.last_success_at IS NULL OR v_ep.last_success_at < now() - v_set.disable_after)
+              AND NOT v_d.endpoint_id = ANY (v_successes) THEN
+            PERFORM webhooks.disable_endpoint(v_d.endpoint_id,
+                format('no successful delivery for %s', v_set.disable_after));
         END IF;
 
         delivery_id := v_d.id; outcome := v_outcome; attempt := v_n; next_attempt_at := v_next;
