@@ -24,8 +24,7 @@ $$;
 CREATE OR REPLACE FUNCTION webhooks.subscribed(p_account_id text, p_event_type text)
 RETURNS boolean LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    IF p_account_id IS NULL OR btrim(p_account_id) = '' OR length(p_account_id) > 200
-       OR NOT coalesce(webhooks.is_event_type(p_event_type), false) THEN
+    IF NOT webhooks.is_event_source(p_account_id, p_event_type) THEN
         PERFORM webhooks.check_emit_args(p_account_id, p_event_type, '{}', NULL);
     END IF;
     RETURN EXISTS (SELECT FROM webhooks.endpoints e
@@ -47,8 +46,7 @@ DECLARE
 BEGIN
     -- One expression for every check (NULL key: the last term is NULL, which is not true); the
     -- function that names what is wrong runs only when it fails.
-    IF p_account_id IS NULL OR btrim(p_account_id) = '' OR length(p_account_id) > 200
-       OR NOT coalesce(webhooks.is_event_type(p_event_type), false)
+    IF NOT webhooks.is_event_source(p_account_id, p_event_type)
        OR jsonb_typeof(p_payload) IS DISTINCT FROM 'object'
        OR length(p_idempotency_key) NOT BETWEEN 1 AND 255 THEN
         PERFORM webhooks.check_emit_args(p_account_id, p_event_type, p_payload, p_idempotency_key);
