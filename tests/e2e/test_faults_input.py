@@ -331,7 +331,10 @@ async def check_emit_sql(s: Session, args: dict[str, Arg]) -> None:
         assert await s.snapshot() == before, "a refused emit wrote something"
         return
     s.verdict(args, None)
-    await s.check_emitted(args, event_id, before, json.loads(args["payload"].value))
+    # Parsed only when stored: without a subscriber emit accepts nesting of any depth (it checks
+    # depth only when it stores), deeper than Python's json module can parse.
+    payload = json.loads(args["payload"].value) if event_id is not None else None
+    await s.check_emitted(args, event_id, before, payload)
 
 
 async def check_emit_store(s: Session, args: dict[str, Arg]) -> None:
