@@ -18,8 +18,11 @@ begins, so its first commit wakes it by NOTIFY as in production.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from dataclasses import dataclass
 
+from bench.cpu import machine_cpu_seconds
 from bench.harness import ReceiverStats
 from bench.http_baseline import percentile
 from bench.report import Row
@@ -53,13 +56,12 @@ async def w1_burst(suite: Suite, events: int) -> None:
     progress(f"W1 burst of {events:,} events")
     before = await suite.function_times()
     async with suite.engine() as engine:
-        cpu0 = engine.cpu_seconds(), suite.receiver.cpu_seconds()
+        cpu0 = _W1Cpu.now(engine.cpu_seconds(), suite.receiver.cpu_seconds())
         result = await burst(
             suite, engine, suite.rows_for(ACCOUNTS, events), lambda s: s.unique >= events
         )
         await suite.wait_idle(engine)
-        engine_cpu = engine.cpu_seconds() - cpu0[0]
-        receiver_cpu = suite.receiver.cpu_seconds() - cpu0[1]
+        cpu = _W1Cpu.now(engine.cpu_seconds(), suite.receiver.cpu_seconds()).minus(cpu0)
     await asyncio.sleep(0.5)  # the engine's backends report their statistics as they exit
     after = await suite.function_times()
     assert result.stats.last is not None
@@ -75,12 +77,7 @@ async def w1_burst(suite: Suite, events: int) -> None:
         Row(f"W1   emitting {events:,} events", result.emit_seconds, "s", decimals=2),
         Row("W1   first commit to last receipt", seconds, "s", decimals=2),
     )  # fmt: skip
-    # Where the time goes: CPU per delivery of the engine and the receiver, and Postgres's time
-    # per delivery in each function.
-    suite.add(
-        Row("W1   engine CPU", engine_cpu * 1e6 / events, "us/delivery"),
-        Row("W1   receiver CPU", receiver_cpu * 1e6 / events, "us/delivery"),
-    )
+    _report_w1_cpu(suite, cpu, events)
     for name in SERVER_FUNCTIONS:
         calls0, ms0 = before.get(name, (0, 0.0))
         calls1, ms1 = after.get(name, (0, 0.0))
@@ -202,3 +199,60 @@ async def w4_flaky(suite: Suite, events: int, fail_ratio: float) -> None:
 
 def _paths() -> list[str]:
     return [f"/ep_{i}" for i in range(ENDPOINTS)]
+
+
+@dataclass(frozen=True)
+class _W1Cpu:
+    """CPU seconds so far: the engine, the receiver, this process (which emits the events) and
+    every process on the machine; and the wall clock."""
+
+    engine: float
+    receiver: float
+    bench: float
+    machine: float
+    wall: float
+
+    @classmethod
+    def now(cls, engine: float, receiver: float) -> _W1Cpu:
+        return cls(engine, receiver, time.process_time(), machine_cpu_seconds(), time.monotonic())
+
+    def minus(self, earlier: _W1Cpu) -> _W1Cpu:
+        return _W1Cpu(
+            self.engine - earlier.engine,
+            self.receiver - earlier.receiver,
+            self.bench - earlier.bench,
+            self.machine - earlier.machine,
+            self.wall - earlier.wall,
+        )
+
+
+def _report_w1_cpu(suite: Suite, cpu: _W1Cpu, events: int) -> None:
+    """Where W1's CPU goes, per delivery, and the rate the machine's cores allow at that cost.
+
+    The rest (machine less engine, receiver and bench) is Postgres in the main, plus the kernel's
+    share and any other process. The ceiling is the cores divided by the machine's CPU per
+    delivery: no scheduling can beat it, so when it is under 70 % of the HTTP limit the target
+    cannot be met without making a delivery cheaper.
+    """
+    cores = os.cpu_count() or 1
+    client_us, machine_us_per_request = suite.http_limit_cpu_us
+    per = 1e6 / events
+    machine_us = cpu.machine * per
+    ceiling = cores * 1e6 / machine_us if machine_us else 0.0
+    rest = cpu.machine - cpu.engine - cpu.receiver - cpu.bench
+    engine_ratio = cpu.engine * per / client_us if client_us else None
+    machine_ratio = machine_us / machine_us_per_request if machine_us_per_request else None
+    ceiling_ratio = ceiling / suite.http_limit if suite.http_limit else None
+    suite.add(
+        Row("W1   engine CPU", cpu.engine * per, "us/delivery", engine_ratio,
+            "HTTP limit client"),
+        Row("W1   receiver CPU", cpu.receiver * per, "us/delivery"),
+        Row("W1   bench process CPU (emits the events)", cpu.bench * per, "us/delivery"),
+        Row("W1   rest: Postgres, kernel, other processes", rest * per, "us/delivery"),
+        Row("W1   machine CPU, all processes", machine_us, "us/delivery", machine_ratio,
+            "HTTP limit machine"),
+        Row(f"W1   machine busy (of {cores} cores)", 100 * cpu.machine / (cores * cpu.wall), "%",
+            decimals=0),
+        Row(f"W1   ceiling: {cores} cores / machine CPU per delivery", ceiling, "deliveries/s",
+            ceiling_ratio, "HTTP limit"),
+    )  # fmt: skip

@@ -30,6 +30,7 @@ import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
+from bench.cpu import cpu_seconds
 from bench.http_baseline import BaselineResult
 from engine.embedded import TemporaryPostgres
 
@@ -60,11 +61,13 @@ async def database(server_url: str | None) -> AsyncIterator[Database]:
 
     With ``server_url`` (``WEBHOOKS_DATABASE_URL``): ``misar_bench_<pid>`` created on that server
     and dropped at the end (``WITH (FORCE)``, so a connection a crashed engine left behind cannot
-    keep it). Without: an embedded Postgres in a temporary directory (fsync off), deleted at the
-    end. The embedded server is started in a thread: ``pg_ctl`` blocks for seconds.
+    keep it). Without: an embedded Postgres in a temporary directory, deleted at the end. It runs
+    with fsync on, as a production database does: with fsync off a commit costs no WAL flush, and
+    NOTIFY (which holds a cluster-wide lock through that flush) would look far cheaper than it is.
+    The embedded server is started in a thread: ``pg_ctl`` blocks for seconds.
     """
     if server_url is None:
-        server = TemporaryPostgres()
+        server = TemporaryPostgres(durable=True)
         try:
             url = await asyncio.to_thread(server.start)
             yield Database(url, "embedded")
@@ -95,13 +98,6 @@ async def _admin(server_url: str, verb: str, name: str, suffix: str = "") -> Non
 
 def _open_log(path: Path) -> IO[bytes]:
     return path.open("wb")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time a local process used so far (/proc/PID/stat); OSError if it is
-    not on this machine or gone."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Child:

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 import aiohttp
 import uvloop
 
+from bench.cpu import machine_cpu_seconds
 from bench.payloads import EVENT_TYPE, envelope, new_secret
 from engine.signing import sign
 
@@ -46,6 +47,8 @@ class BaselineResult:
     errors: int
     latency_p50_ms: float
     latency_p99_ms: float
+    client_cpu_us: float  # this process's CPU per request
+    machine_cpu_us: float  # every process's on this machine (client, receiver, kernel) per request
 
 
 class _Load:
@@ -114,8 +117,11 @@ async def measure(url: str, *, concurrency: int, requests: int) -> BaselineResul
     ) as session:
         await _round(session, url, concurrency, concurrency * 4, first_id=-concurrency * 4)
         started = time.perf_counter()
+        cpu0 = time.process_time(), machine_cpu_seconds()
         load = await _round(session, url, concurrency, requests, first_id=0)
         seconds = time.perf_counter() - started
+        client_cpu = time.process_time() - cpu0[0]
+        machine_cpu = machine_cpu_seconds() - cpu0[1]
     return BaselineResult(
         concurrency=concurrency,
         requests=requests,
@@ -124,6 +130,8 @@ async def measure(url: str, *, concurrency: int, requests: int) -> BaselineResul
         errors=load.errors,
         latency_p50_ms=round(percentile(load.latencies, 50) * 1000, 3),
         latency_p99_ms=round(percentile(load.latencies, 99) * 1000, 3),
+        client_cpu_us=round(client_cpu * 1e6 / requests, 1),
+        machine_cpu_us=round(machine_cpu * 1e6 / requests, 1),
     )
 
 

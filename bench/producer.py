@@ -65,8 +65,7 @@ _EMIT_CALL = """
             'email.' || NEW.kind,
             jsonb_build_object('email_event_id', NEW.id, 'recipient', NEW.recipient,
                                'campaign_id', NEW.campaign_id, 'occurred_at', NEW.occurred_at)
-                || NEW.details,
-            'email_event:' || NEW.id);"""
+                || NEW.details);"""
 BENCH_TRIGGERS = f"""
 -- The example trigger plus a NOTIFY in every transaction: what most Postgres queues do.
 CREATE OR REPLACE FUNCTION app.email_event_webhook_notify() RETURNS trigger LANGUAGE plpgsql AS $$

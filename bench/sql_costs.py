@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from bench.harness import BenchError, cpu_seconds
+from bench.cpu import cpu_seconds
+from bench.harness import BenchError
 from bench.payloads import app_row
 from bench.producer import BENCH_TRIGGERS, CREATE_TRIGGER, DROP_TRIGGER
 from bench.report import Row

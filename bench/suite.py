@@ -88,6 +88,7 @@ class Suite:
     workdir: Path
     rows: list[Row] = field(default_factory=list)
     http_limit: float = 0.0
+    http_limit_cpu_us: tuple[float, float] = (0.0, 0.0)  # client, whole machine, per request
     lone_request_ms: tuple[float, float] = (0.0, 0.0)  # p50, p99 at concurrency 1
     w1_seconds: float | None = None  # W1's first commit to last receipt, for W3 and W4
     rest_rss_mb: float | None = None  # the first engine's, ready and idle

@@ -1,6 +1,6 @@
 -- How MisarMail's app emits webhook events: triggers on its own tables call webhooks.emit() in the
 -- same transaction as the change. A rolled-back change sends nothing; a committed one is delivered
--- (or visibly fails). The idempotency key makes a replayed row harmless.
+-- (or visibly fails).
 -- `misar-webhooks demo` runs this file against its embedded Postgres; the README shows it too.
 
 CREATE SCHEMA IF NOT EXISTS app;
@@ -17,6 +17,8 @@ CREATE TABLE app.email_events (
 
 -- email_events is MisarMail's hottest table and most accounts have no endpoint: the guard makes such
 -- a row cost the app one index probe, without building a payload that nobody would receive.
+-- No idempotency key: a row trigger fires once per inserted row, and an identity id is never
+-- inserted twice, so a key could never match; it would only cost a lookup and a row per event.
 CREATE FUNCTION app.email_event_webhook() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF webhooks.subscribed(NEW.account_id, 'email.' || NEW.kind) THEN
@@ -25,8 +27,7 @@ BEGIN
             'email.' || NEW.kind,
             jsonb_build_object('email_event_id', NEW.id, 'recipient', NEW.recipient,
                                'campaign_id', NEW.campaign_id, 'occurred_at', NEW.occurred_at)
-                || NEW.details,
-            'email_event:' || NEW.id);
+                || NEW.details);
     END IF;
     RETURN NULL;
 END $$;
