@@ -84,6 +84,11 @@ BEGIN
     IF cardinality(v_claimed) = 0 THEN
         RETURN;
     END IF;
+    -- A lease is soft state, so the claim's commit does not wait for its WAL flush (a disk flush in
+    -- every delivery's latency otherwise). If a crash loses it, the rows are due again and a result
+    -- under the lost lease is recorded as stale: at-least-once, as after any crash. A later
+    -- synchronous commit (recording a result) flushes the WAL before it, this claim included.
+    PERFORM set_config('synchronous_commit', 'off', true);
 
     RETURN QUERY
     WITH leased AS (

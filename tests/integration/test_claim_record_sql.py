@@ -125,6 +125,24 @@ async def test_claim_leases_rows_for_lease_duration(store: Store, conn: asyncpg.
     assert await claim(store) == []
 
 
+async def test_claim_commits_without_waiting_for_the_wal_flush(
+    store: Store, conn: asyncpg.Connection
+) -> None:
+    """A claim that leased rows turns synchronous_commit off for its own transaction only (a lease
+    is soft state); an empty claim and the next transaction keep the session's setting."""
+    await create(store)
+    await emit_n(conn, 1)
+    await conn.execute("SET synchronous_commit = on")  # the test server may run with it off
+    claim_sql = "SELECT count(*) FROM webhooks.claim_v1('{}'::uuid[], '{}'::integer[], 8, 100)"
+    async with conn.transaction():
+        assert await conn.fetchval(claim_sql) == 1
+        assert await conn.fetchval("SHOW synchronous_commit") == "off"
+    assert await conn.fetchval("SHOW synchronous_commit") == "on"
+    async with conn.transaction():
+        assert await conn.fetchval(claim_sql) == 0
+        assert await conn.fetchval("SHOW synchronous_commit") == "on"
+
+
 async def test_claim_returns_envelope_and_endpoint_config(
     store: Store, conn: asyncpg.Connection
 ) -> None:
