@@ -23,6 +23,9 @@ The variants (:func:`w6_producer_cost`), each on an emptied hot table:
 - c, open transaction: c while another connection holds a REPEATABLE READ transaction (and so
   its snapshot) open for the whole run, so no dead row of the hot table can be removed.
 
+a, b and "b, no guard" take turns in 5 rounds of a fifth of the time each, and each reports its
+median round, so that the machine's drift falls on all three alike.
+
 A LISTEN connection of the bench counts the wake-ups the app sent in each variant. Claim latency
 is the mean duration of ``webhooks.claim_v1`` calls by the engine during the variant, measured by
 the server (``pg_stat_user_functions``, track_functions): timing claims from a connection of
@@ -35,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import sys
 import time
@@ -52,6 +56,7 @@ from bench.suite import DB_TIMEOUT_S, ENDPOINTS, INSERT_ROW, Suite, progress
 ACCOUNTS_PREFIX = "w6_"
 NO_ENDPOINT_PREFIX = "w6_none_"
 PRODUCER_TIMEOUT_S = 120.0
+ROUNDS = 5  # of the variants without an engine (a, b, b no guard), interleaved
 
 DROP_TRIGGER = "DROP TRIGGER IF EXISTS email_event_webhook ON app.email_events"
 CREATE_TRIGGER = """
@@ -108,6 +113,7 @@ class Variant:
 
     commits_per_s: float
     notifies: int
+    commits: int = 0
     delivered: int = 0
     hot_table_mb: float = 0.0
     dead_rows: int = 0
@@ -126,14 +132,24 @@ async def w6_producer_cost(suite: Suite, seconds: float, connections: int) -> No
     runner = _Runner(suite, seconds, connections)
     try:
         async with runner.counting_notifies():
-            a = await runner.variant("a", None, ACCOUNTS_PREFIX, engine=False)
-            b = await runner.variant("b", "email_event_webhook", NO_ENDPOINT_PREFIX, engine=False)
-            b_bare = await runner.variant(
-                "b, no guard", "email_event_webhook_unguarded", NO_ENDPOINT_PREFIX, engine=False
+            no_engine = {"engine": False}
+            a, b, b_bare = await runner.interleaved(
+                [
+                    ("a", None, ACCOUNTS_PREFIX, no_engine),
+                    ("b", "email_event_webhook", NO_ENDPOINT_PREFIX, no_engine),
+                    ("b, no guard", "email_event_webhook_unguarded", NO_ENDPOINT_PREFIX, no_engine),
+                ]
             )
-            c = await runner.variant("c", "email_event_webhook", ACCOUNTS_PREFIX)
-            n = await runner.variant("n", "email_event_webhook_notify", ACCOUNTS_PREFIX)
-            z = await runner.variant("z", "email_event_webhook", ACCOUNTS_PREFIX, hold_busy=True)
+            c, n, z = await runner.interleaved(
+                [
+                    ("c", "email_event_webhook", ACCOUNTS_PREFIX, {}),
+                    ("n", "email_event_webhook_notify", ACCOUNTS_PREFIX, {}),
+                    ("z", "email_event_webhook", ACCOUNTS_PREFIX, {"hold_busy": True}),
+                ]
+            )
+            # c once more for the whole time: the baseline of the open-transaction run, whose hot
+            # table and claims depend on how long the backlog grew.
+            c_full = await runner.variant("c, whole time", "email_event_webhook", ACCOUNTS_PREFIX)
             z0 = await runner.variant(
                 "z, no engine", "email_event_webhook", ACCOUNTS_PREFIX, engine=False, hold_busy=True
             )
@@ -143,12 +159,15 @@ async def w6_producer_cost(suite: Suite, seconds: float, connections: int) -> No
     finally:
         await conn.execute(DROP_TRIGGER)
         await conn.execute(CREATE_TRIGGER.format(function="email_event_webhook"))
-    _report(suite, connections, a=a, b=b, b_bare=b_bare, c=c, n=n, z=z, z0=z0, c_open=c_open)
+    _report(
+        suite, connections,
+        a=a, b=b, b_bare=b_bare, c=c, n=n, z=z, z0=z0, c_full=c_full, c_open=c_open,
+    )  # fmt: skip
 
 
 def _report(suite: Suite, connections: int, **v: Variant) -> None:
     a, b, b_bare, c, n, z = v["a"], v["b"], v["b_bare"], v["c"], v["n"], v["z"]
-    z0, c_open = v["z0"], v["c_open"]
+    z0, c_full, c_open = v["z0"], v["c_full"], v["c_open"]
     cps = "commits/s"
 
     def vs_a(label: str, x: Variant, target: str = "", ok: bool | None = None) -> Row:
@@ -159,8 +178,13 @@ def _report(suite: Suite, connections: int, **v: Variant) -> None:
     c_z = c.commits_per_s / z.commits_per_s
     c_n = c.commits_per_s / n.commits_per_s
     claim_ratio = (
-        c_open.claim_ms / c.claim_ms if c_open.claim_ms is not None and c.claim_ms else None
+        c_open.claim_ms / c_full.claim_ms
+        if c_open.claim_ms is not None and c_full.claim_ms
+        else None
     )
+    rounds = f"{ROUNDS} rounds"
+    whole = f"{c_full.commits:,} commits"
+
     suite.add(
         vs_a(f"W6 a: no trigger ({connections} connections)", a),
         vs_a("W6 b: trigger, no subscriber", b, "ratio >= 0.80", b_a >= 0.80),
@@ -173,25 +197,31 @@ def _report(suite: Suite, connections: int, **v: Variant) -> None:
         Row("W6   c: server time in webhooks.emit", c.emit_us, "us/commit"),
         Row("W6   c / z", c_z, "", c_z, "W6 z", "ratio >= 0.90", c_z >= 0.90, decimals=2),
         Row("W6   c / n", c_n, "", c_n, "W6 n", "ratio >= 2", c_n >= 2.0, decimals=2),
-        Row("W6   NOTIFYs the app sent in c", c.notifies, "", decimals=0),
-        Row("W6   delivered by the engine in c", c.delivered, "deliveries", decimals=0),
-        vs_a("W6 n: NOTIFY in every transaction", n),
-        Row("W6   NOTIFYs the app sent in n", n.notifies, "", decimals=0),
-        vs_a("W6 z: no NOTIFY, engine busy", z),
-        Row("W6   NOTIFYs the app sent in z", z.notifies, "", target="= 0", ok=z.notifies == 0,
+        Row(f"W6   NOTIFYs the app sent in c ({rounds})", c.notifies,
+            f"of {c.commits:,} commits", decimals=0),
+        Row(f"W6   delivered by the engine in c ({rounds})", c.delivered, "deliveries",
             decimals=0),
+        vs_a("W6 n: NOTIFY in every transaction", n),
+        Row(f"W6   NOTIFYs the app sent in n ({rounds})", n.notifies,
+            f"of {n.commits:,} commits", decimals=0),
+        vs_a("W6 z: no NOTIFY, engine busy", z),
+        Row(f"W6   NOTIFYs the app sent in z ({rounds})", z.notifies, "", target="= 0",
+            ok=z.notifies == 0, decimals=0),
         vs_a("W6 z, no engine (engine's CPU share)", z0),
+        vs_a(f"W6 c, whole time in one run ({whole})", c_full),
         Row("W6 c, open transaction", c_open.commits_per_s, cps,
-            c_open.commits_per_s / c.commits_per_s, "W6 c"),
-        Row("W6   hot table in c (heap + indexes)", c.hot_table_mb, "MB"),
+            c_open.commits_per_s / c_full.commits_per_s, "W6 c whole"),
+        Row("W6   hot table in c (heap + indexes)", c_full.hot_table_mb, "MB"),
         Row("W6   hot table, open transaction", c_open.hot_table_mb, "MB",
-            c_open.hot_table_mb / c.hot_table_mb if c.hot_table_mb else None, "W6 c"),
-        Row("W6   dead / live rows in c", c.dead_rows, f"/ {c.live_rows:,} live", decimals=0),
+            c_open.hot_table_mb / c_full.hot_table_mb if c_full.hot_table_mb else None,
+            "W6 c whole"),
+        Row("W6   dead / live rows in c", c_full.dead_rows, f"/ {c_full.live_rows:,} live",
+            decimals=0),
         Row("W6   dead / live rows, open transaction", c_open.dead_rows,
             f"/ {c_open.live_rows:,} live", decimals=0),
-        Row("W6   claim_v1 mean in c", c.claim_ms or 0.0, "ms", decimals=2),
+        Row("W6   claim_v1 mean in c", c_full.claim_ms or 0.0, "ms", decimals=2),
         Row("W6   claim_v1 mean, open transaction", c_open.claim_ms or 0.0, "ms", claim_ratio,
-            "W6 c" if claim_ratio else "", decimals=2),
+            "W6 c whole" if claim_ratio else "", decimals=2),
     )  # fmt: skip
 
 
@@ -217,6 +247,25 @@ class _Runner:
         finally:
             await listener.close()
 
+    async def interleaved(
+        self, variants: Sequence[tuple[str, str | None, str, dict[str, bool]]]
+    ) -> list[Variant]:
+        """Variants (name, trigger, accounts, options of :meth:`variant`) in ROUNDS short rounds,
+        taking turns; each gets its median round.
+
+        Run one after the other for 20 s each, the same variant's rate drifted by a fifth between
+        runs on this shared machine, which is the size of the effects b/a and c/z measure.
+        """
+        rounds: list[list[Variant]] = [[] for _ in variants]
+        for _ in range(ROUNDS):
+            for samples, (name, trigger, accounts, options) in zip(rounds, variants, strict=True):
+                samples.append(
+                    await self.variant(
+                        name, trigger, accounts, seconds=self.seconds / ROUNDS, **options
+                    )
+                )
+        return [_median_round(samples) for samples in rounds]
+
     async def variant(
         self,
         name: str,
@@ -226,9 +275,11 @@ class _Runner:
         engine: bool = True,
         hold_busy: bool = False,
         hold_snapshot: bool = False,
+        seconds: float | None = None,
     ) -> Variant:
         suite, conn = self.suite, self.suite.conn
-        progress(f"W6 {name}: {self.connections} connections for {self.seconds:g} s")
+        seconds = self.seconds if seconds is None else seconds
+        progress(f"W6 {name}: {self.connections} connections for {seconds:g} s")
         await suite.clear()
         await conn.execute(DROP_TRIGGER)
         if trigger is not None:
@@ -247,7 +298,7 @@ class _Runner:
             await suite.receiver.reset()
             await asyncio.sleep(0.2)  # NOTIFYs of the probe and readiness checks arrive first
             self.notifies = 0
-            commits, seconds = await _produce(suite.url, accounts, self.connections, self.seconds)
+            commits, seconds = await _produce(suite.url, accounts, self.connections, seconds)
             await asyncio.sleep(0.2)  # the last commits' NOTIFYs
             notifies = self.notifies
             hot = await _row(conn, HOT_TABLE)
@@ -268,6 +319,7 @@ class _Runner:
         return Variant(
             commits_per_s=rate,
             notifies=notifies,
+            commits=commits,
             delivered=delivered,
             hot_table_mb=(hot["heap"] + hot["indexes"]) / 2**20,
             dead_rows=hot["dead"] or 0,
@@ -276,6 +328,18 @@ class _Runner:
             trigger_us=us_per_commit(f"app.{trigger}") if trigger else 0.0,
             emit_us=us_per_commit("webhooks.emit"),
         )
+
+
+def _median_round(samples: Sequence[Variant]) -> Variant:
+    """The round with the median commit rate, with commits, NOTIFYs and deliveries summed over
+    every round (so that a single NOTIFY in any round of z shows)."""
+    median = sorted(samples, key=lambda v: v.commits_per_s)[len(samples) // 2]
+    return dataclasses.replace(
+        median,
+        commits=sum(v.commits for v in samples),
+        notifies=sum(v.notifies for v in samples),
+        delivered=sum(v.delivered for v in samples),
+    )
 
 
 async def _row(conn: asyncpg.Connection, query: str) -> asyncpg.Record:
