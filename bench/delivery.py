@@ -91,7 +91,9 @@ async def w2_steady(suite: Suite, rate: float, seconds: float) -> None:
     count = int(rate * seconds)
     progress(f"W2 steady: {rate:g} events/s for {seconds:g} s")
     rows = suite.rows_for(ACCOUNTS, count)
+    before = await suite.function_times()
     async with suite.engine() as engine:
+        engine_cpu0 = engine.cpu_seconds()
         conn = suite.conn
         commits: dict[int, float] = {}  # app row id -> COMMIT sent
         path_of: dict[int, str] = {}
@@ -109,6 +111,9 @@ async def w2_steady(suite: Suite, rate: float, seconds: float) -> None:
         sent_s = time.perf_counter() - started
         await wait_delivered(suite.receiver, engine, lambda s: s.unique >= count)
         await suite.wait_idle(engine)
+        engine_cpu = engine.cpu_seconds() - engine_cpu0
+    await asyncio.sleep(0.5)  # the engine's backends report their statistics as they exit
+    after = await suite.function_times()
     arrivals = await suite.receiver.arrivals()
     latencies = []
     for record in await conn.fetch(EVENT_IDS, list(commits)):
@@ -126,7 +131,16 @@ async def w2_steady(suite: Suite, rate: float, seconds: float) -> None:
         Row("W2   commit-to-receipt p99", p99, "ms", p99 / lone99, "lone request p99",
             "<= 20 ms", p99 <= 20.0, decimals=2),
         Row("W2   commit-to-receipt max", max(latencies), "ms", decimals=2),
+        Row("W2   engine CPU", engine_cpu * 1e6 / count, "us/event"),
     )  # fmt: skip
+    # How many round trips an event trickling in costs the engine, and the server's time in each.
+    for name in SERVER_FUNCTIONS[2:]:
+        calls = after.get(name, (0, 0.0))[0] - before.get(name, (0, 0.0))[0]
+        ms = after.get(name, (0, 0.0))[1] - before.get(name, (0, 0.0))[1]
+        suite.add(
+            Row(f"W2   {name} calls per event ({ms * 1000 / max(calls, 1):.0f} us each)",
+                calls / count, "", decimals=2)
+        )  # fmt: skip
 
 
 async def w3_slow_endpoint(suite: Suite, events: int, delay_s: float) -> None:

@@ -9,6 +9,7 @@
 -- and the engine wrote the batch again) is not recorded twice; its first outcome is returned.
 -- 410 Gone disables the endpoint at once; a failure after settings.disable_after without any success
 -- disables it too. Returns one row per input with what happened.
+-- Generic plans, as claim_v1 (40_claim.sql): a result trickling in must not pay a fresh plan.
 CREATE OR REPLACE FUNCTION webhooks.record_attempts_v1(
     p_delivery_ids  bigint[],
     p_leases        uuid[],
@@ -20,7 +21,8 @@ CREATE OR REPLACE FUNCTION webhooks.record_attempts_v1(
     p_excerpts      text[],
     p_retry_after_s double precision[])
 RETURNS TABLE (delivery_id bigint, outcome text, attempt integer, next_attempt_at timestamptz)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
     v_set        webhooks.settings;

@@ -137,10 +137,26 @@ async def test_claim_commits_without_waiting_for_the_wal_flush(
     async with conn.transaction():
         assert await conn.fetchval(claim_sql) == 1
         assert await conn.fetchval("SHOW synchronous_commit") == "off"
+        # claim_v1 also picks a plan cache mode for its last statement; that stays inside it.
+        assert await conn.fetchval("SHOW plan_cache_mode") == "auto"
     assert await conn.fetchval("SHOW synchronous_commit") == "on"
     async with conn.transaction():
         assert await conn.fetchval(claim_sql) == 0
         assert await conn.fetchval("SHOW synchronous_commit") == "on"
+
+
+@pytest.mark.parametrize("function", ["claim_v1", "record_attempts_v1"])
+async def test_engine_functions_plan_their_statements_once(
+    conn: asyncpg.Connection, function: str
+) -> None:
+    """The engine's per-cycle functions run with generic plans: with the default plan cache mode
+    Postgres kept re-planning claim_v1's statements on every call, which nearly doubled the cost
+    of claiming one delivery (bench W2). The setting is the function's own, not the session's."""
+    config = await conn.fetchval(
+        "SELECT proconfig FROM pg_proc WHERE oid = $1::regproc", f"webhooks.{function}"
+    )
+    assert config == ["plan_cache_mode=force_generic_plan"]
+    assert await conn.fetchval("SHOW plan_cache_mode") == "auto"
 
 
 async def test_claim_returns_envelope_and_endpoint_config(
