@@ -26,7 +26,15 @@ from bench.cpu import machine_cpu_seconds
 from bench.harness import ReceiverStats
 from bench.http_baseline import percentile
 from bench.report import Row
-from bench.suite import ENDPOINTS, INSERT_ROW, Suite, burst, progress, wait_delivered
+from bench.suite import (
+    ENDPOINTS,
+    INSERT_ROW,
+    Suite,
+    burst,
+    function_delta,
+    progress,
+    wait_delivered,
+)
 
 RETRY_1S = (
     "UPDATE webhooks.settings SET retry_schedule = array_fill('1 second'::interval, ARRAY[10])"
@@ -40,14 +48,14 @@ SELECT (e.payload->>'email_event_id')::bigint AS row_id, e.id AS event_id
   FROM webhooks.events e
  WHERE (e.payload->>'email_event_id')::bigint = ANY ($1::bigint[])"""
 SLOW_PATH = "/ep_0"
-SERVER_FUNCTIONS = (
-    "app.email_event_webhook",
-    "webhooks.emit",
+# The SQL functions the engine calls in its cycle, and all those a delivery runs through.
+ENGINE_FUNCTIONS = (
     "webhooks.claim_v1",
     "webhooks.record_attempts_v1",
     "webhooks.set_engine_waiting_v1",
     "webhooks.next_due_at_v1",
 )
+SERVER_FUNCTIONS = ("app.email_event_webhook", "webhooks.emit", *ENGINE_FUNCTIONS)
 
 ACCOUNTS = [f"acct_{i}" for i in range(ENDPOINTS)]
 
@@ -79,11 +87,10 @@ async def w1_burst(suite: Suite, events: int) -> None:
     )  # fmt: skip
     _report_w1_cpu(suite, cpu, events)
     for name in SERVER_FUNCTIONS:
-        calls0, ms0 = before.get(name, (0, 0.0))
-        calls1, ms1 = after.get(name, (0, 0.0))
+        calls, ms = function_delta(before, after, name)
         suite.add(
-            Row(f"W1   server time in {name} ({calls1 - calls0:,} calls)",
-                (ms1 - ms0) * 1000 / events, "us/delivery")
+            Row(f"W1   server time in {name} ({calls:,} calls)", ms * 1000 / events,
+                "us/delivery")
         )  # fmt: skip
 
 
@@ -134,9 +141,8 @@ async def w2_steady(suite: Suite, rate: float, seconds: float) -> None:
         Row("W2   engine CPU", engine_cpu * 1e6 / count, "us/event"),
     )  # fmt: skip
     # How many round trips an event trickling in costs the engine, and the server's time in each.
-    for name in SERVER_FUNCTIONS[2:]:
-        calls = after.get(name, (0, 0.0))[0] - before.get(name, (0, 0.0))[0]
-        ms = after.get(name, (0, 0.0))[1] - before.get(name, (0, 0.0))[1]
+    for name in ENGINE_FUNCTIONS:
+        calls, ms = function_delta(before, after, name)
         suite.add(
             Row(f"W2   {name} calls per event ({ms * 1000 / max(calls, 1):.0f} us each)",
                 calls / count, "", decimals=2)

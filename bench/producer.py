@@ -58,7 +58,7 @@ import uvloop
 from bench.harness import REPO_ROOT, BenchError
 from bench.payloads import app_row
 from bench.report import Row
-from bench.suite import DB_TIMEOUT_S, ENDPOINTS, INSERT_ROW, Suite, progress
+from bench.suite import DB_TIMEOUT_S, ENDPOINTS, INSERT_ROW, Suite, function_delta, progress
 
 ACCOUNTS_PREFIX = "w6_"
 NO_ENDPOINT_PREFIX = "w6_none_"
@@ -318,8 +318,7 @@ class _Runner:
         functions1 = await suite.function_times()
 
         def us_per_commit(name: str) -> float:
-            ms = functions1.get(name, (0, 0.0))[1] - functions0.get(name, (0, 0.0))[1]
-            return ms * 1000 / commits
+            return function_delta(functions0, functions1, name)[1] * 1000 / commits
 
         calls = claims1["calls"] - claims0["calls"]
         claim_ms = (claims1["ms"] - claims0["ms"]) / calls if calls else None

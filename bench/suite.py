@@ -72,6 +72,17 @@ TRUNCATE webhooks.deliveries, webhooks.events, webhooks.attempts, webhooks.deliv
          webhooks.idempotency_keys, app.email_events"""
 
 
+FunctionTimes = dict[str, tuple[int, float]]
+
+
+def function_delta(before: FunctionTimes, after: FunctionTimes, name: str) -> tuple[int, float]:
+    """Calls and self time (ms) of SQL function ``name`` between two :meth:`Suite.function_times`
+    readings; a function never called counts zero."""
+    calls0, ms0 = before.get(name, (0, 0.0))
+    calls1, ms1 = after.get(name, (0, 0.0))
+    return calls1 - calls0, ms1 - ms0
+
+
 def progress(message: str) -> None:
     """Progress goes to stderr, so stdout holds only the table."""
     print(f"bench: {message}", file=sys.stderr, flush=True)
@@ -123,7 +134,7 @@ class Suite:
         self._row_ids += count
         return [app_row(first + i, accounts[i % len(accounts)]) for i in range(count)]
 
-    async def function_times(self) -> dict[str, tuple[int, float]]:
+    async def function_times(self) -> FunctionTimes:
         """Calls and self time (ms) of every SQL function so far, as the server counted them.
 
         An engine's backends report theirs when they exit; ours is flushed here first.
