@@ -39,11 +39,15 @@ BASELINE_CONCURRENCY = (16, 64)
 LONE_REQUESTS = 2_000  # the concurrency-1 baseline (latency floor for W2)
 
 
-def _workloads(args: argparse.Namespace) -> dict[str, Callable[[Suite], Awaitable[None]]]:
+def _workloads(
+    args: argparse.Namespace, only: Sequence[str]
+) -> dict[str, Callable[[Suite], Awaitable[None]]]:
+    # W3's bursts run inside W1's rounds, each beside its W1 burst; W3 reports them.
+    slow_delay = args.slow_delay if "W3" in only else None
     return {
-        "W1": lambda s: w1_burst(s, args.events),
+        "W1": lambda s: w1_burst(s, args.events, slow_delay),
         "W2": lambda s: w2_steady(s, args.steady_rate, args.steady_seconds),
-        "W3": lambda s: w3_slow_endpoint(s, args.events, args.slow_delay),
+        "W3": w3_slow_endpoint,
         "W4": lambda s: w4_flaky(s, args.events, args.fail_ratio),
         "W5": lambda s: w5_backlog(s, args.backlog, args.backlog_endpoints, args.drain_seconds),
         "W6": lambda s: w6_producer_cost(s, args.producer_seconds, args.producer_connections),
@@ -66,7 +70,7 @@ async def run(args: argparse.Namespace, only: Sequence[str], workdir: Path) -> s
         suite = Suite(db.url, db.kind, conn, receiver, workdir)
         await suite.prepare()
         await _baselines(suite, args.baseline_requests)
-        workloads = _workloads(args)
+        workloads = _workloads(args, only)
         for name in WORKLOADS:
             if name in only:
                 await workloads[name](suite)
@@ -101,6 +105,8 @@ async def _baselines(suite: Suite, requests: int) -> None:
         )
     best = max(results, key=lambda r: r.requests_per_s)
     suite.http_limit = best.requests_per_s
+    suite.http_limit_concurrency = best.concurrency
+    suite.baseline_requests = requests
     suite.http_limit_cpu_us = (best.client_cpu_us, best.machine_cpu_us)
     suite.lone_request_ms = (lone.latency_p50_ms, lone.latency_p99_ms)
     for r in results:

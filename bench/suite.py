@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 
@@ -31,6 +32,9 @@ from bench.harness import (
 )
 from bench.payloads import EVENT_TYPE, app_row, payload_text
 from bench.report import Row
+
+if TYPE_CHECKING:
+    from bench.delivery import W1Round  # delivery imports this module
 
 ENDPOINTS = 20
 BATCH = 500  # events per app transaction in bursts
@@ -101,7 +105,10 @@ class Suite:
     http_limit: float = 0.0
     http_limit_cpu_us: tuple[float, float] = (0.0, 0.0)  # client, whole machine, per request
     lone_request_ms: tuple[float, float] = (0.0, 0.0)  # p50, p99 at concurrency 1
-    w1_seconds: float | None = None  # W1's first commit to last receipt, for W3 and W4
+    http_limit_concurrency: int = 16  # the baselines' best, which W1's rounds measure again
+    baseline_requests: int = 0  # requests per HTTP limit measurement
+    w1_seconds: float | None = None  # W1's first commit to last receipt (median round), for W4
+    w1_rounds: list[W1Round] = field(default_factory=list)  # and W3's bursts beside them
     rest_rss_mb: float | None = None  # the first engine's, ready and idle
     rest_tasks: float | None = None
     engine_exits: list[int] = field(default_factory=list)
