@@ -22,6 +22,7 @@ import asyncio
 import os
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from bench.cpu import machine_cpu_seconds
 from bench.harness import BenchError, ReceiverStats, run_baseline
@@ -49,6 +50,15 @@ EVENT_IDS = """
 SELECT (e.payload->>'email_event_id')::bigint AS row_id, e.id AS event_id
   FROM webhooks.events e
  WHERE (e.payload->>'email_event_id')::bigint = ANY ($1::bigint[])"""
+# W4's last delivery: its attempts and the longest wait between two of them (the retry schedule
+# waits 1 s; a longer wait would be the engine stalling, not the receiver failing).
+LAST_CHAIN = """
+WITH burst AS (SELECT delivery_id, started_at FROM webhooks.attempts WHERE started_at >= $1),
+     last AS (SELECT delivery_id FROM burst ORDER BY started_at DESC LIMIT 1),
+     chain AS (SELECT started_at - lag(started_at) OVER (ORDER BY started_at) AS gap
+                 FROM burst WHERE delivery_id = (SELECT delivery_id FROM last))
+SELECT count(*) AS attempts, coalesce(extract(epoch FROM max(gap)), 0)::float8 AS max_gap_s
+  FROM chain"""
 SLOW_PATH = "/ep_0"
 # The SQL functions the engine calls in its cycle, and all those a delivery runs through.
 ENGINE_FUNCTIONS = (
@@ -291,6 +301,8 @@ async def w4_flaky(suite: Suite, events: int, fail_ratio: float) -> None:
         await suite.conn.execute(RETRY_DEFAULT)
     assert result.stats.last is not None
     seconds = result.stats.last - result.first_commit
+    chain = await suite.conn.fetchrow(LAST_CHAIN, datetime.fromtimestamp(result.first_commit, UTC))
+    assert chain is not None  # aggregates: always one row
     failed_for_good = await suite.conn.fetchval(
         "SELECT count(*) FROM webhooks.delivery_outcomes WHERE status <> 'delivered'"
     )
@@ -303,6 +315,9 @@ async def w4_flaky(suite: Suite, events: int, fail_ratio: float) -> None:
             decimals=0),
         Row("W4   answered 500 (retried)", stats.failed, "attempts", decimals=0),
         Row("W4   time to completion", seconds, "s", ratio, "W1 time" if ratio else "",
+            decimals=2),
+        Row("W4   the last delivery's attempts", chain["attempts"], "", decimals=0),
+        Row("W4   its longest wait between attempts (schedule: 1 s)", chain["max_gap_s"], "s",
             decimals=2),
     )  # fmt: skip
 
