@@ -145,17 +145,25 @@ async def test_claim_commits_without_waiting_for_the_wal_flush(
         assert await conn.fetchval("SHOW synchronous_commit") == "on"
 
 
-@pytest.mark.parametrize("function", ["claim_v1", "record_attempts_v1"])
-async def test_engine_functions_plan_their_statements_once(
-    conn: asyncpg.Connection, function: str
+@pytest.mark.parametrize(
+    ("function", "config"),
+    [
+        ("claim_v1", ["plan_cache_mode=force_generic_plan", "enable_seqscan=off"]),
+        ("record_attempts_v1", ["plan_cache_mode=force_custom_plan"]),
+    ],
+)
+async def test_engine_functions_choose_their_plans(
+    conn: asyncpg.Connection, function: str, config: list[str]
 ) -> None:
-    """The engine's per-cycle functions run with generic plans: with the default plan cache mode
-    Postgres kept re-planning claim_v1's statements on every call, which nearly doubled the cost
-    of claiming one delivery (bench W2). The setting is the function's own, not the session's."""
-    config = await conn.fetchval(
+    """claim_v1 runs with generic plans: with the default plan cache mode Postgres kept
+    re-planning its statements on every call, which nearly doubled the cost of claiming one
+    delivery (bench W2), and those plans use no sequential scan; record_attempts_v1 plans each
+    call for the table it finds (see the two tests below). The settings are the functions' own,
+    not the session's."""
+    proconfig = await conn.fetchval(
         "SELECT proconfig FROM pg_proc WHERE oid = $1::regproc", f"webhooks.{function}"
     )
-    assert config == ["plan_cache_mode=force_generic_plan"]
+    assert proconfig == config
     assert await conn.fetchval("SHOW plan_cache_mode") == "auto"
 
 
@@ -957,3 +965,105 @@ async def test_success_in_same_batch_prevents_disable(
     assert endpoint["enabled"] is True
     assert endpoint["failing_since"] is None
     assert await live(conn, d2) is not None
+
+
+RECORD_SQL = """
+SELECT * FROM webhooks.record_attempts_v1($1::bigint[], $2::uuid[], $3::timestamptz[],
+    $4::integer[], $5::integer[], $6::text[], $7::text[], $8::text[], $9::float8[])"""
+DELIVERIES_TUPLES_READ = """
+SELECT coalesce(t.seq_tup_read, 0) + coalesce(t.idx_tup_fetch, 0)
+       + (SELECT coalesce(sum(i.idx_tup_read), 0) FROM pg_stat_user_indexes i
+           WHERE i.relid = 'webhooks.deliveries'::regclass)
+  FROM pg_stat_user_tables t WHERE t.relid = 'webhooks.deliveries'::regclass"""
+
+
+async def _record_sql(
+    conn: asyncpg.Connection, rows: list[asyncpg.Record], fail_every: int
+) -> None:
+    n = len(rows)
+    statuses = [500 if k % fail_every == 0 else 200 for k in range(n)]
+    await conn.fetch(
+        RECORD_SQL,
+        [r["delivery_id"] for r in rows],
+        [r["lease_token"] for r in rows],
+        [datetime.now(UTC)] * n,
+        [3] * n,
+        statuses,
+        ["http_status" if s == 500 else None for s in statuses],
+        ["HTTP 500" if s == 500 else None for s in statuses],
+        [None] * n,
+        [None] * n,
+    )
+
+
+async def _deliveries_tuples_read(conn: asyncpg.Connection) -> int:
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    return int(await conn.fetchval(DELIVERIES_TUPLES_READ))
+
+
+async def test_record_plans_for_the_hot_table_it_finds_not_the_one_it_first_saw(
+    store: Store, conn: asyncpg.Connection
+) -> None:
+    """The hot table swings between empty (freshly vacuumed: its statistics say no rows) and a
+    burst's thousands of rows. A connection that first recorded results while it was empty must
+    not keep plans made for an empty table: with cached generic plans, bench W4 saw each
+    record_attempts_v1 call join every result against the whole table (a nested loop over a full
+    index scan), 100-270 ms per call instead of 3 ms, until autovacuum's ANALYZE replaced the
+    plans 30-45 s later. Measured as tuples the call read from the table, not as time."""
+    await create(store)
+    await emit_n(conn, 1)
+    first = await conn.fetch(
+        "SELECT * FROM webhooks.claim_v1('{}'::uuid[], '{}'::integer[], 8, 10)"
+    )
+    await _record_sql(conn, list(first), fail_every=1)  # plans made while the table is tiny...
+    await conn.execute("DELETE FROM webhooks.deliveries")
+    await conn.execute("VACUUM (ANALYZE) webhooks.deliveries")  # ...and its statistics say empty
+    await _record_sql(conn, list(first), fail_every=1)
+    await conn.execute(
+        "SELECT webhooks.emit('acct_1', 'email.sent', jsonb_build_object('n', i))"
+        "  FROM generate_series(1, 3000) i"
+    )
+    batch = await conn.fetch(
+        "SELECT * FROM webhooks.claim_v1('{}'::uuid[], '{}'::integer[], 300, 300)"
+    )
+    assert len(batch) == 300
+    await conn.execute("SELECT pg_stat_force_next_flush()")
+    before = await _deliveries_tuples_read(conn)
+    await _record_sql(conn, list(batch), fail_every=5)  # 240 delivered, 60 to retry
+    await conn.execute("SELECT pg_stat_force_next_flush()")
+    read = await _deliveries_tuples_read(conn) - before
+    # At most one pass over the table (a hash join may pay when the batch is a tenth of it) and a
+    # few index probes per result: 4,550 here. The empty-table plans read the 3,000-row table once
+    # per result: 852,480.
+    bound = 3000 + 10 * len(batch)
+    assert read <= bound, f"record read {read:,} tuples of the hot table for 300 results"
+    left = await conn.fetchval("SELECT count(*) FROM webhooks.deliveries")
+    assert left == 3000 - 240
+
+
+async def test_claim_keeps_to_its_indexes_after_planning_on_an_empty_table(
+    store: Store, conn: asyncpg.Connection
+) -> None:
+    """claim_v1's generic plans are made once per connection, maybe while the hot table is empty
+    and its statistics say so. A small claim later, on a table of thousands of rows, still reads
+    a few tuples: with sequential scans allowed it read the whole table twice (6,020 tuples of
+    3,000 rows for 5 deliveries)."""
+    await create(store)
+    await emit_n(conn, 1)
+    claim_sql = "SELECT * FROM webhooks.claim_v1('{}'::uuid[], '{}'::integer[], $1, $1)"
+    for _ in range(7):  # plans made while the table is tiny...
+        await conn.fetch(claim_sql, 10)
+    await conn.execute("DELETE FROM webhooks.deliveries")
+    await conn.execute("VACUUM (ANALYZE) webhooks.deliveries")  # ...and its statistics say empty
+    for _ in range(7):
+        await conn.fetch(claim_sql, 10)
+    await conn.execute(
+        "SELECT webhooks.emit('acct_1', 'email.sent', jsonb_build_object('n', i))"
+        "  FROM generate_series(1, 3000) i"
+    )
+    await conn.execute("SELECT pg_stat_force_next_flush()")
+    before = await _deliveries_tuples_read(conn)
+    assert len(await conn.fetch(claim_sql, 5)) == 5
+    await conn.execute("SELECT pg_stat_force_next_flush()")
+    read = await _deliveries_tuples_read(conn) - before
+    assert read <= 100, f"a 5-row claim read {read:,} tuples of the 3,000-row hot table"
