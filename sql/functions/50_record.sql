@@ -9,11 +9,12 @@
 -- and the engine wrote the batch again) is not recorded twice; its first outcome is returned.
 -- 410 Gone disables the endpoint at once; a failure after settings.disable_after without any success
 -- disables it too. Returns one row per input with what happened.
--- Custom plans, made for the table as it is at each call. The hot table swings between empty
--- (freshly vacuumed, its statistics saying no rows) and a burst's thousands of rows; generic plans
--- cached on an empty table joined every result against the whole table (a nested loop over a full
--- index scan): bench W4 saw 100-270 ms per call instead of 3 ms for 30-45 s, until autovacuum's
--- ANALYZE replaced them. Planning costs about 0.3 ms per call, which batching spreads.
+-- Custom plans, made for the hot table as it is at each call. It swings between empty (freshly
+-- vacuumed, its statistics saying no rows) and a burst's thousands of rows, and a generic plan is
+-- made once per connection: plans made on the empty table looked rows up by id through a full scan
+-- of deliveries_endpoint_id_idx (a tie with the primary key on a "one-row" table), once per result:
+-- 100-270 ms per call in bench W4 instead of 3 ms, until autovacuum's ANALYZE replaced them 30-45 s
+-- later. Planning costs about 0.3-0.6 ms per call, which batching spreads (not a trickle's).
 CREATE OR REPLACE FUNCTION webhooks.record_attempts_v1(
     p_delivery_ids  bigint[],
     p_leases        uuid[],
