@@ -114,8 +114,8 @@ async def w1_burst(suite: Suite, events: int, slow_delay_s: float | None) -> Non
     when ``slow_delay_s`` is given, a W3 burst. The median round by W1/limit is reported, and
     W3 (see :func:`w3_slow_endpoint`) compares each of its bursts with the W1 of its round.
 
-    Measured once at the start, the HTTP limit ran 5,400 to 10,500 requests/s over one day while
-    W1 ran 3,700 to 4,100 deliveries/s: the ratio followed the baseline's drift more than the
+    Measured once at the start, the HTTP limit ran 5,000 to 10,500 requests/s over one day while
+    W1 ran 3,200 to 5,000 deliveries/s: the ratio followed the baseline's drift more than the
     engine. A limit measured just before each burst drifts with it.
     """
     for k in range(W1_ROUNDS):
