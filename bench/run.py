@@ -107,7 +107,6 @@ async def _baselines(suite: Suite, requests: int) -> None:
     suite.http_limit = best.requests_per_s
     suite.http_limit_concurrency = best.concurrency
     suite.baseline_requests = requests
-    suite.http_limit_cpu_us = (best.client_cpu_us, best.machine_cpu_us)
     suite.lone_request_ms = (lone.latency_p50_ms, lone.latency_p99_ms)
     for r in results:
         suite.add(

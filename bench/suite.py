@@ -103,7 +103,6 @@ class Suite:
     workdir: Path
     rows: list[Row] = field(default_factory=list)
     http_limit: float = 0.0
-    http_limit_cpu_us: tuple[float, float] = (0.0, 0.0)  # client, whole machine, per request
     lone_request_ms: tuple[float, float] = (0.0, 0.0)  # p50, p99 at concurrency 1
     http_limit_concurrency: int = 16  # the baselines' best, which W1's rounds measure again
     baseline_requests: int = 0  # requests per HTTP limit measurement
