@@ -24,7 +24,9 @@ END $$;
 CREATE OR REPLACE FUNCTION webhooks.cancel_live_deliveries(p_endpoint_id uuid, p_reason text)
 RETURNS integer LANGUAGE sql AS $$
     WITH gone AS (
-        DELETE FROM webhooks.deliveries d WHERE d.endpoint_id = p_endpoint_id RETURNING d.*
+        DELETE FROM webhooks.deliveries d
+         WHERE d.endpoint_id = p_endpoint_id AND d.attempts >= 0  -- the per-endpoint index's predicate
+        RETURNING d.*
     ), logged AS (
         INSERT INTO webhooks.delivery_outcomes
             (delivery_id, event_id, event_created_at, event_type, endpoint_id, status, attempts,

@@ -9,12 +9,20 @@
 -- and the engine wrote the batch again) is not recorded twice; its first outcome is returned.
 -- 410 Gone disables the endpoint at once; a failure after settings.disable_after without any success
 -- disables it too. Returns one row per input with what happened.
--- Custom plans, made for the hot table as it is at each call. It swings between empty (freshly
--- vacuumed, its statistics saying no rows) and a burst's thousands of rows, and a generic plan is
--- made once per connection: plans made on the empty table looked rows up by id through a full scan
--- of deliveries_endpoint_id_idx (a tie with the primary key on a "one-row" table), once per result:
--- 100-270 ms per call in bench W4 instead of 3 ms, until autovacuum's ANALYZE replaced them 30-45 s
--- later. Planning costs about 0.3-0.6 ms per call, which batching spreads (not a trickle's).
+-- Generic plans (plan_cache_mode), made once per connection, that cannot go stale. The hot table
+-- swings between empty (freshly vacuumed, its statistics saying no rows) and a burst's thousands of
+-- rows, and plans made on the empty table once read all of it per result (bench W4: 100-270 ms per
+-- call instead of 3 ms, until autovacuum's ANALYZE replaced them 30-45 s later). On a table that
+-- looks empty every way in costs the same, so the planner must be left only bounded ones:
+-- - every statement here that reads webhooks.deliveries reads it alone, by id (d.id = ANY (array)
+--   or d.id = value), never joined: a join let the plan scan the whole primary key once and filter;
+-- - the per-endpoint indexes are out of its reach (partial, migration 0003): a lookup by id could
+--   otherwise scan one of them in full, with id as a non-leading column;
+-- - sequential scans are off (enable_seqscan), so the primary key is the only way in left;
+-- - nested loops are off (enable_nestloop): the joins left are between the batch's rows in memory,
+--   and a nested loop over two "one-row" inputs of 500 rows each is 250,000 comparisons.
+-- Planning every call instead (force_custom_plan) was safe too, but cost 0.5-0.7 ms per call,
+-- which a trickle of events pays in full (bench W2). No JIT (jit): see claim_v1.
 CREATE OR REPLACE FUNCTION webhooks.record_attempts_v1(
     p_delivery_ids  bigint[],
     p_leases        uuid[],
@@ -27,7 +35,10 @@ CREATE OR REPLACE FUNCTION webhooks.record_attempts_v1(
     p_retry_after_s double precision[])
 RETURNS TABLE (delivery_id bigint, outcome text, attempt integer, next_attempt_at timestamptz)
 LANGUAGE plpgsql
-SET plan_cache_mode = force_custom_plan AS $$
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_nestloop = off
+SET jit = off AS $$
 #variable_conflict use_column
 DECLARE
     v_set        webhooks.settings;
@@ -40,6 +51,9 @@ DECLARE
     v_outcome    text;
     v_error      text;
     v_successes  uuid[];
+    v_ok         integer[];
+    v_ok_ids     bigint[];
+    v_ok_leases  uuid[];
     v_prev       record;
     v_delivered  integer[];
 BEGIN
@@ -47,48 +61,61 @@ BEGIN
     -- Lock order: endpoints before deliveries, as disable_endpoint and delete_endpoint do, so an
     -- operator's disable running beside a results batch waits instead of deadlocking.
     PERFORM 1 FROM webhooks.endpoints e
-     WHERE e.id IN (SELECT d.endpoint_id FROM webhooks.deliveries d WHERE d.id = ANY (p_delivery_ids))
+     WHERE e.id = ANY (ARRAY(SELECT d.endpoint_id FROM webhooks.deliveries d
+                              WHERE d.id = ANY (p_delivery_ids)))
      ORDER BY e.id FOR KEY SHARE;
-    -- Endpoints that answered 2xx anywhere in this batch (under a current lease): a failure recorded
-    -- before or after such a success in the same batch must not disable them for lack of success.
-    SELECT coalesce(array_agg(DISTINCT d.endpoint_id), '{}') INTO v_successes
-      FROM unnest(p_delivery_ids, p_leases, p_status_codes) AS r(id, lease, status)
-      JOIN webhooks.deliveries d ON d.id = r.id AND d.lease_token = r.lease
-     WHERE r.status BETWEEN 200 AND 299;
+    -- The results that are a 2xx under their delivery's current lease (once per delivery): their
+    -- positions in the input (v_ok), ids and leases, and the endpoints that answered 2xx anywhere in
+    -- this batch (a failure recorded before or after such a success in the same batch must not
+    -- disable them for lack of success). The batch's rows are read by id into memory first and
+    -- joined with the input there: a join against the table itself let a plan scan all of it.
+    WITH cur AS MATERIALIZED (
+        SELECT d.id, d.lease_token, d.endpoint_id FROM webhooks.deliveries d
+         WHERE d.id = ANY (p_delivery_ids)
+    ), ok AS (
+        SELECT min(r.i)::integer AS i, r.id, r.lease, c.endpoint_id
+          FROM unnest(p_delivery_ids, p_leases, p_status_codes) WITH ORDINALITY AS r(id, lease, status, i)
+          JOIN cur c ON c.id = r.id AND c.lease_token = r.lease
+         WHERE r.status BETWEEN 200 AND 299
+         GROUP BY r.id, r.lease, c.endpoint_id
+    )
+    SELECT coalesce(array_agg(ok.i), '{}'), coalesce(array_agg(ok.id), '{}'),
+           coalesce(array_agg(DISTINCT ok.lease), '{}'), coalesce(array_agg(DISTINCT ok.endpoint_id), '{}')
+      INTO v_ok, v_ok_ids, v_ok_leases, v_successes
+      FROM ok;
     -- The common case, a 2xx under a current lease, as one statement for the whole batch: row by row
     -- it cost four statements per result (bench W1). v_delivered[i] is the attempt number of result i
     -- when this statement recorded it, NULL otherwise; the loop below does the rest, in input order.
-    WITH ok AS (
-        SELECT r.*
-          FROM unnest(p_delivery_ids, p_leases, p_started_at, p_duration_ms, p_status_codes,
-                      p_error_kinds, p_error_msgs, p_excerpts)
-               WITH ORDINALITY AS r(id, lease, started_at, duration_ms, status, error_kind,
-                                    error_msg, excerpt, i)
-         WHERE r.status BETWEEN 200 AND 299
-    ), gone AS (
-        DELETE FROM webhooks.deliveries d USING ok
-         WHERE d.id = ok.id AND d.lease_token = ok.lease
+    -- The lease is checked again (a claim may have re-leased a row since): a new lease's token is
+    -- new, so it is none of this batch's.
+    WITH gone AS (
+        DELETE FROM webhooks.deliveries d
+         WHERE d.id = ANY (v_ok_ids) AND d.lease_token = ANY (v_ok_leases)
         RETURNING d.id, d.event_id, d.event_created_at, d.event_type, d.endpoint_id, d.attempts,
-                  d.created_at, ok.started_at, ok.duration_ms, ok.status, ok.error_kind, ok.error_msg,
-                  ok.excerpt, ok.i
+                  d.created_at
+    ), done AS (
+        SELECT g.*, k.i, p_started_at[k.i] AS started_at, p_duration_ms[k.i] AS duration_ms,
+               p_status_codes[k.i] AS status, p_error_kinds[k.i] AS error_kind,
+               p_error_msgs[k.i] AS error_msg, p_excerpts[k.i] AS excerpt
+          FROM gone g JOIN unnest(v_ok, v_ok_ids) AS k(i, id) ON k.id = g.id
     ), attempts_written AS (
         INSERT INTO webhooks.attempts
             (delivery_id, endpoint_id, event_id, attempt, started_at, duration_ms, status_code,
              error_kind, error_message, response_excerpt, outcome)
         SELECT g.id, g.endpoint_id, g.event_id, g.attempts + 1, g.started_at, g.duration_ms, g.status,
                g.error_kind, g.error_msg, g.excerpt, 'delivered'
-          FROM gone g
+          FROM done g
     ), outcomes_written AS (
         INSERT INTO webhooks.delivery_outcomes
             (delivery_id, event_id, event_created_at, event_type, endpoint_id, status, attempts,
              last_status, last_error, created_at)
         SELECT g.id, g.event_id, g.event_created_at, g.event_type, g.endpoint_id, 'delivered',
                g.attempts + 1, g.status, NULL, g.created_at
-          FROM gone g
+          FROM done g
     )
     SELECT array_agg(g.attempts + 1 ORDER BY n.i) INTO v_delivered
       FROM generate_series(1, coalesce(cardinality(p_delivery_ids), 0)) AS n(i)
-      LEFT JOIN gone g ON g.i = n.i;
+      LEFT JOIN done g ON g.i = n.i;
 
     FOR i IN 1 .. coalesce(cardinality(p_delivery_ids), 0) LOOP
         IF v_delivered[i] IS NOT NULL THEN

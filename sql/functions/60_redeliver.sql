@@ -26,7 +26,8 @@ BEGIN
          WHERE EXISTS (SELECT 1 FROM webhooks.events ev
                         WHERE ev.id = c.event_id AND ev.created_at = c.event_created_at)
            AND NOT EXISTS (SELECT 1 FROM webhooks.deliveries d
-                            WHERE d.endpoint_id = p_endpoint_id AND d.event_id = c.event_id)
+                            WHERE d.endpoint_id = p_endpoint_id AND d.event_id = c.event_id
+                              AND d.attempts >= 0)  -- the per-endpoint index's predicate
            AND NOT EXISTS (SELECT 1 FROM webhooks.delivery_outcomes o2
                             WHERE o2.endpoint_id = p_endpoint_id AND o2.event_id = c.event_id
                               AND o2.status = 'delivered')

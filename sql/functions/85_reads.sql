@@ -99,6 +99,7 @@ BEGIN
               JOIN webhooks.endpoints e ON e.id = d.endpoint_id
              WHERE (p_status IS NULL OR p_status IN ('pending', 'in_flight', 'retrying'))
                AND (p_endpoint_id IS NULL OR d.endpoint_id = p_endpoint_id)
+               AND d.attempts >= 0  -- the per-endpoint index's predicate (migration 0003)
                AND (p_event_type IS NULL OR d.event_type = p_event_type)
                AND (p_since IS NULL OR d.created_at >= p_since)
                AND (p_account_id IS NULL OR e.account_id = p_account_id)

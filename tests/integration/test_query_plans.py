@@ -46,7 +46,7 @@ SELECT g, now(), 'email.sent', busy.ids[g % $2 + 1],
 # claim_v1, dispatch ordering: the endpoint's due rows, oldest first.
 CLAIM_DUE = """
 SELECT d.id FROM webhooks.deliveries d
- WHERE d.endpoint_id = $1 AND d.due_at <= now()
+ WHERE d.endpoint_id = $1 AND d.due_at <= now() AND d.attempts >= 0
  ORDER BY d.due_at, d.id
  LIMIT $2
  FOR UPDATE SKIP LOCKED
@@ -55,16 +55,18 @@ SELECT d.id FROM webhooks.deliveries d
 # claim_v1, strict ordering: the endpoint's oldest live delivery.
 CLAIM_HEAD = """
 SELECT d.id, d.due_at FROM webhooks.deliveries d
- WHERE d.endpoint_id = $1 ORDER BY d.id LIMIT 1
+ WHERE d.endpoint_id = $1 AND d.attempts >= 0 ORDER BY d.id LIMIT 1
 """
 
 # claim_v1's loose index scan: the endpoints that have live deliveries, one probe each.
 CLAIM_ENDPOINTS = """
 WITH RECURSIVE eps(id) AS (
-    (SELECT d.endpoint_id FROM webhooks.deliveries d ORDER BY d.endpoint_id LIMIT 1)
+    (SELECT d.endpoint_id FROM webhooks.deliveries d
+      WHERE d.attempts >= 0 ORDER BY d.endpoint_id LIMIT 1)
     UNION ALL
     SELECT (SELECT d.endpoint_id FROM webhooks.deliveries d
-             WHERE d.endpoint_id > eps.id ORDER BY d.endpoint_id LIMIT 1)
+             WHERE d.endpoint_id > eps.id AND d.attempts >= 0
+             ORDER BY d.endpoint_id LIMIT 1)
       FROM eps WHERE eps.id IS NOT NULL
 )
 SELECT eps.id, e.ordering, e.enabled
@@ -209,6 +211,34 @@ async def test_claim_loose_scan_uses_endpoint_id_index(big: asyncpg.Connection) 
         assert plan["endpoints"] == {"endpoints_pkey"}
     rows = await big.fetch(CLAIM_ENDPOINTS, None)
     assert len(rows) == ENDPOINTS_WITH_BACKLOG
+
+
+async def test_per_endpoint_indexes_serve_only_statements_that_ask_for_them(
+    big: asyncpg.Connection,
+) -> None:
+    """The per-endpoint indexes are partial on attempts >= 0 (true of every row) so that lookups by
+    id (record_attempts_v1, the claim's lease update) can only use the primary key: on a table
+    whose statistics say it is empty, a full scan of (endpoint_id, id) with id as a non-leading
+    column costs the same and once won. Operators' reads by endpoint say the predicate and keep
+    the index, through the delivery_log view too."""
+    by_id = "SELECT * FROM webhooks.deliveries d WHERE d.id = ANY ($1::bigint[])"
+    assert await custom_plan(big, by_id, [1, 2, 3]) == {"deliveries": {"deliveries_pkey"}}
+    endpoint_id = await backlog_endpoint(big)
+    log = await custom_plan(
+        big,
+        "SELECT * FROM webhooks.delivery_log WHERE endpoint_id = $1 AND status = 'pending'",
+        endpoint_id,
+    )
+    assert log["deliveries"] <= {"deliveries_endpoint_id_idx", "deliveries_endpoint_due_idx"}
+    assert "" not in log.get("delivery_outcomes", set())
+    rows = await big.fetch(
+        "SELECT * FROM webhooks.delivery_log WHERE endpoint_id = $1 AND status = 'pending'",
+        endpoint_id,
+    )
+    assert len(rows) == await big.fetchval(
+        "SELECT count(*) FROM webhooks.deliveries WHERE endpoint_id = $1 AND attempts = 0",
+        endpoint_id,
+    )
 
 
 @pytest.mark.parametrize("query", [EMIT_PROBE, EMIT_LOOKUP], ids=["probe", "lookup"])
