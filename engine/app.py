@@ -34,7 +34,7 @@ from engine.migrate import check_current, migrate
 from engine.models import Outcome, Policy, Recorded
 from engine.results import ResultWriter
 from engine.sender import Sender
-from engine.store import Store
+from engine.store import Store, open_engine_pool
 from engine.supervisor import Dispatcher
 
 log = structlog.get_logger("engine.app")
@@ -66,9 +66,7 @@ class Engine:
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
-        pool = await asyncpg.create_pool(
-            self.database_url, min_size=2, max_size=s.pool_size, command_timeout=60
-        )
+        pool = await open_engine_pool(self.database_url, s.pool_size)
         try:
             async with pool.acquire() as conn:
                 if s.migrate:
