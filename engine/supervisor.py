@@ -116,6 +116,8 @@ class Dispatcher:
             )
             self.claims += 1
             self.claimed += len(rows)
+            if rows:
+                self._waiting = False  # claim_v1 cleared engine_state.waiting as it leased them
             if self._claim_failures:
                 log.info("claim_recovered", after_failures=self._claim_failures)
                 self._claim_failures = 0

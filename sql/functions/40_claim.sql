@@ -106,6 +106,10 @@ BEGIN
     -- under the lost lease is recorded as stale: at-least-once, as after any crash. A later
     -- synchronous commit (recording a result) flushes the WAL before it, this claim included.
     PERFORM set_config('synchronous_commit', 'off', true);
+    -- The engine is busy from this commit on, so emit stops sending NOTIFYs. Set here rather than
+    -- by a set_engine_waiting_v1(false) call of the engine's own, which cost a round trip per event
+    -- in a trickle (bench W2). Written only on a change, so a busy engine does not churn the row.
+    UPDATE webhooks.engine_state s SET waiting = false, updated_at = now() WHERE s.waiting;
     -- The statement below joins the partitioned events table, which takes about 0.4 ms to plan.
     -- A small claim (a trickle of events) uses its cached generic plan; a big one (a burst) is
     -- planned for its row count, which made a 180-row claim a third cheaper per row (bench W1).

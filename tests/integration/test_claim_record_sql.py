@@ -145,6 +145,26 @@ async def test_claim_commits_without_waiting_for_the_wal_flush(
         assert await conn.fetchval("SHOW synchronous_commit") == "on"
 
 
+async def test_claim_that_leases_rows_marks_the_engine_busy(
+    store: Store, conn: asyncpg.Connection
+) -> None:
+    """emit NOTIFYs only while engine_state.waiting; a claim that leased rows clears it in its own
+    transaction (the engine no longer spends a round trip on set_engine_waiting_v1(false)). An
+    empty claim leaves it, and writes nothing when it is already false."""
+    await create(store)
+    await conn.execute("SELECT webhooks.set_engine_waiting_v1(true)")
+    claim_sql = "SELECT count(*) FROM webhooks.claim_v1('{}'::uuid[], '{}'::integer[], 8, 100)"
+    assert await conn.fetchval(claim_sql) == 0
+    assert await conn.fetchval("SELECT waiting FROM webhooks.engine_state") is True
+    await emit_n(conn, 2)
+    assert await conn.fetchval(claim_sql) == 2
+    assert await conn.fetchval("SELECT waiting FROM webhooks.engine_state") is False
+    stamp = await conn.fetchval("SELECT updated_at FROM webhooks.engine_state")
+    await emit_n(conn, 1)
+    assert await conn.fetchval(claim_sql) == 1
+    assert await conn.fetchval("SELECT updated_at FROM webhooks.engine_state") == stamp
+
+
 @pytest.mark.parametrize(
     ("function", "config"),
     [
