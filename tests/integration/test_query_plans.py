@@ -224,17 +224,11 @@ async def test_per_endpoint_indexes_serve_only_statements_that_ask_for_them(
     by_id = "SELECT * FROM webhooks.deliveries d WHERE d.id = ANY ($1::bigint[])"
     assert await custom_plan(big, by_id, [1, 2, 3]) == {"deliveries": {"deliveries_pkey"}}
     endpoint_id = await backlog_endpoint(big)
-    log = await custom_plan(
-        big,
-        "SELECT * FROM webhooks.delivery_log WHERE endpoint_id = $1 AND status = 'pending'",
-        endpoint_id,
-    )
+    pending = "SELECT * FROM webhooks.delivery_log WHERE endpoint_id = $1 AND status = 'pending'"
+    log = await custom_plan(big, pending, endpoint_id)
     assert log["deliveries"] <= {"deliveries_endpoint_id_idx", "deliveries_endpoint_due_idx"}
     assert "" not in log.get("delivery_outcomes", set())
-    rows = await big.fetch(
-        "SELECT * FROM webhooks.delivery_log WHERE endpoint_id = $1 AND status = 'pending'",
-        endpoint_id,
-    )
+    rows = await big.fetch(pending, endpoint_id)
     assert len(rows) == await big.fetchval(
         "SELECT count(*) FROM webhooks.deliveries WHERE endpoint_id = $1 AND attempts = 0",
         endpoint_id,
