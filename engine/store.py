@@ -40,6 +40,9 @@ from engine.views import (
 )
 
 QUERY_TIMEOUT_S = 30.0
+# A new connection to a Postgres beside us takes milliseconds; one that takes seconds is going to
+# a database that is away (a partition answers nothing), and the caller should learn that soon.
+CONNECT_TIMEOUT_S = 5.0
 
 
 @contextmanager
@@ -79,8 +82,15 @@ def _closed_under_us(conn: asyncpg.pool.PoolConnectionProxy) -> Iterator[None]:
         raise
 
 
-async def open_engine_pool(url: str, size: int) -> asyncpg.Pool:
-    """The engine's pool, whose connections are handed back without a reset round trip.
+async def open_engine_pool(
+    url: str, size: int, *, connect_timeout_s: float = CONNECT_TIMEOUT_S
+) -> asyncpg.Pool:
+    """The engine's pool: connections open within a deadline and go back without a round trip.
+
+    asyncpg's default connect deadline is 60 s. In a network partition the result writer's next
+    write, reconnecting through the pool, then hung until the acquire's own deadline
+    (QUERY_TIMEOUT_S, 30 s) before the writer knew the database was away; the 10 s partition
+    fault test failed that way whenever the cut found the writer between two writes.
 
     asyncpg's default reset sends ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``
     to the server on every release, a second round trip for each of our one-statement calls: 11 %
@@ -90,7 +100,12 @@ async def open_engine_pool(url: str, size: int) -> asyncpg.Pool:
     a cursor. asyncpg still rolls back a transaction left open, before calling this reset.
     """
     return await asyncpg.create_pool(
-        url, min_size=2, max_size=size, command_timeout=60, reset=_keep_session
+        url,
+        min_size=2,
+        max_size=size,
+        command_timeout=60,
+        timeout=connect_timeout_s,
+        reset=_keep_session,
     )
 
 
