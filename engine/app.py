@@ -36,6 +36,7 @@ from engine.results import ResultWriter
 from engine.sender import Sender
 from engine.store import Store, open_engine_pool
 from engine.supervisor import Dispatcher
+from engine.vacuum import IdleVacuum
 
 log = structlog.get_logger("engine.app")
 
@@ -52,6 +53,7 @@ class Engine:
         self.listener: Listener | None = None
         self.dispatcher: Dispatcher | None = None
         self.writer: ResultWriter | None = None
+        self.vacuum: IdleVacuum | None = None
         self.store: Store | None = None
         self.started = asyncio.Event()
         self._settings_changed = asyncio.Event()
@@ -110,6 +112,9 @@ class Engine:
             on_started=self.metrics.attempt_started,
             slots=asyncio.Semaphore(s.max_connections),
         )
+        self.vacuum = vacuum = IdleVacuum(
+            store, dead_rows=s.vacuum_dead_rows, check_s=s.vacuum_check_s
+        )
         self.dispatcher = dispatcher = Dispatcher(
             store,
             deps,
@@ -117,6 +122,7 @@ class Engine:
             claim_batch=s.claim_batch,
             max_outstanding=s.max_connections * s.queue_per_in_flight,
             shutdown_grace_s=s.shutdown_grace_s,
+            on_idle=vacuum.engine_idle if s.vacuum_dead_rows else None,
         )
         self.listener = listener = Listener(
             self.database_url,
@@ -140,6 +146,8 @@ class Engine:
                 if s.listen:
                     tg.create_task(listener.run(stop), name="listener")
                 tg.create_task(self._maintain(store, stop), name="maintenance")
+                if s.vacuum_dead_rows:
+                    tg.create_task(vacuum.run(stop), name="idle-vacuum")
                 tg.create_task(self._refresh_policy(store, sender, stop), name="policy")
                 tg.create_task(self._refresh_queue_depths(store, stop), name="queue-depths")
                 self.started.set()

@@ -31,6 +31,9 @@ class Settings:
     ``Authorization: Bearer <token>``; without one, ``admin_host`` must be a loopback address, so
     an unauthenticated admin server is never reachable from another machine.
     ``metrics_refresh_s`` is how often the queue-depth gauges are re-counted in SQL.
+    ``vacuum_dead_rows``: when idle, the engine vacuums the hot table once the statistics count
+    that many more dead rows than its last vacuum left (see engine.vacuum); 0 leaves it all to
+    autovacuum. ``vacuum_check_s`` spaces those reads of the statistics.
     """
 
     database_url: str | None = None
@@ -56,6 +59,8 @@ class Settings:
     admin_port: int = 8080
     admin_token: str | None = None
     metrics_refresh_s: float = 10.0
+    vacuum_dead_rows: int = 10_000
+    vacuum_check_s: float = 5.0
     data_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -75,6 +80,7 @@ class Settings:
             "listener_probe_s",
             "excerpt_bytes",
             "metrics_refresh_s",
+            "vacuum_check_s",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -90,6 +96,10 @@ class Settings:
             raise ConfigError(
                 f"{_env('result_buffer_max')} must be at least {_env('result_batch')}",
                 field="result_buffer_max",
+            )
+        if self.vacuum_dead_rows < 0:
+            raise ConfigError(
+                f"{_env('vacuum_dead_rows')} must be 0 (never) or more", field="vacuum_dead_rows"
             )
         if self.pool_size < 2:
             raise ConfigError(f"{_env('pool_size')} must be at least 2", field="pool_size")

@@ -43,6 +43,9 @@ QUERY_TIMEOUT_S = 30.0
 # A new connection to a Postgres beside us takes milliseconds; one that takes seconds is going to
 # a database that is away (a partition answers nothing), and the caller should learn that soon.
 CONNECT_TIMEOUT_S = 5.0
+# A vacuum of the hot table after a burst took tens of milliseconds; one that runs this long is
+# stuck behind something, and autovacuum will do the work anyway.
+VACUUM_TIMEOUT_S = 300.0
 
 
 @contextmanager
@@ -227,6 +230,31 @@ class Store:
     async def next_due_at(self) -> datetime | None:
         value: datetime | None = await self._fetchval("next_due_at")
         return value
+
+    async def hot_table_dead_rows(self) -> int:
+        """Dead rows in ``webhooks.deliveries`` by the statistics system (about a second behind)."""
+        value: int | None = await self._fetchval("hot_table_dead_rows")
+        return value or 0
+
+    async def vacuum_hot_table(self) -> list[asyncpg.PostgresLogMessage]:
+        """VACUUM the hot table; returns the warnings it gave (skipped: no lock, or not allowed).
+
+        Postgres does not fail a VACUUM it may not run, it warns and skips the table, so the
+        warnings are the only answer; see engine.vacuum.
+        """
+        warnings: list[asyncpg.PostgresLogMessage] = []
+
+        def collect(_conn: object, message: asyncpg.PostgresLogMessage) -> None:
+            if message.severity_en == "WARNING":
+                warnings.append(message)
+
+        async with self._conn() as conn:
+            conn.add_log_listener(collect)
+            try:
+                await conn.execute(self._q["vacuum_hot_table"], timeout=VACUUM_TIMEOUT_S)
+            finally:
+                conn.remove_log_listener(collect)
+        return warnings
 
     async def queue_depths(self) -> QueueDepths:
         """Live deliveries by state, for the metrics gauges (one scan of the hot table)."""

@@ -41,6 +41,7 @@ class Dispatcher:
         max_outstanding: int,
         shutdown_grace_s: float,
         on_claim_error: Callable[[BaseException], None] | None = None,
+        on_idle: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._deps = deps
@@ -49,6 +50,7 @@ class Dispatcher:
         self._claim_batch = claim_batch
         self._grace_s = shutdown_grace_s
         self._on_claim_error = on_claim_error
+        self._on_idle = on_idle
         self.actors: dict[UUID, EndpointActor] = {}
         self._supervisors: dict[UUID, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
@@ -83,6 +85,8 @@ class Dispatcher:
             await self._set_waiting(idle)
             if not idle:
                 return self._poll_s
+            if self._on_idle is not None:
+                self._on_idle()
             next_due = await self._store.next_due_at()
         except (TimeoutError, OSError, ConnectionError) as exc:
             self._claim_failed(exc)

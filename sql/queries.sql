@@ -25,6 +25,16 @@ SELECT count(*) FILTER (WHERE due_at <= now()) AS due,
        pg_notification_queue_usage() AS notification_queue_usage
   FROM webhooks.deliveries;
 
+-- name: hot_table_dead_rows
+-- The statistics system's count, about a second behind; engine/vacuum.py decides from it.
+SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'webhooks.deliveries'::regclass;
+
+-- name: vacuum_hot_table
+-- Not a function: VACUUM cannot run inside one. INDEX_CLEANUP ON because the index entries are
+-- what it is for (Postgres may otherwise skip the indexes when few heap pages have dead rows);
+-- SKIP_LOCKED so it never queues behind autovacuum doing the same work.
+VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) webhooks.deliveries;
+
 -- name: settings
 SELECT allow_http, allow_private_networks, retry_schedule, max_payload_bytes, retention, lease_duration
   FROM webhooks.settings;

@@ -1,0 +1,105 @@
+"""The engine vacuums the hot table when it goes idle after a burst, and only then.
+
+Autovacuum is switched off for the hot table in these tests, so that every vacuum counted is the
+engine's and none comes first by chance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+import structlog.testing
+
+from tests.support.engines import RunningEngine, wait_until
+from tests.support.load import delivered, make_load
+from tests.support.receiver import Receiver
+
+StartEngine = Callable[..., Awaitable[RunningEngine]]
+
+HOT_TABLE_STATS = """
+SELECT vacuum_count, autovacuum_count, n_dead_tup
+  FROM pg_stat_user_tables WHERE relid = 'webhooks.deliveries'::regclass
+"""
+
+
+async def _stats(conn: asyncpg.Connection) -> asyncpg.Record:
+    row: asyncpg.Record = await conn.fetchrow(HOT_TABLE_STATS)
+    return row
+
+
+async def _no_autovacuum(conn: asyncpg.Connection) -> None:
+    await conn.execute("ALTER TABLE webhooks.deliveries SET (autovacuum_enabled = false)")
+
+
+async def test_engine_vacuums_the_hot_table_when_idle_after_a_burst(
+    conn: asyncpg.Connection, receiver: Receiver, open_policy: None, start_engine: StartEngine
+) -> None:
+    """400 deliveries leave more dead rows than the threshold of 300: once they are all done and
+    the engine is idle, it vacuums, and the dead rows are gone."""
+    await _no_autovacuum(conn)
+    load = await make_load(conn, receiver, endpoints=10, events_per_endpoint=40)
+    before = await _stats(conn)
+    with structlog.testing.capture_logs() as logged:
+        running = await start_engine(vacuum_dead_rows=300, vacuum_check_s=0.2)
+        vacuum = running.engine.vacuum
+        assert vacuum is not None
+        await wait_until(
+            lambda: _equals(delivered(conn), load.total), timeout_s=60, what="all delivered"
+        )
+
+        async def vacuumed() -> bool:
+            return vacuum.vacuums >= 1
+
+        await wait_until(vacuumed, timeout_s=30, what="the engine's vacuum")
+    after = await _stats(conn)
+    assert after["vacuum_count"] > before["vacuum_count"]
+    assert after["autovacuum_count"] == before["autovacuum_count"]
+    assert after["n_dead_tup"] < 300, after
+    done = [e for e in logged if e["event"] == "hot_table_vacuumed"]
+    assert len(done) == 1, done
+    assert done[0]["dead_rows"] >= 300, done
+
+
+async def test_engine_leaves_the_hot_table_alone_below_the_threshold(
+    conn: asyncpg.Connection, receiver: Receiver, open_policy: None, start_engine: StartEngine
+) -> None:
+    """200 deliveries are counted by the engine's checks but stay under the threshold of 10,000:
+    no vacuum, however often the engine idles."""
+    await _no_autovacuum(conn)
+    load = await make_load(conn, receiver, endpoints=10, events_per_endpoint=20)
+    before = await _stats(conn)
+    running = await start_engine(vacuum_dead_rows=10_000, vacuum_check_s=0.1)
+    vacuum = running.engine.vacuum
+    assert vacuum is not None
+    await wait_until(
+        lambda: _equals(delivered(conn), load.total), timeout_s=60, what="all delivered"
+    )
+
+    async def counted() -> bool:
+        return vacuum.last_dead >= load.total
+
+    await wait_until(counted, timeout_s=30, what="a check that saw the delivered rows dead")
+    assert vacuum.checks >= 2
+    assert vacuum.vacuums == 0
+    assert (await _stats(conn))["vacuum_count"] == before["vacuum_count"]
+
+
+async def test_engine_with_vacuum_dead_rows_0_never_looks(
+    conn: asyncpg.Connection, receiver: Receiver, open_policy: None, start_engine: StartEngine
+) -> None:
+    """0 leaves the table to autovacuum: the engine has no vacuum task and reads no statistics."""
+    load = await make_load(conn, receiver, endpoints=2, events_per_endpoint=5)
+    running = await start_engine(vacuum_dead_rows=0, vacuum_check_s=0.1)
+    await wait_until(
+        lambda: _equals(delivered(conn), load.total), timeout_s=60, what="all delivered"
+    )
+    vacuum = running.engine.vacuum
+    assert vacuum is not None
+    assert vacuum.checks == 0
+    assert not any(t.get_name() == "idle-vacuum" for t in asyncio.all_tasks())
+
+
+async def _equals(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected
