@@ -25,7 +25,8 @@ SELECT vacuum_count, autovacuum_count, n_dead_tup
 
 
 async def _stats(conn: asyncpg.Connection) -> asyncpg.Record:
-    row: asyncpg.Record = await conn.fetchrow(HOT_TABLE_STATS)
+    row = await conn.fetchrow(HOT_TABLE_STATS)
+    assert row is not None
     return row
 
 
