@@ -176,11 +176,25 @@ async def _w1_round(suite: Suite, events: int, limit: BaselineResult) -> W1Round
     return one
 
 
+HOT_TABLE_VACUUMS = """
+SELECT n_dead_tup, vacuum_count, autovacuum_count
+  FROM pg_stat_user_tables WHERE relid = 'webhooks.deliveries'::regclass
+"""
+
+
+async def _hot_table_vacuums(suite: Suite) -> dict[str, int]:
+    row = await suite.conn.fetchrow(HOT_TABLE_VACUUMS)
+    if row is None:
+        raise BenchError("pg_stat_user_tables has no row for webhooks.deliveries")
+    return dict(row)
+
+
 async def w2_steady(suite: Suite, rate: float, seconds: float) -> None:
     count = int(rate * seconds)
     progress(f"W2 steady: {rate:g} events/s for {seconds:g} s")
     rows = suite.rows_for(ACCOUNTS, count)
     before = await suite.function_times()
+    hot_before = await _hot_table_vacuums(suite)
     async with suite.engine() as engine:
         engine_cpu0 = engine.cpu_seconds()
         conn = suite.conn
@@ -203,6 +217,7 @@ async def w2_steady(suite: Suite, rate: float, seconds: float) -> None:
         engine_cpu = engine.cpu_seconds() - engine_cpu0
     await asyncio.sleep(0.5)  # the engine's backends report their statistics as they exit
     after = await suite.function_times()
+    hot_after = await _hot_table_vacuums(suite)
     arrivals = await suite.receiver.arrivals()
     latencies = []
     for record in await conn.fetch(EVENT_IDS, list(commits)):
@@ -221,6 +236,14 @@ async def w2_steady(suite: Suite, rate: float, seconds: float) -> None:
             "<= 20 ms", p99 <= 20.0, decimals=2),
         Row("W2   commit-to-receipt max", max(latencies), "ms", decimals=2),
         Row("W2   engine CPU", engine_cpu * 1e6 / count, "us/event"),
+        # The bursts before W2 leave the hot table's index full of dead entries that every claim
+        # walks until a vacuum: the engine's own (engine.vacuum), or autovacuum's.
+        Row("W2   hot table's dead rows when W2 began", hot_before["n_dead_tup"], "rows",
+            decimals=0),
+        Row("W2   vacuums of the hot table during W2: by the engine",
+            hot_after["vacuum_count"] - hot_before["vacuum_count"],
+            f"autovacuum {hot_after['autovacuum_count'] - hot_before['autovacuum_count']}",
+            decimals=0),
     )  # fmt: skip
     # How many round trips an event trickling in costs the engine, and the server's time in each.
     for name in ENGINE_FUNCTIONS:
