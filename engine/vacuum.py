@@ -29,7 +29,7 @@ from engine.store import Store
 log = structlog.get_logger("engine.vacuum")
 
 LOCK_NOT_AVAILABLE = "55P03"  # SKIP_LOCKED: another vacuum (autovacuum, most likely) is at it
-Outcome = Literal["vacuumed", "skipped", "refused", "stopped"]
+VacuumOutcome = Literal["vacuumed", "skipped", "refused", "stopped"]
 
 
 class IdleVacuum:
@@ -76,7 +76,7 @@ class IdleVacuum:
                 self._failing = False
             await wait_first(stop, seconds=self._check_s)
 
-    async def _vacuum(self, dead: int, stop: asyncio.Event) -> Outcome:
+    async def _vacuum(self, dead: int, stop: asyncio.Event) -> VacuumOutcome:
         """Vacuum once; given up at a stop, tried again at the next check if the table was locked,
         never again if Postgres refused."""
         started = time.monotonic()
