@@ -12,8 +12,9 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import structlog.testing
 
+from engine.vacuum import IdleVacuum
 from tests.support.engines import RunningEngine, wait_until
-from tests.support.load import delivered, make_load
+from tests.support.load import Load, delivered, make_load
 from tests.support.receiver import Receiver
 
 StartEngine = Callable[..., Awaitable[RunningEngine]]
@@ -34,21 +35,38 @@ async def _no_autovacuum(conn: asyncpg.Connection) -> None:
     await conn.execute("ALTER TABLE webhooks.deliveries SET (autovacuum_enabled = false)")
 
 
+async def _delivered_by_engine(
+    conn: asyncpg.Connection,
+    receiver: Receiver,
+    start_engine: StartEngine,
+    *,
+    endpoints: int,
+    per_endpoint: int,
+    **settings: float,
+) -> tuple[Load, IdleVacuum]:
+    """Emit a load, run an engine with ``settings`` until all of it is delivered; the engine
+    keeps running (the fixture stops it), and its idle vacuum is returned."""
+    load = await make_load(conn, receiver, endpoints=endpoints, events_per_endpoint=per_endpoint)
+    running = await start_engine(**settings)
+    await wait_until(
+        lambda: _equals(delivered(conn), load.total), timeout_s=60, what="all delivered"
+    )
+    assert running.engine.vacuum is not None
+    return load, running.engine.vacuum
+
+
 async def test_engine_vacuums_the_hot_table_when_idle_after_a_burst(
     conn: asyncpg.Connection, receiver: Receiver, open_policy: None, start_engine: StartEngine
 ) -> None:
     """400 deliveries leave more dead rows than the threshold of 300: once they are all done and
     the engine is idle, it vacuums, and the dead rows are gone."""
     await _no_autovacuum(conn)
-    load = await make_load(conn, receiver, endpoints=10, events_per_endpoint=40)
     before = await _stats(conn)
     with structlog.testing.capture_logs() as logged:
-        running = await start_engine(vacuum_dead_rows=300, vacuum_check_s=0.2)
-        vacuum = running.engine.vacuum
-        assert vacuum is not None
-        await wait_until(
-            lambda: _equals(delivered(conn), load.total), timeout_s=60, what="all delivered"
-        )
+        _, vacuum = await _delivered_by_engine(
+            conn, receiver, start_engine, endpoints=10, per_endpoint=40,
+            vacuum_dead_rows=300, vacuum_check_s=0.2,
+        )  # fmt: skip
 
         async def vacuumed() -> bool:
             return vacuum.vacuums >= 1
@@ -69,14 +87,11 @@ async def test_engine_leaves_the_hot_table_alone_below_the_threshold(
     """200 deliveries are counted by the engine's checks but stay under the threshold of 10,000:
     no vacuum, however often the engine idles."""
     await _no_autovacuum(conn)
-    load = await make_load(conn, receiver, endpoints=10, events_per_endpoint=20)
     before = await _stats(conn)
-    running = await start_engine(vacuum_dead_rows=10_000, vacuum_check_s=0.1)
-    vacuum = running.engine.vacuum
-    assert vacuum is not None
-    await wait_until(
-        lambda: _equals(delivered(conn), load.total), timeout_s=60, what="all delivered"
-    )
+    load, vacuum = await _delivered_by_engine(
+        conn, receiver, start_engine, endpoints=10, per_endpoint=20,
+        vacuum_dead_rows=10_000, vacuum_check_s=0.1,
+    )  # fmt: skip
 
     async def counted() -> bool:
         return vacuum.last_dead >= load.total
@@ -91,13 +106,10 @@ async def test_engine_with_vacuum_dead_rows_0_never_looks(
     conn: asyncpg.Connection, receiver: Receiver, open_policy: None, start_engine: StartEngine
 ) -> None:
     """0 leaves the table to autovacuum: the engine has no vacuum task and reads no statistics."""
-    load = await make_load(conn, receiver, endpoints=2, events_per_endpoint=5)
-    running = await start_engine(vacuum_dead_rows=0, vacuum_check_s=0.1)
-    await wait_until(
-        lambda: _equals(delivered(conn), load.total), timeout_s=60, what="all delivered"
-    )
-    vacuum = running.engine.vacuum
-    assert vacuum is not None
+    _, vacuum = await _delivered_by_engine(
+        conn, receiver, start_engine, endpoints=2, per_endpoint=5,
+        vacuum_dead_rows=0, vacuum_check_s=0.1,
+    )  # fmt: skip
     assert vacuum.checks == 0
     assert not any(t.get_name() == "idle-vacuum" for t in asyncio.all_tasks())
 
