@@ -12,6 +12,8 @@ The variants (:func:`w6_producer_cost`), each on an emptied hot table:
   trigger's ``webhooks.subscribed`` guard (one probe) and no payload.
 - b, no guard: as b with a trigger that calls ``webhooks.emit`` directly, so the payload is built
   and emit checks it and probes: what an app that skips the guard pays (reported, no target).
+- b, empty trigger: an AFTER ROW trigger in PL/pgSQL that does nothing: what Postgres charges
+  for firing any row trigger at all, the floor under b that no emit design can go below.
 - c: the trigger, one endpoint per account (20), a fresh engine running and busy delivering
   what the producers emit. ``emit`` NOTIFYs only while the engine says it is waiting.
 - n: as c, with a trigger that also calls ``pg_notify`` every time: the usual design.
@@ -23,8 +25,9 @@ The variants (:func:`w6_producer_cost`), each on an emptied hot table:
 - c, open transaction: c while another connection holds a REPEATABLE READ transaction (and so
   its snapshot) open for the whole run, so no dead row of the hot table can be removed.
 
-a, b and "b, no guard" take turns in 5 rounds of a fifth of the time each, and each reports its
-median round, so that the machine's drift falls on all three alike; so do c, n and z.
+a, b, "b, no guard" and "b, empty trigger" take turns in 5 rounds of a fifth of the time each, and
+each reports its median round, so that the machine's drift falls on all of them alike; so do c, n
+and z.
 
 Every W6 engine polls every 10 ms when it has nothing to do, instead of every second. z's engine
 gets no wake-up at all: with the default poll it napped whenever it caught up, then delivered the
@@ -63,7 +66,7 @@ from bench.suite import DB_TIMEOUT_S, ENDPOINTS, INSERT_ROW, Suite, function_del
 ACCOUNTS_PREFIX = "w6_"
 NO_ENDPOINT_PREFIX = "w6_none_"
 PRODUCER_TIMEOUT_S = 120.0
-ROUNDS = 5  # of the variants compared with each other (a, b, b no guard; c, n, z), interleaved
+ROUNDS = 5  # of the variants compared with each other (a, b and its kin; c, n, z), interleaved
 # W6's engines poll every 10 ms when idle (the default is 1 s); see the module docstring.
 ENGINE_POLL_S = "0.01"
 
@@ -87,6 +90,11 @@ BEGIN
     IF webhooks.subscribed(NEW.account_id, 'email.' || NEW.kind) THEN{_EMIT_CALL}
     END IF;
     PERFORM pg_notify('webhooks_wakeup', '');
+    RETURN NULL;
+END $$;
+-- A row trigger that does nothing: Postgres's own cost of firing one, whatever it does.
+CREATE OR REPLACE FUNCTION app.email_event_webhook_empty() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
     RETURN NULL;
 END $$;
 -- The example trigger without its webhooks.subscribed guard: emit alone, payload always built.
@@ -143,11 +151,17 @@ async def w6_producer_cost(suite: Suite, seconds: float, connections: int) -> No
     try:
         async with runner.counting_notifies():
             no_engine = {"engine": False}
-            a, b, b_bare = await runner.interleaved(
+            a, b, b_bare, b_empty = await runner.interleaved(
                 [
                     ("a", None, ACCOUNTS_PREFIX, no_engine),
                     ("b", "email_event_webhook", NO_ENDPOINT_PREFIX, no_engine),
                     ("b, no guard", "email_event_webhook_unguarded", NO_ENDPOINT_PREFIX, no_engine),
+                    (
+                        "b, empty trigger",
+                        "email_event_webhook_empty",
+                        NO_ENDPOINT_PREFIX,
+                        no_engine,
+                    ),
                 ]
             )
             c, n, z = await runner.interleaved(
@@ -171,12 +185,14 @@ async def w6_producer_cost(suite: Suite, seconds: float, connections: int) -> No
         await conn.execute(CREATE_TRIGGER.format(function="email_event_webhook"))
     _report(
         suite, connections,
-        a=a, b=b, b_bare=b_bare, c=c, n=n, z=z, z0=z0, c_full=c_full, c_open=c_open,
+        a=a, b=b, b_bare=b_bare, b_empty=b_empty, c=c, n=n, z=z, z0=z0, c_full=c_full,
+        c_open=c_open,
     )  # fmt: skip
 
 
 def _report(suite: Suite, connections: int, **v: Variant) -> None:
     a, b, b_bare, c, n, z = v["a"], v["b"], v["b_bare"], v["c"], v["n"], v["z"]
+    b_empty = v["b_empty"]
     z0, c_full, c_open = v["z0"], v["c_full"], v["c_open"]
     cps = "commits/s"
 
@@ -207,6 +223,9 @@ def _report(suite: Suite, connections: int, **v: Variant) -> None:
         vs_a("W6 b, no guard: emit without webhooks.subscribed", b_bare),
         Row("W6   b, no guard: server time in the trigger", b_bare.trigger_us, "us/commit"),
         Row("W6   b, no guard: server time in webhooks.emit", b_bare.emit_us, "us/commit"),
+        vs_a("W6 b, empty trigger: fires, does nothing (the floor)", b_empty),
+        Row("W6   b / b, empty trigger", b.commits_per_s / b_empty.commits_per_s, "",
+            b.commits_per_s / b_empty.commits_per_s, "W6 b, empty trigger", decimals=2),
         vs_a("W6 c: trigger, subscribed, engine busy", c),
         Row("W6   c: server time in the trigger", c.trigger_us, "us/commit"),
         Row("W6   c: server time in webhooks.emit", c.emit_us, "us/commit"),

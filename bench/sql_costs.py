@@ -7,7 +7,8 @@ machine) is read before and after a run of calls.
 
 - App commits, one single-row INSERT per transaction into ``app.email_events`` for accounts
   without endpoints: with no trigger (the baseline), with the example trigger (guarded by
-  ``webhooks.subscribed``), and with the same trigger calling ``webhooks.emit`` unguarded.
+  ``webhooks.subscribed``), with the same trigger calling ``webhooks.emit`` unguarded, and with a
+  trigger that does nothing (Postgres's cost of firing a row trigger at all).
 - Results: ``webhooks.record_attempts_v1`` recording 2xx results in batches of 100 (the engine's
   common case), per result; claimed first with ``webhooks.claim_v1`` in batches of 180 (W1's mean),
   per delivery. No engine runs meanwhile.
@@ -28,8 +29,14 @@ from bench.report import Row
 from bench.suite import DB_TIMEOUT_S, INSERT_ROW, Suite, progress
 
 NO_ENDPOINT_ACCOUNT = "sql_costs_nobody"
-# No trigger (the baseline), the example trigger, the example trigger without its guard.
-TRIGGERS = (None, "email_event_webhook", "email_event_webhook_unguarded")
+# No trigger (the baseline), the example trigger, the example trigger without its guard, a trigger
+# that does nothing.
+TRIGGERS = (
+    None,
+    "email_event_webhook",
+    "email_event_webhook_unguarded",
+    "email_event_webhook_empty",
+)
 ROUNDS = 5
 WARM_UP = 200
 CLAIM_BATCH = 180
@@ -63,7 +70,7 @@ async def sql_costs(suite: Suite, commits: int, results: int) -> None:
         pid = await conn.fetchval("SELECT pg_backend_pid()")
         await suite.conn.execute(BENCH_TRIGGERS)
         try:
-            none, guarded, bare = await _commit_costs(suite, conn, pid, commits)
+            none, guarded, bare, empty = await _commit_costs(suite, conn, pid, commits)
         finally:
             await suite.conn.execute(DROP_TRIGGER)
             await suite.conn.execute(CREATE_TRIGGER.format(function="email_event_webhook"))
@@ -75,6 +82,7 @@ async def sql_costs(suite: Suite, commits: int, results: int) -> None:
         Row("S  app commit, example trigger, no subscriber", guarded, "us CPU", guarded / none,
             "S none"),
         Row("S  app commit, trigger without the guard", bare, "us CPU", bare / none, "S none"),
+        Row("S  app commit, trigger that does nothing", empty, "us CPU", empty / none, "S none"),
         Row("S  claim_v1, batches of 180", claim_us, "us CPU/delivery"),
         Row("S  record_attempts_v1, 2xx, batches of 100", record_us, "us CPU/result"),
     )  # fmt: skip
