@@ -232,7 +232,7 @@ class Store:
         return value
 
     async def hot_table_dead_rows(self) -> int:
-        """Dead rows in ``webhooks.deliveries`` by the statistics system (about a second behind)."""
+        """Dead rows in ``webhooks.deliveries`` by the statistics system (up to 10 s behind)."""
         value: int | None = await self._fetchval("hot_table_dead_rows")
         return value or 0
 

@@ -26,7 +26,7 @@ SELECT count(*) FILTER (WHERE due_at <= now()) AS due,
   FROM webhooks.deliveries;
 
 -- name: hot_table_dead_rows
--- The statistics system's count, about a second behind; engine/vacuum.py decides from it.
+-- The statistics system's count, up to 10 s behind (idle sessions report late); engine/vacuum.py.
 SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'webhooks.deliveries'::regclass;
 
 -- name: vacuum_hot_table
