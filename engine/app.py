@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-import asyncpg
 import structlog
 from aiohttp import web
 
@@ -34,7 +33,7 @@ from engine.migrate import check_current, migrate
 from engine.models import Outcome, Policy, Recorded
 from engine.results import ResultWriter
 from engine.sender import Sender
-from engine.store import Store, open_engine_pool
+from engine.store import PERIODIC_CALL_ERRORS, Store, open_engine_pool
 from engine.supervisor import Dispatcher
 from engine.vacuum import IdleVacuum
 
@@ -198,7 +197,7 @@ class Engine:
                 result = await store.maintain()
                 if result.get("created") or result.get("dropped"):
                     log.info("partitions_maintained", **result)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except PERIODIC_CALL_ERRORS as exc:
                 log.warning("maintenance_failed", error=repr(exc))
             await wait_first(stop, seconds=self.settings.maintenance_interval_s)
 
@@ -213,7 +212,7 @@ class Engine:
             try:
                 async with asyncio.timeout(QUEUE_DEPTHS_TIMEOUT_S):
                     depths = await store.queue_depths()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except PERIODIC_CALL_ERRORS as exc:
                 if not failing:
                     log.warning("queue_depths_failed", error=repr(exc))
                 failing = True
@@ -230,7 +229,7 @@ class Engine:
             self._settings_changed.clear()
             try:
                 policy = await store.policy()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except PERIODIC_CALL_ERRORS as exc:
                 log.warning("settings_reload_failed", error=repr(exc))
                 continue
             if policy != self.policy:

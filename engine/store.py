@@ -40,6 +40,10 @@ from engine.views import (
 )
 
 QUERY_TIMEOUT_S = 30.0
+# What the engine's periodic tasks (maintenance, gauges, settings, the idle vacuum) wait out: the
+# database away, or one statement failing. They log it and try again at their next period. The
+# result writer waits out a narrower set (engine.results), because its failures must not be bugs.
+PERIODIC_CALL_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 # A new connection to a Postgres beside us takes milliseconds; one that takes seconds is going to
 # a database that is away (a partition answers nothing), and the caller should learn that soon.
 CONNECT_TIMEOUT_S = 5.0

@@ -20,11 +20,10 @@ import asyncio
 import time
 from typing import Literal
 
-import asyncpg
 import structlog
 
 from engine.aio import wait_first
-from engine.store import Store
+from engine.store import PERIODIC_CALL_ERRORS, Store
 
 log = structlog.get_logger("engine.vacuum")
 
@@ -68,7 +67,7 @@ class IdleVacuum:
                         return
                     if outcome == "vacuumed":
                         left = await self._store.hot_table_dead_rows()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except PERIODIC_CALL_ERRORS as exc:
                 if not self._failing:  # once per outage, as the engine's other parts do
                     log.warning("hot_table_vacuum_failed", error=repr(exc))
                 self._failing = True

@@ -7,7 +7,6 @@ import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -15,6 +14,7 @@ import structlog.testing
 
 from engine.store import Store, open_engine_pool
 from engine.vacuum import LOCK_NOT_AVAILABLE, IdleVacuum
+from tests.support.db import with_user
 from tests.support.engines import create_endpoint, wait_until
 
 
@@ -91,7 +91,7 @@ async def test_vacuum_the_role_may_not_run_is_reported_once_and_not_retried(
     await conn.execute(f'CREATE ROLE "{role}" LOGIN')
     try:
         await conn.execute(f'GRANT USAGE ON SCHEMA webhooks TO "{role}"')
-        pool = await open_engine_pool(_as_user(db_url, role), 2)
+        pool = await open_engine_pool(with_user(db_url, role), 2)
         try:
             not_owner = Store(pool)
             warnings = await not_owner.vacuum_hot_table()
@@ -112,9 +112,3 @@ async def test_vacuum_the_role_may_not_run_is_reported_once_and_not_retried(
     finally:
         await conn.execute(f'DROP OWNED BY "{role}"')
         await conn.execute(f'DROP ROLE "{role}"')
-
-
-def _as_user(url: str, user: str) -> str:
-    parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, f"{user}@{host}", parts.path, parts.query, parts.fragment))

@@ -16,6 +16,13 @@ def with_database(url: str, database: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
 
 
+def with_user(url: str, user: str) -> str:
+    """The same URL connecting as another role (without a password: trust auth)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, f"{user}@{host}", parts.path, parts.query, parts.fragment))
+
+
 @asynccontextmanager
 async def scratch_database(
     server_url: str, name: str, *, template: str | None = None
