@@ -237,7 +237,7 @@ async def w2_steady(suite: Suite, rate: float, seconds: float) -> None:
         Row("W2   commit-to-receipt max", max(latencies), "ms", decimals=2),
         Row("W2   engine CPU", engine_cpu * 1e6 / count, "us/event"),
         # The bursts before W2 leave the hot table's index full of dead entries that every claim
-        # walks until a vacuum: the engine's own (engine.vacuum), or autovacuum's.
+        # walks until a vacuum: the engine's own (engine.delivery.idle_vacuum), or autovacuum's.
         Row("W2   hot table's dead rows when W2 began", hot_before["n_dead_tup"], "rows",
             decimals=0),
         Row("W2   vacuums of the hot table during W2: by the engine",

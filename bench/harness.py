@@ -32,7 +32,7 @@ from yarl import URL
 
 from bench.cpu import cpu_seconds
 from bench.http_baseline import BaselineResult
-from engine.embedded import TemporaryPostgres
+from engine.cli.embedded_postgres import TemporaryPostgres
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECEIVER_START_S = 15.0

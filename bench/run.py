@@ -32,7 +32,7 @@ from bench.producer import w6_producer_cost
 from bench.report import Row, render
 from bench.sql_costs import sql_costs
 from bench.suite import DB_TIMEOUT_S, Suite, progress
-from engine.migrate import migrate
+from engine.db.migrate import migrate
 
 WORKLOADS = ("W1", "W2", "W3", "W4", "W6", "S", "W7", "W5")  # the order they run in
 BASELINE_CONCURRENCY = (16, 64)

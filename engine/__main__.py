@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from engine.cli import main
+from engine.cli.main import main
 
 raise SystemExit(main())

@@ -8,10 +8,10 @@ started and lets in-flight attempts finish; then the writer writes every outcome
 ends. Only if the database stays unreachable past the grace period are outcomes abandoned (logged
 with their count; their deliveries are sent again after the lease expires: at-least-once).
 
-The admin server (/healthz, /readyz, /metrics and the API of engine.api) is bound before the parts
-start, so a taken port fails the start and ``admin_url`` is known once ``started`` is set; it stops
-only after the drain, so probes and scrapes keep answering while in-flight attempts finish (/readyz
-says ``stopping``).
+The admin server (/healthz, /readyz, /metrics and the API of engine.admin.routes) is bound before
+the parts start, so a taken port fails the start and ``admin_url`` is known once ``started`` is set;
+it stops only after the drain, so probes and scrapes keep answering while in-flight attempts finish
+(/readyz says ``stopping``).
 """
 
 from __future__ import annotations
@@ -22,20 +22,20 @@ from collections.abc import Sequence
 import structlog
 from aiohttp import web
 
-from engine import api
-from engine.actor import ActorDeps
-from engine.admin import AdminContext, AdminServer, create_app
-from engine.aio import wait_first
+from engine.admin import routes as api
+from engine.admin.server import AdminContext, AdminServer, create_app
 from engine.config import Settings
-from engine.listener import Listener
+from engine.db.migrate import check_current, migrate
+from engine.db.store import PERIODIC_CALL_ERRORS, Store, open_engine_pool
+from engine.delivery.actor import ActorDeps
+from engine.delivery.dispatcher import Dispatcher
+from engine.delivery.http import Sender
+from engine.delivery.idle_vacuum import IdleVacuum
+from engine.delivery.listener import Listener
+from engine.delivery.periodic import wait_first
+from engine.delivery.writer import ResultWriter
 from engine.metrics import Metrics
-from engine.migrate import check_current, migrate
 from engine.models import Outcome, Policy, Recorded
-from engine.results import ResultWriter
-from engine.sender import Sender
-from engine.store import PERIODIC_CALL_ERRORS, Store, open_engine_pool
-from engine.supervisor import Dispatcher
-from engine.vacuum import IdleVacuum
 
 log = structlog.get_logger("engine.app")
 
@@ -131,7 +131,11 @@ class Engine:
             probe_s=s.listener_probe_s,
         )
         context = AdminContext(
-            store, self.metrics, listener if s.listen else None, stop, s.admin_token
+            store,
+            self.metrics,
+            (lambda: listener.connected) if s.listen else None,
+            stop,
+            s.admin_token,
         )
         # Sized once from the policy at start: a body limit raised later applies after a restart.
         self.admin_app = create_app(

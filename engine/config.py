@@ -32,8 +32,8 @@ class Settings:
     an unauthenticated admin server is never reachable from another machine.
     ``metrics_refresh_s`` is how often the queue-depth gauges are re-counted in SQL.
     ``vacuum_dead_rows``: when idle, the engine vacuums the hot table once the statistics count
-    that many more dead rows than its last vacuum left (see engine.vacuum); 0 leaves it all to
-    autovacuum. ``vacuum_check_s`` spaces those reads of the statistics.
+    that many more dead rows than its last vacuum left (see engine.delivery.idle_vacuum); 0
+    leaves it all to autovacuum. ``vacuum_check_s`` spaces those reads of the statistics.
     """
 
     database_url: str | None = None

@@ -1,4 +1,4 @@
--- Named statements the engine runs (engine/store.py wraps each in a typed coroutine).
+-- Named statements the engine runs (engine/db/store.py wraps each in a typed coroutine).
 -- Each is one call of a function in sql/functions/, so the logic stays in SQL and is tested there.
 
 -- name: claim
@@ -26,7 +26,7 @@ SELECT count(*) FILTER (WHERE due_at <= now()) AS due,
   FROM webhooks.deliveries;
 
 -- name: hot_table_dead_rows
--- The statistics system's count, up to 10 s behind (idle sessions report late); engine/vacuum.py.
+-- The statistics system's count, up to 10 s behind (idle sessions report late); engine/delivery/idle_vacuum.py.
 SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'webhooks.deliveries'::regclass;
 
 -- name: vacuum_hot_table

@@ -17,8 +17,8 @@ import asyncpg
 import pytest
 import uvloop
 
-from engine.embedded import TemporaryPostgres
-from engine.migrate import migrate
+from engine.cli.embedded_postgres import TemporaryPostgres
+from engine.db.migrate import migrate
 from tests.support.db import scratch_database
 
 _db_numbers = itertools.count()

@@ -1,4 +1,4 @@
-"""The admin API over real HTTP, held to its OpenAPI document (engine/openapi.json).
+"""The admin API over real HTTP, held to its OpenAPI document (engine/admin/openapi.json).
 
 Every request goes through :class:`Api`, which checks each answer against the document: the status
 must be documented for the operation, the content type listed, required headers present and the
@@ -26,7 +26,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from engine.api import openapi_document
+from engine.admin.routes import openapi_document
 from tests.e2e.conftest import TEST_SETTINGS
 from tests.support.engines import RunningEngine, launch_engine, wait_until
 from tests.support.pgproxy import PgProxy

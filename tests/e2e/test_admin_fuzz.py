@@ -1,4 +1,4 @@
-"""The admin API fuzzed by schemathesis from its OpenAPI document (engine/openapi.json).
+"""The admin API fuzzed by schemathesis from its OpenAPI document (engine/admin/openapi.json).
 
 For every operation, schema-valid (positive) and schema-violating (negative) requests are generated
 from the document and sent over real HTTP, with the bearer token, to an in-process engine; each
@@ -54,7 +54,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from yarl import URL
 
-from engine.sender import InvalidUrlError, Sender
+from engine.delivery.http import InvalidUrlError, Sender
 from tests.support.engines import RunningEngine, wait_until
 from tests.support.receiver import Receiver
 

@@ -21,8 +21,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from engine.store import Store
-from engine.views import DeliveryStatus
+from engine.db.read_models import DeliveryStatus
+from engine.db.store import Store
 from tests.support import factories
 
 CLI = str(Path(sys.executable).with_name("misar-webhooks"))

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import pytest
 
-from engine.actor import EndpointActor
+from engine.delivery.actor import EndpointActor
 from tests.support.engines import RunningEngine, create_endpoint, delivery_counts, wait_until
 from tests.support.receiver import Receiver
 

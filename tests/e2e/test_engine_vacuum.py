@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import structlog.testing
 
-from engine.vacuum import IdleVacuum
+from engine.delivery.idle_vacuum import IdleVacuum
 from tests.support.engines import RunningEngine, wait_until
 from tests.support.load import Load, delivered, make_load
 from tests.support.receiver import Receiver

@@ -19,7 +19,7 @@ import structlog
 import structlog.testing
 
 from engine.config import Settings
-from engine.results import ResultWriter
+from engine.delivery.writer import ResultWriter
 from tests.support.engines import RunningEngine, launch_engine, wait_until
 from tests.support.load import (
     History,

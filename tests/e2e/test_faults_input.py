@@ -22,9 +22,9 @@ from uuid import UUID
 import asyncpg
 from hypothesis import strategies as st
 
-from engine.aio import wait_first
+from engine.db.store import Store
+from engine.delivery.periodic import wait_first
 from engine.errors import EngineError
-from engine.store import Store
 from tests.support.badinput import (
     INJECTIONS,
     KNOWN_PREFIXES,

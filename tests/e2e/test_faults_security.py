@@ -20,8 +20,8 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import asyncpg
 
+from engine.db.store import Store
 from engine.errors import EngineError
-from engine.store import Store
 from tests.support.engines import RunningEngine, create_endpoint, wait_until
 from tests.support.load import emit_many
 from tests.support.pgproxy import PgProxy

@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 import pytest
 import trustme
 
+from engine.delivery.http import Sender
 from engine.models import Delivery, ErrorKind
-from engine.sender import Sender
 from tests.support.receiver import MIB, Receiver, Reply
 
 # For tests about the deadline itself; others use a roomy one so a busy machine cannot flake them.

@@ -1,7 +1,7 @@
 """The delivery loop's SQL on a real Postgres: claim, record, release, redeliver, recover, upkeep.
 
-Most tests go through :class:`engine.store.Store`, as the engine does; raw SQL sets up states (a due
-retry, an expired lease, an old partition) that would otherwise need the clock to move.
+Most tests go through :class:`engine.db.store.Store`, as the engine does; raw SQL sets up states
+(a due retry, an expired lease, an old partition) that would otherwise need the clock to move.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import asyncpg
 import pytest
 
 from engine import errors
+from engine.db.store import Store, mapped_errors
 from engine.models import Delivery, EndpointConfig, ErrorKind, Ordering, Outcome
-from engine.store import Store, mapped_errors
 
 Claimed = list[tuple[Delivery, EndpointConfig]]
 
@@ -851,7 +851,7 @@ async def test_store_lets_other_database_errors_through(conn: asyncpg.Connection
 
 def test_every_project_sqlstate_has_an_error_class() -> None:
     """Each WH00n code raised by sql/functions/ maps to a StoreError subclass."""
-    from engine.sqlfiles import function_files
+    from engine.db.sqlfiles import function_files
 
     raised: set[str] = set()
     for f in function_files():

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from engine.results import DATABASE_UNAVAILABLE
-from engine.store import DatabaseUnavailable, Store
+from engine.db.store import DatabaseUnavailable, Store
+from engine.delivery.writer import DATABASE_UNAVAILABLE
 
 TRIES = 40
 KILL_OTHERS = (

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
+from engine.db.store import Store
 from engine.models import ErrorKind, Outcome
-from engine.store import Store
 from tests.support.factories import claim, emit
 
 

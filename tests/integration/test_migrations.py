@@ -13,9 +13,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from engine import sqlfiles
+from engine.db import sqlfiles
+from engine.db.migrate import check_current, migrate
 from engine.errors import MigrationError, SchemaOutdated
-from engine.migrate import check_current, migrate
 
 NAME = re.compile(r"^\d{4}_[a-z0-9]+(?:_[a-z0-9]+)*\.sql$")
 

@@ -15,9 +15,9 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 
+from engine.db.read_models import DeliveryStatus, DeliveryView, EndpointView, Page
+from engine.db.store import Store
 from engine.errors import InvalidInput, UnknownDelivery, UnknownEndpoint
-from engine.store import Store
-from engine.views import DeliveryStatus, DeliveryView, EndpointView, Page
 from tests.support import factories
 
 T = TypeVar("T")

@@ -48,7 +48,7 @@ async def test_installed_wheel_migrates_a_database(empty_db_url: str, tmp_path: 
     names = zipfile.ZipFile(wheel).namelist()
     assert "engine/sql/migrations/0001_initial.sql" in names
     assert "engine/sql/queries.sql" in names
-    assert "engine/openapi.json" in names, "GET /openapi.json serves it from the package"
+    assert "engine/admin/openapi.json" in names, "GET /openapi.json serves it from the package"
 
     site = tmp_path / "site"
     await _run(

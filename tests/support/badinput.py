@@ -1,4 +1,4 @@
-"""Bad input for the public SQL functions and engine.store.Store: strategies, an oracle, a runner.
+"""Bad input for the public SQL functions and the Store: strategies, an oracle, a runner.
 
 Every generated argument is :class:`Arg`: the value, plus the error tokens that may name it when
 it is wrong (empty: the value is valid; ``unsure``: validity is not predicted, as for random URL

@@ -15,8 +15,8 @@ from uuid import UUID
 
 import asyncpg
 
+from engine.db.store import Store
 from engine.models import Delivery, ErrorKind, Outcome, Recorded
-from engine.store import Store
 
 
 async def emit(

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.backoff import MAX_RETRY_AFTER_S, parse_retry_after
+from engine.delivery.retry_after import MAX_RETRY_AFTER_S, parse_retry_after
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 # No example database: the tree is shared and the examples are cheap to regenerate.

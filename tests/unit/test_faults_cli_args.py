@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import cli_args
+from engine.cli import args as cli_args
 
 PARSERS: dict[str, Callable[[str], Any]] = {
     "endpoint_id": cli_args.endpoint_id,

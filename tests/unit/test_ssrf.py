@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from engine.ssrf import (
+from engine.delivery.ssrf import (
     BlockedAddressError,
     GuardedResolver,
     check_literal_host,

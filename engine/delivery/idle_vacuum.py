@@ -22,10 +22,10 @@ from typing import Literal
 
 import structlog
 
-from engine.aio import wait_first
-from engine.store import PERIODIC_CALL_ERRORS, Store
+from engine.db.store import PERIODIC_CALL_ERRORS, Store
+from engine.delivery.periodic import wait_first
 
-log = structlog.get_logger("engine.vacuum")
+log = structlog.get_logger("engine.delivery.idle_vacuum")
 
 LOCK_NOT_AVAILABLE = "55P03"  # SKIP_LOCKED: another vacuum (autovacuum, most likely) is at it
 VacuumOutcome = Literal["vacuumed", "skipped", "refused", "stopped"]

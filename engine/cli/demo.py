@@ -22,11 +22,11 @@ from aiohttp import web
 
 from engine import logs
 from engine.app import Engine
+from engine.cli.embedded_postgres import TemporaryPostgres
 from engine.config import Settings
-from engine.embedded import TemporaryPostgres
-from engine.migrate import migrate
+from engine.db.migrate import migrate
+from engine.db.sqlfiles import sql_root
 from engine.signing import SignatureError, verify_signature
-from engine.sqlfiles import sql_root
 
 ACCOUNT = "acct_demo"
 EMAIL_KINDS = (

@@ -1,10 +1,10 @@
 """The admin HTTP API under ``/v1``: endpoints, emit, deliveries; and its OpenAPI document.
 
-``engine/openapi.json`` describes every route of the admin app, this module's and
-:mod:`engine.admin`'s, and is served as it is checked in at ``GET /openapi.json`` (no token: it is
-public in the repository anyway). The e2e tests validate every response against it.
+``engine/admin/openapi.json`` describes every route of the admin app, this module's and
+:mod:`engine.admin.server`'s, and is served as it is checked in at ``GET /openapi.json`` (no
+token: it is public in the repository anyway). The e2e tests validate every response against it.
 
-Requests are parsed strictly by :mod:`engine.api_parse`; the store's errors become JSON errors
+Requests are parsed strictly by :mod:`engine.admin.parsing`; the store's errors become JSON errors
 here (:func:`store_errors`): 400 ``invalid_field`` / ``unknown_event_type``, 413
 ``payload_too_large``, 404 ``not_found``, 409 ``conflict``, and 503 ``unavailable`` while the
 database cannot be reached. Secrets leave only in the answers to create, rotate-secret and
@@ -25,8 +25,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from engine.admin import CONTEXT, ApiError
-from engine.api_parse import (
+from engine.admin.parsing import (
     Body,
     Query,
     delivery_id,
@@ -36,6 +35,9 @@ from engine.api_parse import (
     need,
     no_query,
 )
+from engine.admin.server import CONTEXT, ApiError
+from engine.db.read_models import DeliveryStatus, Page, jsonable
+from engine.db.store import Store
 from engine.errors import (
     Conflict,
     EngineError,
@@ -44,10 +46,8 @@ from engine.errors import (
     PayloadTooLarge,
     UnknownEventType,
 )
-from engine.store import Store
-from engine.views import DeliveryStatus, Page, jsonable
 
-log = structlog.get_logger("engine.api")
+log = structlog.get_logger("engine.admin.routes")
 
 routes = web.RouteTableDef()
 
@@ -134,7 +134,7 @@ def _page(page: Page[Any]) -> web.Response:
 @functools.cache
 def openapi_document() -> bytes:
     """The checked-in OpenAPI document, read once from the installed package."""
-    return resources.files("engine").joinpath("openapi.json").read_bytes()
+    return resources.files("engine.admin").joinpath("openapi.json").read_bytes()
 
 
 @routes.get("/openapi.json")

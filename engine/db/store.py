@@ -15,18 +15,7 @@ from uuid import UUID
 
 import asyncpg
 
-from engine.errors import InvalidInput, UnknownDelivery, from_sqlstate
-from engine.models import (
-    Delivery,
-    EndpointConfig,
-    Ordering,
-    Outcome,
-    Policy,
-    QueueDepths,
-    Recorded,
-)
-from engine.sqlfiles import queries
-from engine.views import (
+from engine.db.read_models import (
     AttemptView,
     DeliveryDetail,
     DeliveryStatus,
@@ -38,11 +27,23 @@ from engine.views import (
     decode_cursor,
     encode_cursor,
 )
+from engine.db.sqlfiles import queries
+from engine.errors import InvalidInput, UnknownDelivery, from_sqlstate
+from engine.models import (
+    Delivery,
+    EndpointConfig,
+    Ordering,
+    Outcome,
+    Policy,
+    QueueDepths,
+    Recorded,
+)
 
 QUERY_TIMEOUT_S = 30.0
 # What the engine's periodic tasks (maintenance, gauges, settings, the idle vacuum) wait out: the
 # database away, or one statement failing. They log it and try again at their next period. The
-# result writer waits out a narrower set (engine.results), because its failures must not be bugs.
+# result writer waits out a narrower set (engine.delivery.writer), because its failures must not
+# be bugs.
 PERIODIC_CALL_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 # A new connection to a Postgres beside us takes milliseconds; one that takes seconds is going to
 # a database that is away (a partition answers nothing), and the caller should learn that soon.
@@ -244,7 +245,7 @@ class Store:
         """VACUUM the hot table; returns the warnings it gave (skipped: no lock, or not allowed).
 
         Postgres does not fail a VACUUM it may not run, it warns and skips the table, so the
-        warnings are the only answer; see engine.vacuum.
+        warnings are the only answer; see engine.delivery.idle_vacuum.
         """
         warnings: list[asyncpg.PostgresLogMessage] = []
 

@@ -16,10 +16,10 @@ from collections.abc import Callable, Sequence
 import asyncpg
 import structlog
 
+from engine.db.store import Store
 from engine.models import Outcome, Recorded
-from engine.store import Store
 
-log = structlog.get_logger("engine.results")
+log = structlog.get_logger("engine.delivery.writer")
 
 RETRY_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
 # Connection-level trouble, and conflicts with a concurrent operator action (deadlock victim,

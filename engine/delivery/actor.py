@@ -17,12 +17,12 @@ from datetime import UTC, datetime
 
 import structlog
 
+from engine.delivery.http import Sender
+from engine.delivery.writer import ResultWriter
 from engine.models import Delivery, EndpointConfig, ErrorKind, Ordering, Outcome
-from engine.results import ResultWriter
-from engine.sender import Sender
 from engine.signing import sign
 
-log = structlog.get_logger("engine.actor")
+log = structlog.get_logger("engine.delivery.actor")
 
 # An attempt is only started if its lease outlives the request by this margin; otherwise the
 # delivery is left to expire and be claimed afresh, so a result is never fenced off as stale.

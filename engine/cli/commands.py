@@ -2,7 +2,7 @@
 
 Each command is a coroutine ``(store, args) -> exit code`` run inside :func:`session`, which
 connects, refuses an outdated schema and closes the pool whatever happens. People get tables
-(:mod:`engine.tables`); ``--json`` prints one JSON document (``tail``: one JSON object a line).
+(:mod:`engine.cli.render`); ``--json`` prints one JSON document (``tail``: one JSON object a line).
 Secrets are printed only by ``endpoints add``, ``endpoints rotate-secret`` (the new secret, once)
 and ``endpoints show --reveal-secret``.
 """
@@ -20,12 +20,10 @@ from typing import Any
 
 import asyncpg
 
-from engine import tables
+from engine.cli import render as tables
 from engine.config import mask
-from engine.errors import EngineError, InvalidInput
-from engine.migrate import check_current
-from engine.store import Store
-from engine.views import (
+from engine.db.migrate import check_current
+from engine.db.read_models import (
     AttemptView,
     DeliveryStatus,
     DeliveryView,
@@ -34,6 +32,8 @@ from engine.views import (
     RecentAttempt,
     jsonable,
 )
+from engine.db.store import Store
+from engine.errors import EngineError, InvalidInput
 
 Command = Callable[[Store, argparse.Namespace], Awaitable[int]]
 CONNECT_TIMEOUT_S = 10.0

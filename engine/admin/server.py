@@ -1,4 +1,4 @@
-"""The admin HTTP server: /healthz, /readyz, /metrics, and the admin API (engine.api) on one app.
+"""The admin HTTP server: /healthz, /readyz, /metrics, and the admin API (admin.routes), one app.
 
 ``create_app(context, *route_tables)`` builds the aiohttp application; :class:`AdminServer` binds
 it and stops it. Handlers reach the engine's parts through ``request.app[CONTEXT]``. Another
@@ -34,13 +34,12 @@ import asyncpg
 import structlog
 from aiohttp import web
 
+from engine.db.migrate import check_current
+from engine.db.store import Store
 from engine.errors import ConfigError, SchemaOutdated
-from engine.listener import Listener
 from engine.metrics import Metrics
-from engine.migrate import check_current
-from engine.store import Store
 
-log = structlog.get_logger("engine.admin")
+log = structlog.get_logger("engine.admin.server")
 
 # Probes answer without a token: an orchestrator's health check has none, and they reveal nothing.
 # Nor does the OpenAPI document, which is the file checked into the repository.
@@ -55,12 +54,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class AdminContext:
     """What handlers use, built by the app: ``request.app[CONTEXT]``.
 
-    ``listener`` is None when LISTEN is turned off; ``stopping`` is set when shutdown began.
+    ``listener_connected`` is None when LISTEN is turned off; ``stopping`` is set when shutdown
+    began. The admin server asks the listener only this one question, so it takes a callable and
+    not the listener: the admin and delivery stages stay independent.
     """
 
     store: Store
     metrics: Metrics
-    listener: Listener | None
+    listener_connected: Callable[[], bool] | None
     stopping: asyncio.Event
     token: str | None
 
@@ -257,9 +258,9 @@ async def readiness(context: AdminContext) -> dict[str, str]:
         asyncpg.InternalClientError,
     ) as exc:
         log.debug("readiness_database_failed", error=repr(exc))
-    if context.listener is None:
+    if context.listener_connected is None:
         checks["listener"] = "disabled"
     else:
-        checks["listener"] = "ok" if context.listener.connected else "disconnected"
+        checks["listener"] = "ok" if context.listener_connected() else "disconnected"
     checks["engine"] = "stopping" if context.stopping.is_set() else "ok"
     return checks

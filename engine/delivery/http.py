@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 import aiohttp
 from yarl import URL
 
-from engine.backoff import parse_retry_after
+from engine.delivery.retry_after import parse_retry_after
+from engine.delivery.ssrf import BlockedAddressError, GuardedResolver, check_literal_host
 from engine.models import Delivery, ErrorKind, Outcome
-from engine.ssrf import BlockedAddressError, GuardedResolver, check_literal_host
 
 __all__ = ["InsecureUrlError", "InvalidUrlError", "Sender", "outcome_for_exception"]
 

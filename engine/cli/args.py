@@ -7,7 +7,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
-from engine.views import MAX_PAGE
+from engine.db.read_models import MAX_PAGE
 
 MAX_BIGINT = 2**63 - 1
 RELATIVE_TIME = re.compile(r"^\s*(\d{1,9})\s*([smhdw])\s*$")

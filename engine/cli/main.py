@@ -23,17 +23,17 @@ import asyncpg
 import structlog
 import uvloop
 
-from engine import cli_commands as cmd
 from engine import logs
-from engine.cli_args import delivery_id, duration, endpoint_id, page_size, seconds, since, words
+from engine.cli import commands as cmd
+from engine.cli.args import delivery_id, duration, endpoint_id, page_size, seconds, since, words
+from engine.cli.embedded_postgres import EmbeddedPostgres
 from engine.config import Settings
-from engine.embedded import EmbeddedPostgres
+from engine.db.migrate import migrate
+from engine.db.read_models import DeliveryStatus
 from engine.errors import ConfigError, EngineError, InvalidInput
-from engine.migrate import migrate
-from engine.views import DeliveryStatus
 
 T = TypeVar("T")
-log = structlog.get_logger("engine.cli")
+log = structlog.get_logger("engine.cli.main")
 PROG = "misar-webhooks"
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -281,7 +281,7 @@ def _cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     # Imported here: the demo pulls in an HTTP server and the embedded Postgres package.
-    from engine import demo
+    from engine.cli import demo
 
     return demo.main(settings)
 

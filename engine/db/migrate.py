@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from engine import sqlfiles
+from engine.db import sqlfiles
 from engine.errors import MigrationError, SchemaOutdated
 
 # A dedicated connection or one borrowed from a pool.

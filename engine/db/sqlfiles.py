@@ -1,7 +1,7 @@
 """Finds the SQL shipped with the engine and parses ``queries.sql``.
 
 In a wheel the ``sql/`` tree is force-included as ``engine/sql``; in a source checkout it is the
-repository's top-level ``sql/``. Both are found next to this file, so a plain
+repository's top-level ``sql/``. Both are found next to the engine package, so a plain
 ``pip install .`` finds its
 migrations.
 """
@@ -39,11 +39,11 @@ class Migration(SqlFile):
 
 def sql_root() -> Path:
     """The directory holding ``migrations/``, ``functions/`` and ``queries.sql``."""
-    here = Path(__file__).resolve().parent
-    packaged = here / "sql"
+    package = Path(__file__).resolve().parent.parent  # engine/
+    packaged = package / "sql"
     if packaged.is_dir():
         return packaged
-    checkout = here.parent / "sql"
+    checkout = package.parent / "sql"
     if checkout.is_dir():
         return checkout
     raise FileNotFoundError(f"no sql/ directory next to the engine package (looked in {packaged})")

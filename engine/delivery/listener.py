@@ -14,9 +14,9 @@ from collections.abc import Callable
 import asyncpg
 import structlog
 
-from engine.aio import wait_first
+from engine.delivery.periodic import wait_first
 
-log = structlog.get_logger("engine.listener")
+log = structlog.get_logger("engine.delivery.listener")
 
 WAKEUP_CHANNEL = "webhooks_wakeup"
 SETTINGS_CHANNEL = "webhooks_settings"

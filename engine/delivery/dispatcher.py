@@ -17,12 +17,12 @@ from uuid import UUID
 
 import structlog
 
-from engine.actor import ActorDeps, EndpointActor
-from engine.aio import wait_first
+from engine.db.store import Store
+from engine.delivery.actor import ActorDeps, EndpointActor
+from engine.delivery.periodic import wait_first
 from engine.models import Delivery, EndpointConfig
-from engine.store import Store
 
-log = structlog.get_logger("engine.supervisor")
+log = structlog.get_logger("engine.delivery.dispatcher")
 
 RESTART_BACKOFF_S = (0.1, 0.5, 2.0, 5.0)
 DEFAULT_IN_FLIGHT = 8  # endpoints.max_in_flight's default, for endpoints without an actor yet

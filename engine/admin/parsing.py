@@ -1,9 +1,9 @@
 """Strict parsing of admin API requests: JSON bodies, query strings and path ids.
 
-Anything the document (engine/openapi.json) does not allow is refused here, before the database
-sees it, with an :class:`ApiError` naming the field: unknown fields, wrong JSON types, values out
-of range, malformed ids and times. Text is also refused where Postgres could not store it (NUL,
-lone surrogates), so such input is a 400, never a 500; a valid time whose instant lies outside
+Anything the document (engine/admin/openapi.json) does not allow is refused here, before the
+database sees it, with an :class:`ApiError` naming the field: unknown fields, wrong JSON types,
+values out of range, malformed ids and times. Text is also refused where Postgres could not store it
+(NUL, lone surrogates), so such input is a 400, never a 500; a valid time whose instant lies outside
 Python's years 1 to 9999 in UTC is clamped into them (see :func:`parse_time`). The database then
 checks what only it knows (URLs, event types, payload size).
 """
@@ -21,9 +21,9 @@ from uuid import UUID
 from aiohttp import web
 from multidict import MultiMapping
 
-from engine.admin import ApiError
+from engine.admin.server import ApiError
+from engine.db.read_models import MAX_PAGE, decode_cursor
 from engine.errors import InvalidInput
-from engine.views import MAX_PAGE, decode_cursor
 
 T = TypeVar("T")
 MAX_BIGINT = 2**63 - 1

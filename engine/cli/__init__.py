@@ -1,0 +1,1 @@
+"""``misar-webhooks``: the command line, the demo and the embedded Postgres it can start."""

@@ -1,0 +1,2 @@
+"""The database stage: the pool, the SQL files and migrations, the delivery queue, endpoint
+writes and the delivery-log reads. Nothing here knows about HTTP, the admin server or the CLI."""
