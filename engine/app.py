@@ -26,7 +26,8 @@ from engine.admin import routes as api
 from engine.admin.server import AdminContext, AdminServer, create_app
 from engine.config import Settings
 from engine.db.migrate import check_current, migrate
-from engine.db.store import PERIODIC_CALL_ERRORS, Store, open_engine_pool
+from engine.db.pool import PERIODIC_CALL_ERRORS, open_engine_pool
+from engine.db.store import Store
 from engine.delivery.actor import ActorDeps
 from engine.delivery.dispatcher import Dispatcher
 from engine.delivery.http import Sender

@@ -17,9 +17,9 @@ from uuid import UUID
 
 import structlog
 
-from engine.db.store import Store
 from engine.delivery.actor import ActorDeps, EndpointActor
 from engine.delivery.periodic import wait_first
+from engine.delivery.ports import ClaimQueue
 from engine.models import Delivery, EndpointConfig
 
 log = structlog.get_logger("engine.delivery.dispatcher")
@@ -33,7 +33,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        store: Store,
+        store: ClaimQueue,
         deps: ActorDeps,
         *,
         poll_interval_s: float,

@@ -22,7 +22,8 @@ from typing import Literal
 
 import structlog
 
-from engine.db.store import PERIODIC_CALL_ERRORS, Store
+from engine.db.pool import PERIODIC_CALL_ERRORS
+from engine.db.queue import DeliveryQueue
 from engine.delivery.periodic import wait_first
 
 log = structlog.get_logger("engine.delivery.idle_vacuum")
@@ -34,7 +35,7 @@ VacuumOutcome = Literal["vacuumed", "skipped", "refused", "stopped"]
 class IdleVacuum:
     """See the module docstring. ``engine_idle`` is the dispatcher's hook; ``run`` the task."""
 
-    def __init__(self, store: Store, *, dead_rows: int, check_s: float) -> None:
+    def __init__(self, store: DeliveryQueue, *, dead_rows: int, check_s: float) -> None:
         self._store = store
         self._dead_rows = dead_rows
         self._check_s = check_s

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import asyncpg
 import structlog
 
-from engine.db.store import Store
+from engine.delivery.ports import AttemptLog
 from engine.models import Outcome, Recorded
 
 log = structlog.get_logger("engine.delivery.writer")
@@ -41,7 +41,7 @@ class ResultWriter:
 
     def __init__(
         self,
-        store: Store,
+        store: AttemptLog,
         *,
         batch: int,
         buffer_max: int,

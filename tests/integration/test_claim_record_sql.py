@@ -17,7 +17,8 @@ import asyncpg
 import pytest
 
 from engine import errors
-from engine.db.store import Store, mapped_errors
+from engine.db.pool import mapped_errors
+from engine.db.store import Store
 from engine.models import Delivery, EndpointConfig, ErrorKind, Ordering, Outcome
 
 Claimed = list[tuple[Delivery, EndpointConfig]]

@@ -7,7 +7,7 @@ import asyncio
 
 import asyncpg
 
-from engine.db.store import QUERY_TIMEOUT_S, open_engine_pool
+from engine.db.pool import QUERY_TIMEOUT_S, open_engine_pool
 from tests.support.pgproxy import PgProxy
 
 

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from engine.db.store import DatabaseUnavailable, Store
+from engine.db.pool import DatabaseUnavailable
+from engine.db.store import Store
 from engine.delivery.writer import DATABASE_UNAVAILABLE
 
 TRIES = 40

@@ -12,7 +12,8 @@ import asyncpg
 import pytest
 import structlog.testing
 
-from engine.db.store import Store, open_engine_pool
+from engine.db.pool import open_engine_pool
+from engine.db.store import Store
 from engine.delivery.idle_vacuum import LOCK_NOT_AVAILABLE, IdleVacuum
 from tests.support.db import with_user
 from tests.support.engines import create_endpoint, wait_until

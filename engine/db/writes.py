@@ -1,0 +1,120 @@
+"""What the app, the CLI and the admin API change: events, endpoints, redeliveries."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from engine.db.pool import Gateway
+from engine.errors import InvalidInput
+
+
+class AdminWrites(Gateway):
+    """Emit, endpoint management, secret rotation, redeliver and recover."""
+
+    async def emit(
+        self,
+        account_id: str,
+        event_type: str,
+        payload: Mapping[str, Any],
+        idempotency_key: str | None = None,
+    ) -> int | None:
+        """Emit an event as the app's trigger would; None when no endpoint subscribes.
+
+        A payload that is not JSON (NaN, bytes, sets, nested beyond what ``json`` can encode) or
+        holds text Postgres cannot store (NUL, unpaired surrogates) raises InvalidInput for
+        ``payload``, like the checks in SQL, never an encoder's or the JSON parser's error.
+        """
+        try:
+            body = json.dumps(payload, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise InvalidInput(
+                f"payload: cannot be encoded as JSON: {exc}", field="payload"
+            ) from None
+        try:
+            event_id: int | None = await self._fetchval(
+                "emit", account_id, event_type, body, idempotency_key
+            )
+        except (
+            asyncpg.UntranslatableCharacterError,
+            asyncpg.InvalidTextRepresentationError,
+        ) as exc:
+            # Postgres parses only the payload here: a \u0000 or an unpaired surrogate in a string.
+            raise InvalidInput(f"payload: {exc.args[0]} ({exc.detail})", field="payload") from exc
+        return event_id
+
+    async def create_endpoint(
+        self,
+        account_id: str,
+        url: str,
+        event_types: Sequence[str],
+        *,
+        description: str = "",
+        secret: str | None = None,
+        max_in_flight: int = 8,
+        ordering: str = "dispatch",
+        rate_limit_per_s: float | None = None,
+    ) -> tuple[UUID, str]:
+        """Register an endpoint; returns its id and its ``whsec_`` secret."""
+        rows = await self._fetch(
+            "create_endpoint",
+            account_id,
+            url,
+            list(event_types),
+            description,
+            secret,
+            max_in_flight,
+            ordering,
+            rate_limit_per_s,
+        )
+        return rows[0]["id"], rows[0]["secret"]
+
+    async def update_endpoint(
+        self,
+        endpoint_id: UUID,
+        *,
+        url: str | None = None,
+        event_types: Sequence[str] | None = None,
+        description: str | None = None,
+        max_in_flight: int | None = None,
+        ordering: str | None = None,
+        rate_limit_per_s: float | None = None,
+    ) -> None:
+        await self._fetchval(
+            "update_endpoint",
+            endpoint_id,
+            url,
+            list(event_types) if event_types is not None else None,
+            description,
+            max_in_flight,
+            ordering,
+            rate_limit_per_s,
+        )
+
+    async def disable_endpoint(self, endpoint_id: UUID, reason: str | None = None) -> None:
+        await self._fetchval("disable_endpoint", endpoint_id, reason)
+
+    async def enable_endpoint(self, endpoint_id: UUID) -> None:
+        await self._fetchval("enable_endpoint", endpoint_id)
+
+    async def delete_endpoint(self, endpoint_id: UUID) -> None:
+        await self._fetchval("delete_endpoint", endpoint_id)
+
+    async def rotate_secret(
+        self, endpoint_id: UUID, grace: timedelta, new_secret: str | None = None
+    ) -> str:
+        secret: str = await self._fetchval("rotate_secret", endpoint_id, grace, new_secret)
+        return secret
+
+    async def redeliver(self, delivery_id: int) -> int:
+        new_id: int = await self._fetchval("redeliver", delivery_id)
+        return new_id
+
+    async def recover(self, endpoint_id: UUID, since: datetime) -> int:
+        count: int = await self._fetchval("recover", endpoint_id, since)
+        return count
