@@ -34,7 +34,7 @@ from engine.models import Delivery, Outcome, QueueDepths, Recorded
 PREFIX = "misar_webhooks_"
 OUTCOMES = ("delivered", "retry", "failed", "stale")
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "transport_error", "other")
-# Attempts are bounded by the request timeout (10 s by default).
+# Attempts are bounded by the request timeout (WEBHOOKS_REQUEST_TIMEOUT_S).
 ATTEMPT_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # From the app's commit to the first attempt: milliseconds when idle, minutes under a backlog.
 LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0, 1800.0)

@@ -26,7 +26,8 @@ SELECT count(*) FILTER (WHERE due_at <= now()) AS due,
   FROM webhooks.deliveries;
 
 -- name: hot_table_dead_rows
--- The statistics system's count, up to 10 s behind (idle sessions report late); engine/delivery/idle_vacuum.py.
+-- The statistics system's count, which lags (idle sessions report late), for
+-- engine/delivery/idle_vacuum.py; see docs/decisions/0003-idle-vacuum.md.
 SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'webhooks.deliveries'::regclass;
 
 -- name: vacuum_hot_table

@@ -2,8 +2,8 @@
 --
 -- Cost matters more here than anywhere: most accounts have no endpoint, so the common path is one
 -- expression for all the argument checks plus one probe of endpoints_enabled_account_idx, and it
--- writes nothing. Each plpgsql statement costs the app's transaction a few microseconds on first
--- use in a transaction, so that path is kept to three statements (bench W6 b).
+-- writes nothing. Each plpgsql statement has a cost of its own on its first use in a transaction,
+-- so that path is kept to three statements (see docs/decisions/0005-emit-common-path.md).
 -- With subscribers it writes the event and one delivery per endpoint, and sends a NOTIFY only when
 -- the engine said it is asleep (engine_state.waiting): NOTIFY takes a cluster-wide lock at commit
 -- that serialises the app's commits, so a busy engine (which never sleeps) costs the app no NOTIFY.
@@ -70,7 +70,7 @@ BEGIN
     END IF;
 
     -- Size and depth are checked only for events that are stored: the common no-subscriber path
-    -- must cost no more than the probe above (issue 2; bench W6 b/a).
+    -- must cost no more than the probe above.
     SELECT s.max_payload_bytes INTO v_limit FROM webhooks.settings s;
     v_size := octet_length(p_payload::text);
     IF v_size > v_limit THEN

@@ -9,17 +9,18 @@
 -- Endpoints are found with a loose index scan over deliveries_endpoint_id_idx: one probe per endpoint
 -- with live deliveries, never a query per known endpoint.
 -- Generic plans (plan_cache_mode): with the default, Postgres planned the final statement afresh on
--- every call (a custom plan), which made a one-row claim cost 0.8 ms instead of 0.4 ms (pgbench, one
--- client, PG15). The per-endpoint probes are index probes whatever the parameters.
+-- every call (a custom plan), so every claim paid its planning time again. The per-endpoint probes
+-- are index probes whatever the parameters.
 -- No sequential scans (enable_seqscan): a generic plan is made once per connection, and the hot
 -- table swings between empty (freshly vacuumed, its statistics saying no rows) and a burst's
--- thousands of rows. Plans made on the empty table scanned all of it on every claim later: a
--- 5-row claim read 6,020 tuples of a 3,000-row table, against 22 with seq scans off. For the same
--- reason the per-endpoint reads say "d.attempts >= 0", the predicate of the per-endpoint indexes
--- (migration 0003), and the lease update by id can only use the primary key.
+-- thousands of rows. Plans made on the empty table scanned all of it on every claim later, however
+-- few rows the claim took. For the same reason the per-endpoint reads say "d.attempts >= 0", the
+-- predicate of the per-endpoint indexes (migration 0003), and the lease update by id can only use
+-- the primary key.
 -- No JIT (jit): with sequential scans off, the one-row settings table's only plan is a seq scan
 -- costed as disabled (10^10), far above jit_above_cost, so Postgres 15 built with LLVM compiled it
--- on every call: 18 ms per claim instead of 0.7 ms. These statements never need JIT.
+-- on every call, at a cost far above the claim's own. These statements never need JIT.
+-- The figures behind these settings: docs/decisions/0001-claim-plans.md.
 CREATE OR REPLACE FUNCTION webhooks.claim_v1(
     p_room_ids     uuid[],
     p_rooms        integer[],
@@ -108,11 +109,11 @@ BEGIN
     PERFORM set_config('synchronous_commit', 'off', true);
     -- The engine is busy from this commit on, so emit stops sending NOTIFYs. Set here rather than
     -- by a set_engine_waiting_v1(false) call of the engine's own, which cost a round trip per event
-    -- in a trickle (bench W2). Written only on a change, so a busy engine does not churn the row.
+    -- in a trickle. Written only on a change, so a busy engine does not churn the row.
     UPDATE webhooks.engine_state s SET waiting = false, updated_at = now() WHERE s.waiting;
-    -- The statement below joins the partitioned events table, which takes about 0.4 ms to plan.
-    -- A small claim (a trickle of events) uses its cached generic plan; a big one (a burst) is
-    -- planned for its row count, which made a 180-row claim a third cheaper per row (bench W1).
+    -- The statement below joins the partitioned events table, which is slow to plan. A small
+    -- claim (a trickle of events) uses its cached generic plan; a big one (a burst) is planned for
+    -- its row count, which a generic plan serves worse per row than a plan for that count.
     PERFORM set_config('plan_cache_mode',
                        CASE WHEN cardinality(v_claimed) > 16 THEN 'force_custom_plan'
                             ELSE 'force_generic_plan' END, true);

@@ -11,8 +11,8 @@
 -- disables it too. Returns one row per input with what happened.
 -- Generic plans (plan_cache_mode), made once per connection, that cannot go stale. The hot table
 -- swings between empty (freshly vacuumed, its statistics saying no rows) and a burst's thousands of
--- rows, and plans made on the empty table once read all of it per result (bench W4: 100-270 ms per
--- call instead of 3 ms, until autovacuum's ANALYZE replaced them 30-45 s later). On a table that
+-- rows, and plans made on the empty table once read all of it per result, until autovacuum's
+-- ANALYZE replaced them (the engine stalled meanwhile). On a table that
 -- looks empty every way in costs the same, so the planner must be left only bounded ones:
 -- - every statement here that reads webhooks.deliveries reads it alone, by id (d.id = ANY (array)
 --   or d.id = value), never joined: a join let the plan scan the whole primary key once and filter;
@@ -20,9 +20,10 @@
 --   otherwise scan one of them in full, with id as a non-leading column;
 -- - sequential scans are off (enable_seqscan), so the primary key is the only way in left;
 -- - nested loops are off (enable_nestloop): the joins left are between the batch's rows in memory,
---   and a nested loop over two "one-row" inputs of 500 rows each is 250,000 comparisons.
--- Planning every call instead (force_custom_plan) was safe too, but cost 0.5-0.7 ms per call,
--- which a trickle of events pays in full (bench W2). No JIT (jit): see claim_v1.
+--   and a nested loop over two "one-row" inputs of a full batch each compares every pair.
+-- Planning every call instead (force_custom_plan) was safe too, but costs every call its planning
+-- time, which a trickle of events pays in full. No JIT (jit): see claim_v1.
+-- The figures behind these settings: docs/decisions/0004-record-plans-that-cannot-go-stale.md.
 CREATE OR REPLACE FUNCTION webhooks.record_attempts_v1(
     p_delivery_ids  bigint[],
     p_leases        uuid[],
@@ -84,7 +85,7 @@ BEGIN
       INTO v_ok, v_ok_ids, v_ok_leases, v_successes
       FROM ok;
     -- The common case, a 2xx under a current lease, as one statement for the whole batch: row by row
-    -- it cost four statements per result (bench W1). v_delivered[i] is the attempt number of result i
+    -- it cost four statements per result. v_delivered[i] is the attempt number of result i
     -- when this statement recorded it, NULL otherwise; the loop below does the rest, in input order.
     -- The lease is checked again (a claim may have re-leased a row since): a new lease's token is
     -- new, so it is none of this batch's.
