@@ -139,6 +139,44 @@ async def test_turning_the_guard_on_applies_to_a_running_engine(
     assert refused >= 5
 
 
+async def test_turning_allow_http_off_applies_to_a_running_engine(
+    conn: asyncpg.Connection, receiver: Receiver, open_policy: None, start_engine: StartEngine
+) -> None:
+    """A running engine that delivered over http:// while settings.allow_http was on records
+    every later attempt to that endpoint as insecure_url, sending nothing, once it is off."""
+    await create_endpoint(conn, receiver.url("/plain"))
+    await start_engine()
+    await emit_many(conn, "acct_1", 2)
+    await receiver.wait_for(2, path="/plain")
+    await conn.execute("UPDATE webhooks.settings SET allow_http = false")
+    # The reload is asynchronous: probe one event at a time until one is refused.
+    while not await conn.fetchval(
+        "SELECT count(*) FROM webhooks.attempts WHERE error_kind = 'insecure_url'"
+    ):
+        await emit_many(conn, "acct_1", 1)
+        await wait_until(
+            lambda: _count(
+                conn, "SELECT count(*) FROM webhooks.deliveries WHERE attempts = 0", 0, eq=True
+            ),
+            what="the probe attempted",
+        )
+    sent = len(receiver.received)
+    await emit_many(conn, "acct_1", 3)
+    await wait_until(
+        lambda: _count(
+            conn, "SELECT count(*) FROM webhooks.deliveries WHERE attempts = 0", 0, eq=True
+        ),
+        what="every new delivery attempted",
+    )
+    assert len(receiver.received) == sent, "nothing went over http:// once it was refused"
+    kinds = await conn.fetch(
+        "SELECT error_kind, count(*) AS n FROM webhooks.attempts"
+        " WHERE started_at > (SELECT max(started_at) FROM webhooks.attempts"
+        "                      WHERE error_kind IS NULL) GROUP BY 1"
+    )
+    assert {r["error_kind"]: r["n"] for r in kinds}.keys() == {"insecure_url"}
+
+
 async def test_secrets_never_appear_in_logs_metrics_probes_errors_or_cli_output(
     db_url: str, conn: asyncpg.Connection, receiver: Receiver, open_policy: None
 ) -> None:
