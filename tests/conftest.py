@@ -32,7 +32,13 @@ def pytest_asyncio_loop_factories(
 
 
 @pytest.fixture(scope="session")
-def pg_server_url() -> Iterator[str]:
+def pg_is_embedded() -> bool:
+    """Whether the tests run on the embedded Postgres this session starts (no server was named)."""
+    return not os.environ.get("WEBHOOKS_TEST_DATABASE_URL")
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(pg_is_embedded: bool) -> Iterator[str]:
     """An admin URL of the Postgres server all tests use."""
     url = os.environ.get("WEBHOOKS_TEST_DATABASE_URL")
     if url:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import asyncpg
@@ -10,6 +10,7 @@ import pytest
 
 from engine.config import Settings
 from tests.support.engines import RunningEngine, launch_engine
+from tests.support.loopback_fence import loopback_only
 from tests.support.receiver import Receiver
 
 # Short enough that tests finish quickly, long enough for a loaded 2-core machine.
@@ -29,6 +30,15 @@ async def receiver() -> AsyncIterator[Receiver]:
     """A scriptable HTTP receiver on 127.0.0.1."""
     async with Receiver() as r:
         yield r
+
+
+@pytest.fixture
+def loopback_fence() -> Iterator[list[str]]:
+    """No connection beyond loopback during the test (see tests.support.loopback_fence); the test
+    fails afterwards if anything tried one."""
+    with loopback_only() as refused:
+        yield refused
+    assert refused == [], f"connections beyond loopback were attempted: {refused}"
 
 
 @pytest.fixture

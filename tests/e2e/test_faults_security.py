@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
+import pytest
 
 from engine.db.store import Store
 from engine.errors import EngineError
@@ -29,6 +30,10 @@ from tests.support.processes import engine_process
 from tests.support.receiver import Receiver, Reply
 
 StartEngine = Callable[..., Awaitable[RunningEngine]]
+
+# The in-process engine may reach loopback only, even if its guard regressed; the engine
+# processes of the secrets test are pointed at loopback and the proxy alone.
+pytestmark = pytest.mark.usefixtures("loopback_fence")
 
 CLI = str(Path(sys.executable).with_name("misar-webhooks"))
 PASSWORD = "Pg-pass-7d1c9e0b5a"  # noqa: S105 - the secret the test looks for, not a real one
@@ -98,14 +103,18 @@ async def test_turning_the_guard_on_applies_to_a_running_engine(
     await emit_many(conn, "acct_1", 3)
     await receiver.wait_for(3, path="/hook")
     await conn.execute("UPDATE webhooks.settings SET allow_private_networks = false")
-    # The reload is asynchronous (NOTIFY, then a read): wait until a probe event is refused.
-    for _ in range(50):
+    # The reload is asynchronous (NOTIFY, then a read): send probe events one at a time, each
+    # once the one before has been attempted, until one is refused.
+    while not await conn.fetchval(
+        "SELECT count(*) FROM webhooks.attempts WHERE error_kind = 'blocked_address'"
+    ):
         await emit_many(conn, "acct_1", 1)
-        await asyncio.sleep(0.2)
-        if await conn.fetchval(
-            "SELECT count(*) FROM webhooks.attempts WHERE error_kind = 'blocked_address'"
-        ):
-            break
+        await wait_until(
+            lambda: _count(
+                conn, "SELECT count(*) FROM webhooks.deliveries WHERE attempts = 0", 0, eq=True
+            ),
+            what="the probe attempted",
+        )
     await wait_until(
         lambda: _count(
             conn,
@@ -128,6 +137,44 @@ async def test_turning_the_guard_on_applies_to_a_running_engine(
         "SELECT count(*) FROM webhooks.attempts WHERE error_kind = 'blocked_address'"
     )
     assert refused >= 5
+
+
+async def test_turning_allow_http_off_applies_to_a_running_engine(
+    conn: asyncpg.Connection, receiver: Receiver, open_policy: None, start_engine: StartEngine
+) -> None:
+    """A running engine that delivered over http:// while settings.allow_http was on records
+    every later attempt to that endpoint as insecure_url, sending nothing, once it is off."""
+    await create_endpoint(conn, receiver.url("/plain"))
+    await start_engine()
+    await emit_many(conn, "acct_1", 2)
+    await receiver.wait_for(2, path="/plain")
+    await conn.execute("UPDATE webhooks.settings SET allow_http = false")
+    # The reload is asynchronous: probe one event at a time until one is refused.
+    while not await conn.fetchval(
+        "SELECT count(*) FROM webhooks.attempts WHERE error_kind = 'insecure_url'"
+    ):
+        await emit_many(conn, "acct_1", 1)
+        await wait_until(
+            lambda: _count(
+                conn, "SELECT count(*) FROM webhooks.deliveries WHERE attempts = 0", 0, eq=True
+            ),
+            what="the probe attempted",
+        )
+    sent = len(receiver.received)
+    await emit_many(conn, "acct_1", 3)
+    await wait_until(
+        lambda: _count(
+            conn, "SELECT count(*) FROM webhooks.deliveries WHERE attempts = 0", 0, eq=True
+        ),
+        what="every new delivery attempted",
+    )
+    assert len(receiver.received) == sent, "nothing went over http:// once it was refused"
+    kinds = await conn.fetch(
+        "SELECT error_kind, count(*) AS n FROM webhooks.attempts"
+        " WHERE started_at > (SELECT max(started_at) FROM webhooks.attempts"
+        "                      WHERE error_kind IS NULL) GROUP BY 1"
+    )
+    assert {r["error_kind"]: r["n"] for r in kinds}.keys() == {"insecure_url"}
 
 
 async def test_secrets_never_appear_in_logs_metrics_probes_errors_or_cli_output(
@@ -165,7 +212,9 @@ async def test_secrets_never_appear_in_logs_metrics_probes_errors_or_cli_output(
             await receiver.wait_for(10, path="/ok", timeout_s=30)
             proxy.cut()
             await _emit_all(conn, 5)
-            await asyncio.sleep(3)
+            await wait_until(
+                lambda: _not_ready(admin_url), timeout_s=60, what="/readyz to report the outage"
+            )
             outputs["readyz during the outage"] = await _get(admin_url + "/readyz")
             proxy.restore()
             await receiver.wait_for(15, path="/ok", timeout_s=60)
@@ -268,6 +317,10 @@ async def _get(url: str, token: str | None = None) -> str:
         session.get(url, headers=headers) as response,
     ):
         return f"{response.status} {dict(response.headers)} {await response.text()}"
+
+
+async def _not_ready(admin_url: str) -> bool:
+    return (await _get(admin_url + "/readyz")).startswith("503 ")
 
 
 def _with_password(url: str, password: str) -> str:

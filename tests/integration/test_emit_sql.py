@@ -12,7 +12,7 @@ from uuid import UUID
 import asyncpg
 import pytest
 
-from tests.support.db import error_of, sql_endpoint
+from tests.support.db import error_of, sql_endpoint, wait_for_lock_wait
 
 EMIT = "SELECT webhooks.emit($1, $2, $3::jsonb, $4)"
 SUBSCRIBED = "SELECT webhooks.subscribed($1, $2)"
@@ -172,8 +172,13 @@ async def test_without_key_every_call_is_a_new_event(conn: asyncpg.Connection) -
     assert await table_counts(conn) == {"events": 2, "deliveries": 2, "keys": 0}
 
 
-async def test_concurrent_idempotent_emits_create_one_event(db_url: str) -> None:
-    """Two transactions emitting the same key at once end with one event and one delivery."""
+@pytest.mark.parametrize("first_commits", [True, False])
+async def test_concurrent_idempotent_emits_create_one_event(
+    db_url: str, conn: asyncpg.Connection, first_commits: bool
+) -> None:
+    """A second emit of the same key waits on the first transaction's uncommitted key row: it
+    returns the first's event when that commits, and creates its own when that rolls back, so
+    there is one event and one delivery either way."""
     first, second = await asyncpg.connect(db_url), await asyncpg.connect(db_url)
     try:
         await sql_endpoint(first, ["email.sent"])
@@ -181,15 +186,17 @@ async def test_concurrent_idempotent_emits_create_one_event(db_url: str) -> None
         await tx1.start()
         await tx2.start()
         id1 = await emit(first, key="same")
-        # The second waits on the first's uncommitted key row; commit the first meanwhile.
         pending = asyncio.ensure_future(emit(second, key="same"))
-        await asyncio.sleep(0.2)
+        await wait_for_lock_wait(conn, second.get_server_pid())
         assert not pending.done()
-        await tx1.commit()
+        await (tx1.commit() if first_commits else tx1.rollback())
         id2 = await pending
         await tx2.commit()
-        assert id1 == id2
-        assert await table_counts(first) == {"events": 1, "deliveries": 1, "keys": 1}
+        assert id1 is not None
+        assert id2 is not None
+        assert (id1 == id2) is first_commits
+        assert await table_counts(conn) == {"events": 1, "deliveries": 1, "keys": 1}
+        assert await conn.fetchval("SELECT id FROM webhooks.events") == id2
     finally:
         await first.close()
         await second.close()

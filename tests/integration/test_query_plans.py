@@ -245,5 +245,11 @@ async def test_emit_lookup_uses_enabled_account_index(big: asyncpg.Connection, q
     assert generic == {"endpoints": {"endpoints_enabled_account_idx"}}
     assert len(await big.fetch(EMIT_PROBE, "acct_7", "email.sent")) == 1
     found = await big.fetchval(EMIT_LOOKUP, "acct_7", "email.sent")
-    assert found is not None
-    assert 1 <= len(found) <= ROWS // ACCOUNTS
+    # FILL_ENDPOINTS gives acct_7 the endpoints g = 7 + k x ACCOUNTS; all are enabled (g % 10 is
+    # 7) and every event_types value it writes covers email.sent.
+    expected = await big.fetch(
+        "SELECT id FROM webhooks.endpoints WHERE url = ANY ($1::text[]) ORDER BY id",
+        [f"https://example.com/hooks/{g}" for g in range(7, ROWS + 1, ACCOUNTS)],
+    )
+    assert len(expected) == ROWS // ACCOUNTS
+    assert found == [r["id"] for r in expected]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit, urlunsplit
@@ -39,6 +40,16 @@ async def scratch_database(
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+async def wait_for_lock_wait(observer: asyncpg.Connection, pid: int) -> None:
+    """Return once backend ``pid`` waits for a lock another transaction holds (pg_locks shows it
+    an ungranted lock), polling from ``observer``, a third connection."""
+    query = "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = $1 AND NOT granted)"
+    while True:
+        if await observer.fetchval(query, pid):
+            return
+        await asyncio.sleep(0.01)
 
 
 async def error_of(conn: asyncpg.Connection, call: Awaitable[object]) -> asyncpg.PostgresError:

@@ -45,7 +45,9 @@ class Reply:
     ``body``, followed by ``extra_body_bytes`` filler bytes streamed in chunks (a huge body without
     holding it in memory); ``endless`` streams filler until the client goes away; ``drip_s`` sends
     the headers, then ``body`` one byte every ``drip_s`` seconds (slowloris). ``header_bytes`` adds
-    one header of that many bytes. ``reset`` closes the connection with a TCP RST instead of
+    one header of that many bytes. ``until`` holds the request until the test sets that event (a
+    hanging endpoint the test releases, for tests that order on it rather than on time); it is
+    waited for after ``delay_s``. ``reset`` closes the connection with a TCP RST instead of
     answering; ``raw`` writes those bytes on the transport instead of a response, then closes
     (with ``drip_s``, one byte every ``drip_s`` seconds: a status line that never completes).
     """
@@ -60,6 +62,7 @@ class Reply:
     header_bytes: int = 0
     reset: bool = False
     raw: bytes | None = None
+    until: asyncio.Event | None = None
 
     @classmethod
     def redirect(cls, location: str, status: int = 302) -> Reply:
@@ -206,6 +209,8 @@ class Receiver:
     async def _answer(self, request: web.Request, reply: Reply) -> web.StreamResponse:
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
+        if reply.until is not None:
+            await reply.until.wait()
         if reply.reset or reply.raw is not None:
             await _misbehave(request, reply)
         headers = dict(reply.headers)
