@@ -34,6 +34,7 @@ from engine.db.read_models import (
 )
 from engine.db.store import Store
 from engine.errors import EngineError, InvalidInput
+from engine.models import EndpointOptions, Ordering
 
 Command = Callable[[Store, argparse.Namespace], Awaitable[int]]
 CONNECT_TIMEOUT_S = 10.0
@@ -58,9 +59,7 @@ async def session(url: str, command: Command, args: argparse.Namespace) -> int:
 
 
 async def endpoints_add(store: Store, args: argparse.Namespace) -> int:
-    options = _endpoint_options(args)
-    event_types = options.pop("event_types", ["*"])
-    new_id, _ = await store.create_endpoint(args.account, args.url, event_types, **options)
+    new_id, _ = await store.create_endpoint(args.account, args.url, _endpoint_options(args))
     endpoint = await store.get_endpoint(new_id, reveal_secret=True)
     if args.json:
         return _json(endpoint)
@@ -103,15 +102,13 @@ async def endpoints_show(store: Store, args: argparse.Namespace) -> int:
 
 
 async def endpoints_update(store: Store, args: argparse.Namespace) -> int:
-    options = _endpoint_options(args)
-    if args.url is not None:
-        options["url"] = args.url
-    if not options:
+    changes = _endpoint_options(args)
+    if args.url is None and not changes.given():
         raise InvalidInput(
             "nothing to update: pass at least one of --url, --events, --description, "
             "--max-in-flight, --ordering, --rate-limit"
         )
-    await store.update_endpoint(args.endpoint, **options)
+    await store.update_endpoint(args.endpoint, changes, url=args.url)
     return await _print_endpoint(store, args, "updated")
 
 
@@ -147,16 +144,17 @@ async def endpoints_delete(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
-def _endpoint_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The endpoint fields given on the command line, named as the store names them."""
-    options: dict[str, Any] = {}
-    if args.events is not None:
-        options["event_types"] = [t for group in args.events for t in group]
-    names = ("description", "max_in_flight", "ordering")
-    options.update({n: getattr(args, n) for n in names if getattr(args, n) is not None})
-    if args.rate_limit is not None:
-        options["rate_limit_per_s"] = args.rate_limit
-    return options
+def _endpoint_options(args: argparse.Namespace) -> EndpointOptions:
+    """The endpoint settings given on the command line."""
+    return EndpointOptions(
+        description=args.description,
+        event_types=(
+            tuple(t for group in args.events for t in group) if args.events is not None else None
+        ),
+        max_in_flight=args.max_in_flight,
+        ordering=Ordering(args.ordering) if args.ordering is not None else None,
+        rate_limit_per_s=args.rate_limit,
+    )
 
 
 async def _print_endpoint(store: Store, args: argparse.Namespace, done: str) -> int:

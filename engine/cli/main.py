@@ -28,9 +28,11 @@ from engine.cli import commands as cmd
 from engine.cli.args import delivery_id, duration, endpoint_id, page_size, seconds, since, words
 from engine.cli.embedded_postgres import EmbeddedPostgres
 from engine.config import Settings
+from engine.db.keys import DEFAULT_PAGE
 from engine.db.migrate import migrate
 from engine.db.read_models import DeliveryStatus
 from engine.errors import ConfigError, EngineError, InvalidInput
+from engine.models import ENDPOINT_DEFAULTS, MAX_IN_FLIGHT_BOUNDS, Ordering
 
 T = TypeVar("T")
 log = structlog.get_logger("engine.cli.main")
@@ -136,8 +138,18 @@ def _parser() -> argparse.ArgumentParser:
             help="event types, comma-separated: email.sent,email.*,* (repeatable; add: default *)",
         )
         p.add_argument("--description")
-        p.add_argument("--max-in-flight", type=int, metavar="N", help="1..256 (add: default 8)")
-        p.add_argument("--ordering", choices=["dispatch", "strict"], help="add: default dispatch")
+        low, high = MAX_IN_FLIGHT_BOUNDS
+        p.add_argument(
+            "--max-in-flight",
+            type=int,
+            metavar="N",
+            help=f"{low}..{high} (add: default {ENDPOINT_DEFAULTS.max_in_flight})",
+        )
+        p.add_argument(
+            "--ordering",
+            choices=[o.value for o in Ordering],
+            help=f"add: default {ENDPOINT_DEFAULTS.ordering}",
+        )
         p.add_argument("--rate-limit", type=float, metavar="PER_S", help="0 removes the limit")
 
     endpoints = sub.add_parser("endpoints", help="register and manage endpoints")
@@ -210,7 +222,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _paging(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--limit", type=page_size, default=50, metavar="N", help="rows per page")
+    p.add_argument(
+        "--limit", type=page_size, default=DEFAULT_PAGE, metavar="N", help="rows per page"
+    )
     p.add_argument("--cursor", help="the next page, as printed after the previous one")
 
 
