@@ -36,7 +36,7 @@ StartEngine = Callable[..., Awaitable[RunningEngine]]
 
 TOKEN = "test-admin-token-0123456789abcdef"  # noqa: S105 - a test token, not a secret
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=20)
-DOC_PATH = Path(__file__).resolve().parents[2] / "engine" / "openapi.json"
+DOC_PATH = Path(__file__).resolve().parents[2] / "engine" / "admin" / "openapi.json"
 DOC: dict[str, Any] = json.loads(DOC_PATH.read_text())
 METHODS = ("get", "put", "post", "patch", "delete")
 NO_BODY = object()

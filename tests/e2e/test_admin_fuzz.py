@@ -64,7 +64,7 @@ AnyCase: TypeAlias = "Case[Any]"
 
 TOKEN = "t" * 32  # the admin token of the engine under test
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-DOC_PATH = Path(__file__).resolve().parents[2] / "engine" / "openapi.json"
+DOC_PATH = Path(__file__).resolve().parents[2] / "engine" / "admin" / "openapi.json"
 # Per operation and mode: about 1,300 requests, some 10 s. WEBHOOKS_FUZZ_EXAMPLES=1000 digs deeper.
 MAX_EXAMPLES = int(os.environ.get("WEBHOOKS_FUZZ_EXAMPLES", "50"))
 HTTP_TIMEOUT_S = 20.0
