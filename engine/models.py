@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -58,6 +58,10 @@ class EndpointOptions:
         """These settings, each one not given taken from :data:`ENDPOINT_DEFAULTS`."""
         return dataclasses.replace(ENDPOINT_DEFAULTS, **self.given())
 
+
+# How long a rotated-out secret keeps signing: webhooks.rotate_secret's default and its limit.
+DEFAULT_ROTATION_GRACE = timedelta(hours=24)
+MAX_ROTATION_GRACE = timedelta(days=30)
 
 ENDPOINT_DEFAULTS = EndpointOptions(
     description="",

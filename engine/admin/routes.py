@@ -47,7 +47,13 @@ from engine.errors import (
     PayloadTooLarge,
     UnknownEventType,
 )
-from engine.models import MAX_IN_FLIGHT_BOUNDS, EndpointOptions, Ordering
+from engine.models import (
+    DEFAULT_ROTATION_GRACE,
+    MAX_IN_FLIGHT_BOUNDS,
+    MAX_ROTATION_GRACE,
+    EndpointOptions,
+    Ordering,
+)
 
 log = structlog.get_logger("engine.admin.routes")
 
@@ -55,8 +61,6 @@ routes = web.RouteTableDef()
 
 ORDERINGS = tuple(o.value for o in Ordering)
 STATUSES = tuple(s.value for s in DeliveryStatus)
-MAX_GRACE_S = 30 * 86400  # webhooks.rotate_secret refuses a longer grace period
-DEFAULT_GRACE_S = 86400
 MAX_RATE_PER_S = 1e6
 ENDPOINT_OPTIONS = tuple(f.name for f in dataclasses.fields(EndpointOptions))
 # "whsec_" and the standard base64 of a 24 to 64 byte key (what webhooks.check_secret accepts).
@@ -124,13 +128,13 @@ def _store(request: web.Request) -> Store:
     return request.app[CONTEXT].store
 
 
-def _json(value: Any, status: int = 200, location: str | None = None) -> web.Response:
+def _json_response(value: Any, status: int = 200, location: str | None = None) -> web.Response:
     headers = {"Location": location} if location is not None else None
     return web.json_response(jsonable(value), status=status, headers=headers)
 
 
-def _page(page: Page[Any]) -> web.Response:
-    return _json({"data": page.items, "next_cursor": page.next_cursor})
+def _page_response(page: Page[Any]) -> web.Response:
+    return _json_response({"data": page.items, "next_cursor": page.next_cursor})
 
 
 @functools.cache
@@ -189,7 +193,7 @@ async def create_endpoint(request: web.Request) -> web.Response:
     with store_errors(endpoint_id="id"):
         new_id, _ = await store.create_endpoint(account_id, url, options, secret=secret)
         endpoint = await store.get_endpoint(new_id, reveal_secret=True)
-    return _json(endpoint, 201, location=f"/v1/endpoints/{new_id}")
+    return _json_response(endpoint, 201, location=f"/v1/endpoints/{new_id}")
 
 
 @routes.get("/v1/endpoints")
@@ -203,7 +207,7 @@ async def list_endpoints(request: web.Request) -> web.Response:
             limit=query.limit(),
             cursor=query.cursor(),
         )
-    return _page(page)
+    return _page_response(page)
 
 
 @routes.get("/v1/endpoints/{id}")
@@ -212,7 +216,7 @@ async def show_endpoint(request: web.Request) -> web.Response:
     reveal = Query(request, ("reveal_secret",)).boolean("reveal_secret") or False
     with store_errors(endpoint_id="id"):
         endpoint = await _store(request).get_endpoint(endpoint_id(request), reveal_secret=reveal)
-    return _json(endpoint)
+    return _json_response(endpoint)
 
 
 @routes.patch("/v1/endpoints/{id}")
@@ -229,7 +233,7 @@ async def update_endpoint(request: web.Request) -> web.Response:
     with store_errors(endpoint_id="id"):
         await store.update_endpoint(the_id, options, url=url)
         endpoint = await store.get_endpoint(the_id)
-    return _json(endpoint)
+    return _json_response(endpoint)
 
 
 @routes.delete("/v1/endpoints/{id}")
@@ -253,7 +257,7 @@ async def disable_endpoint(request: web.Request) -> web.Response:
     with store_errors(endpoint_id="id"):
         await store.disable_endpoint(the_id, reason)
         endpoint = await store.get_endpoint(the_id)
-    return _json(endpoint)
+    return _json_response(endpoint)
 
 
 @routes.post("/v1/endpoints/{id}/enable")
@@ -266,7 +270,7 @@ async def enable_endpoint(request: web.Request) -> web.Response:
     with store_errors(endpoint_id="id"):
         await store.enable_endpoint(the_id)
         endpoint = await store.get_endpoint(the_id)
-    return _json(endpoint)
+    return _json_response(endpoint)
 
 
 @routes.post("/v1/endpoints/{id}/rotate-secret")
@@ -275,17 +279,17 @@ async def rotate_secret(request: web.Request) -> web.Response:
     no_query(request)
     the_id = endpoint_id(request)
     body = await json_body(request, ("grace_seconds", "secret"), optional=True)
-    grace_s = body.integer("grace_seconds", 0, MAX_GRACE_S)
+    grace_s = body.integer("grace_seconds", 0, int(MAX_ROTATION_GRACE.total_seconds()))
     new_secret = _secret(body)
     store = _store(request)
     with store_errors(endpoint_id="id", grace="grace_seconds"):
         secret = await store.rotate_secret(
             the_id,
-            timedelta(seconds=DEFAULT_GRACE_S if grace_s is None else grace_s),
+            DEFAULT_ROTATION_GRACE if grace_s is None else timedelta(seconds=grace_s),
             new_secret,
         )
         endpoint = await store.get_endpoint(the_id)
-    return _json(
+    return _json_response(
         {
             "id": the_id,
             "secret": secret,
@@ -303,7 +307,7 @@ async def recover(request: web.Request) -> web.Response:
     since = need(body.time("since"), "since")
     with store_errors(endpoint_id="id"):
         count = await _store(request).recover(the_id, since)
-    return _json({"count": count})
+    return _json_response({"count": count})
 
 
 # -- events and deliveries ----------------------------------------------------------------------
@@ -320,7 +324,7 @@ async def emit(request: web.Request) -> web.Response:
     key = body.text("idempotency_key", min_len=1, max_len=255)
     with store_errors(event_type="type"):
         event_id = await _store(request).emit(account_id, event_type, payload, key)
-    return _json({"event_id": event_id}, 202)
+    return _json_response({"event_id": event_id}, 202)
 
 
 @routes.get("/v1/deliveries")
@@ -341,7 +345,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
             limit=query.limit(),
             cursor=query.cursor(),
         )
-    return _page(page)
+    return _page_response(page)
 
 
 @routes.get("/v1/deliveries/{id}")
@@ -351,7 +355,7 @@ async def show_delivery(request: web.Request) -> web.Response:
     the_id = delivery_id(request)
     with store_errors(delivery_id="id"):
         detail = await _store(request).get_delivery(the_id)
-    return _json(detail)
+    return _json_response(detail)
 
 
 @routes.post("/v1/deliveries/{id}/redeliver")
@@ -362,4 +366,4 @@ async def redeliver(request: web.Request) -> web.Response:
     await json_body(request, (), optional=True)
     with store_errors(delivery_id="id"):
         new_id = await _store(request).redeliver(the_id)
-    return _json({"delivery_id": new_id}, 201, location=f"/v1/deliveries/{new_id}")
+    return _json_response({"delivery_id": new_id}, 201, location=f"/v1/deliveries/{new_id}")

@@ -1,4 +1,4 @@
-"""The database commands of the CLI: endpoints, deliveries, recover. ``cli.py`` parses, these act.
+"""The database commands of the CLI: endpoints, deliveries, recover. ``main`` parses, these act.
 
 Each command is a coroutine ``(store, args) -> exit code`` run inside :func:`session`, which
 connects, refuses an outdated schema and closes the pool whatever happens. People get tables
@@ -62,7 +62,7 @@ async def endpoints_add(store: Store, args: argparse.Namespace) -> int:
     new_id, _ = await store.create_endpoint(args.account, args.url, _endpoint_options(args))
     endpoint = await store.get_endpoint(new_id, reveal_secret=True)
     if args.json:
-        return _json(endpoint)
+        return _print_json(endpoint)
     print(f"created endpoint {endpoint.id}")
     print(_endpoint_fields(endpoint))
     print(
@@ -77,7 +77,7 @@ async def endpoints_list(store: Store, args: argparse.Namespace) -> int:
         account_id=args.account, enabled=args.enabled, limit=args.limit, cursor=args.cursor
     )
     if args.json:
-        return _json(page)
+        return _print_json(page)
     rows = [
         [
             str(e.id),
@@ -90,13 +90,13 @@ async def endpoints_list(store: Store, args: argparse.Namespace) -> int:
         for e in page.items
     ]
     headers = ["id", "account", "url", "events", "state", "created"]
-    return _table(headers, rows, page, "no endpoints")
+    return _print_table(headers, rows, page, "no endpoints")
 
 
 async def endpoints_show(store: Store, args: argparse.Namespace) -> int:
     endpoint = await store.get_endpoint(args.endpoint, reveal_secret=args.reveal_secret)
     if args.json:
-        return _json(endpoint)
+        return _print_json(endpoint)
     print(_endpoint_fields(endpoint))
     return 0
 
@@ -127,7 +127,9 @@ async def endpoints_rotate(store: Store, args: argparse.Namespace) -> int:
     endpoint = await store.get_endpoint(args.endpoint)
     expires = endpoint.previous_secret_expires_at
     if args.json:
-        return _json({"id": endpoint.id, "secret": secret, "previous_secret_expires_at": expires})
+        return _print_json(
+            {"id": endpoint.id, "secret": secret, "previous_secret_expires_at": expires}
+        )
     print(f"new secret of endpoint {endpoint.id}: {secret}")
     if expires:
         print(f"The old one stays valid until {tables.when(expires)}; deliveries carry both.")
@@ -139,7 +141,7 @@ async def endpoints_rotate(store: Store, args: argparse.Namespace) -> int:
 async def endpoints_delete(store: Store, args: argparse.Namespace) -> int:
     await store.delete_endpoint(args.endpoint)
     if args.json:
-        return _json({"id": args.endpoint, "deleted": True})
+        return _print_json({"id": args.endpoint, "deleted": True})
     print(f"deleted endpoint {args.endpoint}; its live deliveries were cancelled")
     return 0
 
@@ -160,7 +162,7 @@ def _endpoint_options(args: argparse.Namespace) -> EndpointOptions:
 async def _print_endpoint(store: Store, args: argparse.Namespace, done: str) -> int:
     endpoint = await store.get_endpoint(args.endpoint)
     if args.json:
-        return _json(endpoint)
+        return _print_json(endpoint)
     print(f"{done} endpoint {endpoint.id}")
     print(_endpoint_fields(endpoint))
     return 0
@@ -205,10 +207,10 @@ async def deliveries_list(store: Store, args: argparse.Namespace) -> int:
         cursor=args.cursor,
     )
     if args.json:
-        return _json(page)
+        return _print_json(page)
     headers = ["delivery", "created", "event", "status", "attempts", "last code", "endpoint"]
     rows = [_delivery_row(d) for d in page.items]
-    return _table(headers, rows, page, "no deliveries")
+    return _print_table(headers, rows, page, "no deliveries")
 
 
 def _delivery_row(d: DeliveryView) -> list[str]:
@@ -218,7 +220,7 @@ def _delivery_row(d: DeliveryView) -> list[str]:
         d.event_type,
         d.status.value,
         str(d.attempts),
-        _code(d.last_status_code),
+        _status_text(d.last_status_code),
         d.endpoint_url,
     ]
 
@@ -226,7 +228,7 @@ def _delivery_row(d: DeliveryView) -> list[str]:
 async def deliveries_show(store: Store, args: argparse.Namespace) -> int:
     detail = await store.get_delivery(args.delivery)
     if args.json:
-        return _json(detail)
+        return _print_json(detail)
     d = detail.delivery
     print(
         tables.fields(
@@ -270,7 +272,7 @@ def _attempt_row(a: AttemptView) -> list[str]:
     return [
         str(a.attempt),
         tables.when(a.started_at),
-        _code(a.status_code),
+        _status_text(a.status_code),
         f"{a.duration_ms} ms",
         a.outcome,
         error or "-",
@@ -282,7 +284,7 @@ def _attempt_row(a: AttemptView) -> list[str]:
 async def deliveries_redeliver(store: Store, args: argparse.Namespace) -> int:
     new_id = await store.redeliver(args.delivery)
     if args.json:
-        return _json({"delivery_id": args.delivery, "new_delivery_id": new_id})
+        return _print_json({"delivery_id": args.delivery, "new_delivery_id": new_id})
     print(f"queued delivery {new_id}: the event of delivery {args.delivery}, sent again")
     return 0
 
@@ -340,7 +342,7 @@ def _tail_line(item: RecentAttempt, *, as_json: bool) -> str:
         tables.when(a.started_at),
         f"delivery {a.delivery_id} #{a.attempt}",
         item.event_type or "?",
-        _code(a.status_code).rjust(3),
+        _status_text(a.status_code).rjust(3),
         f"{a.duration_ms} ms",
         a.outcome,
         tables.cut(item.endpoint_url, 48),
@@ -352,7 +354,7 @@ def _tail_line(item: RecentAttempt, *, as_json: bool) -> str:
 async def recover(store: Store, args: argparse.Namespace) -> int:
     count = await store.recover(args.endpoint, args.since)
     if args.json:
-        return _json({"endpoint_id": args.endpoint, "since": args.since, "requeued": count})
+        return _print_json({"endpoint_id": args.endpoint, "since": args.since, "requeued": count})
     noun = "delivery" if count == 1 else "deliveries"
     print(
         f"re-queued {count} {noun} of endpoint {args.endpoint} that failed or were cancelled "
@@ -364,12 +366,12 @@ async def recover(store: Store, args: argparse.Namespace) -> int:
 # -- output -------------------------------------------------------------------------------------
 
 
-def _json(value: Any) -> int:
+def _print_json(value: Any) -> int:
     print(json.dumps(jsonable(value), indent=2, ensure_ascii=False))
     return 0
 
 
-def _table(headers: list[str], rows: Iterable[list[str]], page: Page[Any], empty: str) -> int:
+def _print_table(headers: list[str], rows: Iterable[list[str]], page: Page[Any], empty: str) -> int:
     rows = list(rows)
     print(tables.table(headers, rows) if rows else empty)
     if page.next_cursor is not None:
@@ -377,6 +379,6 @@ def _table(headers: list[str], rows: Iterable[list[str]], page: Page[Any], empty
     return 0
 
 
-def _code(status: int | None) -> str:
+def _status_text(status: int | None) -> str:
     """An HTTP status, or ``-`` when no response arrived (status 0) or none yet."""
     return str(status) if status else "-"

@@ -27,12 +27,17 @@ from engine import logs
 from engine.cli import commands as cmd
 from engine.cli.args import delivery_id, duration, endpoint_id, page_size, seconds, since, words
 from engine.cli.embedded_postgres import EmbeddedPostgres
-from engine.config import Settings
+from engine.config import LOG_FORMATS, LOG_LEVELS, Settings
 from engine.db.keys import DEFAULT_PAGE
 from engine.db.migrate import migrate
 from engine.db.read_models import DeliveryStatus
 from engine.errors import ConfigError, EngineError, InvalidInput
-from engine.models import ENDPOINT_DEFAULTS, MAX_IN_FLIGHT_BOUNDS, Ordering
+from engine.models import (
+    DEFAULT_ROTATION_GRACE,
+    ENDPOINT_DEFAULTS,
+    MAX_IN_FLIGHT_BOUNDS,
+    Ordering,
+)
 
 T = TypeVar("T")
 log = structlog.get_logger("engine.cli.main")
@@ -85,8 +90,8 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--database-url", help="Postgres URL (default: $WEBHOOKS_DATABASE_URL)")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--log-format", choices=["auto", "json", "console"])
+    parser.add_argument("--log-level", choices=LOG_LEVELS)
+    parser.add_argument("--log-format", choices=LOG_FORMATS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p: argparse.ArgumentParser
 
@@ -181,8 +186,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--grace",
         type=duration,
-        default="24h",
-        help="how long the old secret stays valid (default 24h; 0 ends it now)",
+        default=DEFAULT_ROTATION_GRACE,
+        help=(
+            "how long the old secret stays valid"
+            f" (default {DEFAULT_ROTATION_GRACE.total_seconds() / 3600:g}h; 0 ends it now)"
+        ),
     )
     p = command(esub, "delete", cmd.endpoints_delete, "delete an endpoint; cancels live deliveries")
     p.add_argument("endpoint", type=endpoint_id, metavar="ENDPOINT")

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import re
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -22,8 +23,10 @@ from engine.db import keys
 from engine.db.read_models import DeliveryStatus
 from engine.models import (
     DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_ROTATION_GRACE,
     ENDPOINT_DEFAULTS,
     MAX_IN_FLIGHT_BOUNDS,
+    MAX_ROTATION_GRACE,
     AttemptOutcome,
     EndpointOptions,
     Ordering,
@@ -110,6 +113,42 @@ async def test_max_in_flight_bounds_are_what_sql_accepts(
         assert (error.sqlstate, error.column_name) == ("WH001", "max_in_flight")
 
 
+async def test_rotation_grace_default_is_sqls(conn: asyncpg.Connection) -> None:
+    """rotate_secret without a grace keeps the old secret for DEFAULT_ROTATION_GRACE."""
+    endpoint_id = await conn.fetchval(
+        "SELECT id FROM webhooks.create_endpoint('acct_1', 'https://example.com/h', ARRAY['*'])"
+    )
+    async with conn.transaction():  # now() stays the rotation's time
+        await conn.fetchval("SELECT webhooks.rotate_secret($1)", endpoint_id)
+        grace = await conn.fetchval(
+            "SELECT previous_secret_expires_at - now() FROM webhooks.endpoints WHERE id = $1",
+            endpoint_id,
+        )
+    assert grace == DEFAULT_ROTATION_GRACE
+
+
+@pytest.mark.parametrize(
+    ("grace", "accepted"),
+    [
+        (MAX_ROTATION_GRACE, True),
+        (MAX_ROTATION_GRACE + timedelta(seconds=1), False),
+    ],
+)
+async def test_rotation_grace_limit_is_what_sql_accepts(
+    conn: asyncpg.Connection, grace: timedelta, accepted: bool
+) -> None:
+    """SQL accepts a rotation grace up to MAX_ROTATION_GRACE, the API's limit, and no longer."""
+    endpoint_id = await conn.fetchval(
+        "SELECT id FROM webhooks.create_endpoint('acct_1', 'https://example.com/h', ARRAY['*'])"
+    )
+    call = conn.fetchval("SELECT webhooks.rotate_secret($1, $2)", endpoint_id, grace)
+    if accepted:
+        assert await call is not None
+    else:
+        error = await error_of(conn, call)
+        assert (error.sqlstate, error.column_name) == ("WH001", "grace")
+
+
 async def test_orderings_are_what_sql_accepts(conn: asyncpg.Connection) -> None:
     """The endpoints table's CHECK on ordering allows exactly the Ordering enum's values."""
     check = await conn.fetchval(
@@ -173,6 +212,16 @@ def test_document_endpoint_defaults_and_bounds_are_pythons() -> None:
     for schema in ("Endpoint", "EndpointCreate", "EndpointUpdate"):
         bounds = SCHEMAS[schema]["properties"]["max_in_flight"]
         assert (bounds["minimum"], bounds["maximum"]) == MAX_IN_FLIGHT_BOUNDS, schema
+
+
+def test_document_rotation_grace_is_pythons() -> None:
+    """The document's grace_seconds default and maximum are the rotation grace constants."""
+    grace = SCHEMAS["RotateSecretRequest"]["properties"]["grace_seconds"]
+    assert (grace["minimum"], grace["maximum"], grace["default"]) == (
+        0,
+        MAX_ROTATION_GRACE.total_seconds(),
+        DEFAULT_ROTATION_GRACE.total_seconds(),
+    )
 
 
 def test_document_paging_and_ids_are_the_keys() -> None:
