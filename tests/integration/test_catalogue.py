@@ -88,6 +88,25 @@ async def test_endpoint_defaults_are_the_column_defaults(conn: asyncpg.Connectio
     )
 
 
+async def test_sql_create_endpoint_defaults_are_pythons(conn: asyncpg.Connection) -> None:
+    """webhooks.create_endpoint called without options, as the app may, gives ENDPOINT_DEFAULTS."""
+    endpoint_id = await conn.fetchval(
+        "SELECT id FROM webhooks.create_endpoint('acct_1', 'https://example.com/h', ARRAY['*'])"
+    )
+    row = await conn.fetchrow(
+        "SELECT description, max_in_flight, ordering, rate_limit_per_s FROM webhooks.endpoints"
+        " WHERE id = $1",
+        endpoint_id,
+    )
+    assert row is not None
+    assert tuple(row) == (
+        ENDPOINT_DEFAULTS.description,
+        ENDPOINT_DEFAULTS.max_in_flight,
+        ENDPOINT_DEFAULTS.ordering,
+        ENDPOINT_DEFAULTS.rate_limit_per_s,
+    )
+
+
 @pytest.mark.parametrize(
     ("max_in_flight", "accepted"),
     [
