@@ -128,13 +128,13 @@ def _store(request: web.Request) -> Store:
     return request.app[CONTEXT].store
 
 
-def _json_response(value: Any, status: int = 200, location: str | None = None) -> web.Response:
+def _json(value: Any, status: int = 200, location: str | None = None) -> web.Response:
     headers = {"Location": location} if location is not None else None
     return web.json_response(jsonable(value), status=status, headers=headers)
 
 
-def _page_response(page: Page[Any]) -> web.Response:
-    return _json_response({"data": page.items, "next_cursor": page.next_cursor})
+def _page(page: Page[Any]) -> web.Response:
+    return _json({"data": page.items, "next_cursor": page.next_cursor})
 
 
 @functools.cache
@@ -162,8 +162,8 @@ def _secret(body: Body) -> str | None:
 
 
 def _endpoint_options(body: Body) -> EndpointOptions:
-    """The endpoint settings given in ``body``, checked in the order of the document's fields;
-    ``rate_limit_per_s: null`` is 0 (none)."""
+    """The endpoint settings given in ``body``, checked one by one in this order (the first bad
+    one is the answer); ``rate_limit_per_s: null`` is 0 (none)."""
     description = body.text("description", max_len=1000)
     event_types = body.texts("event_types", max_items=100, max_len=200)
     max_in_flight = body.integer("max_in_flight", *MAX_IN_FLIGHT_BOUNDS)
@@ -193,7 +193,7 @@ async def create_endpoint(request: web.Request) -> web.Response:
     with store_errors(endpoint_id="id"):
         new_id, _ = await store.create_endpoint(account_id, url, options, secret=secret)
         endpoint = await store.get_endpoint(new_id, reveal_secret=True)
-    return _json_response(endpoint, 201, location=f"/v1/endpoints/{new_id}")
+    return _json(endpoint, 201, location=f"/v1/endpoints/{new_id}")
 
 
 @routes.get("/v1/endpoints")
@@ -207,7 +207,7 @@ async def list_endpoints(request: web.Request) -> web.Response:
             limit=query.limit(),
             cursor=query.cursor(),
         )
-    return _page_response(page)
+    return _page(page)
 
 
 @routes.get("/v1/endpoints/{id}")
@@ -216,7 +216,7 @@ async def show_endpoint(request: web.Request) -> web.Response:
     reveal = Query(request, ("reveal_secret",)).boolean("reveal_secret") or False
     with store_errors(endpoint_id="id"):
         endpoint = await _store(request).get_endpoint(endpoint_id(request), reveal_secret=reveal)
-    return _json_response(endpoint)
+    return _json(endpoint)
 
 
 @routes.patch("/v1/endpoints/{id}")
@@ -233,7 +233,7 @@ async def update_endpoint(request: web.Request) -> web.Response:
     with store_errors(endpoint_id="id"):
         await store.update_endpoint(the_id, options, url=url)
         endpoint = await store.get_endpoint(the_id)
-    return _json_response(endpoint)
+    return _json(endpoint)
 
 
 @routes.delete("/v1/endpoints/{id}")
@@ -257,7 +257,7 @@ async def disable_endpoint(request: web.Request) -> web.Response:
     with store_errors(endpoint_id="id"):
         await store.disable_endpoint(the_id, reason)
         endpoint = await store.get_endpoint(the_id)
-    return _json_response(endpoint)
+    return _json(endpoint)
 
 
 @routes.post("/v1/endpoints/{id}/enable")
@@ -270,7 +270,7 @@ async def enable_endpoint(request: web.Request) -> web.Response:
     with store_errors(endpoint_id="id"):
         await store.enable_endpoint(the_id)
         endpoint = await store.get_endpoint(the_id)
-    return _json_response(endpoint)
+    return _json(endpoint)
 
 
 @routes.post("/v1/endpoints/{id}/rotate-secret")
@@ -289,7 +289,7 @@ async def rotate_secret(request: web.Request) -> web.Response:
             new_secret,
         )
         endpoint = await store.get_endpoint(the_id)
-    return _json_response(
+    return _json(
         {
             "id": the_id,
             "secret": secret,
@@ -307,7 +307,7 @@ async def recover(request: web.Request) -> web.Response:
     since = need(body.time("since"), "since")
     with store_errors(endpoint_id="id"):
         count = await _store(request).recover(the_id, since)
-    return _json_response({"count": count})
+    return _json({"count": count})
 
 
 # -- events and deliveries ----------------------------------------------------------------------
@@ -324,7 +324,7 @@ async def emit(request: web.Request) -> web.Response:
     key = body.text("idempotency_key", min_len=1, max_len=255)
     with store_errors(event_type="type"):
         event_id = await _store(request).emit(account_id, event_type, payload, key)
-    return _json_response({"event_id": event_id}, 202)
+    return _json({"event_id": event_id}, 202)
 
 
 @routes.get("/v1/deliveries")
@@ -345,7 +345,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
             limit=query.limit(),
             cursor=query.cursor(),
         )
-    return _page_response(page)
+    return _page(page)
 
 
 @routes.get("/v1/deliveries/{id}")
@@ -355,7 +355,7 @@ async def show_delivery(request: web.Request) -> web.Response:
     the_id = delivery_id(request)
     with store_errors(delivery_id="id"):
         detail = await _store(request).get_delivery(the_id)
-    return _json_response(detail)
+    return _json(detail)
 
 
 @routes.post("/v1/deliveries/{id}/redeliver")
@@ -366,4 +366,4 @@ async def redeliver(request: web.Request) -> web.Response:
     await json_body(request, (), optional=True)
     with store_errors(delivery_id="id"):
         new_id = await _store(request).redeliver(the_id)
-    return _json_response({"delivery_id": new_id}, 201, location=f"/v1/deliveries/{new_id}")
+    return _json({"delivery_id": new_id}, 201, location=f"/v1/deliveries/{new_id}")
