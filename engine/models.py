@@ -28,7 +28,7 @@ class AttemptOutcome(enum.StrEnum):
 
 
 # endpoints.max_in_flight's column default; the dispatcher sizes claims for an endpoint it has no
-# actor for yet by it. A test holds it equal to the column default.
+# actor for yet by it. tests/integration/test_catalogue.py holds it equal to the column default.
 DEFAULT_MAX_IN_FLIGHT = 8
 MAX_IN_FLIGHT_BOUNDS = (1, 256)  # what the endpoints table's CHECK allows
 
@@ -59,10 +59,6 @@ class EndpointOptions:
         return dataclasses.replace(ENDPOINT_DEFAULTS, **self.given())
 
 
-# How long a rotated-out secret keeps signing: webhooks.rotate_secret's default and its limit.
-DEFAULT_ROTATION_GRACE = timedelta(hours=24)
-MAX_ROTATION_GRACE = timedelta(days=30)
-
 ENDPOINT_DEFAULTS = EndpointOptions(
     description="",
     event_types=("*",),
@@ -70,6 +66,10 @@ ENDPOINT_DEFAULTS = EndpointOptions(
     ordering=Ordering.DISPATCH,
     rate_limit_per_s=None,  # no limit
 )
+
+# How long a rotated-out secret keeps signing: webhooks.rotate_secret's default and its limit.
+DEFAULT_ROTATION_GRACE = timedelta(hours=24)
+MAX_ROTATION_GRACE = timedelta(days=30)
 
 
 class ErrorKind(enum.StrEnum):
