@@ -29,10 +29,9 @@ from prometheus_client import (
     generate_latest,
 )
 
-from engine.models import Delivery, Outcome, QueueDepths, Recorded
+from engine.models import AttemptOutcome, Delivery, Outcome, QueueDepths, Recorded
 
 PREFIX = "misar_webhooks_"
-OUTCOMES = ("delivered", "retry", "failed", "stale")
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "transport_error", "other")
 # Attempts are bounded by the request timeout (WEBHOOKS_REQUEST_TIMEOUT_S).
 ATTEMPT_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -135,7 +134,7 @@ class Metrics:
             registry=registry,
         ).set_function(lambda: float(results_buffered()))
         # Every series exists from the start, so a rate() sees the first increment.
-        for outcome in OUTCOMES:
+        for outcome in AttemptOutcome:
             self.delivery_outcomes.labels(outcome)
         for cls in STATUS_CLASSES:
             self.attempts.labels(cls)

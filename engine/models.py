@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 
@@ -13,6 +15,61 @@ class Ordering(enum.StrEnum):
 
     DISPATCH = "dispatch"
     STRICT = "strict"
+
+
+class AttemptOutcome(enum.StrEnum):
+    """What recording an attempt did with its delivery: the outcomes ``record_attempts_v1`` returns
+    and ``webhooks.attempts.outcome`` holds."""
+
+    DELIVERED = "delivered"  # a 2xx: the delivery ended
+    RETRY = "retry"  # another attempt is scheduled
+    FAILED = "failed"  # out of attempts, or the endpoint is gone: the delivery ended
+    STALE = "stale"  # the lease had been lost; the result was not counted
+
+
+# endpoints.max_in_flight's column default; the dispatcher sizes claims for an endpoint it has no
+# actor for yet by it. tests/integration/test_catalogue.py holds it equal to the column default.
+DEFAULT_MAX_IN_FLIGHT = 8
+MAX_IN_FLIGHT_BOUNDS = (1, 256)  # what the endpoints table's CHECK allows
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointOptions:
+    """An endpoint's settings besides its account, URL and secret, as the admin API, the CLI and
+    the store pass them. A field left None is not given: a new endpoint takes the default of
+    :data:`ENDPOINT_DEFAULTS`, an update leaves the setting as it is. ``rate_limit_per_s`` 0 means
+    no limit (how an update removes one)."""
+
+    description: str | None = None
+    event_types: tuple[str, ...] | None = None
+    max_in_flight: int | None = None
+    ordering: Ordering | None = None
+    rate_limit_per_s: float | None = None
+
+    def given(self) -> dict[str, Any]:
+        """The settings given, by name."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) is not None
+        }
+
+    def with_defaults(self) -> EndpointOptions:
+        """These settings, each one not given taken from :data:`ENDPOINT_DEFAULTS`."""
+        return dataclasses.replace(ENDPOINT_DEFAULTS, **self.given())
+
+
+ENDPOINT_DEFAULTS = EndpointOptions(
+    description="",
+    event_types=("*",),
+    max_in_flight=DEFAULT_MAX_IN_FLIGHT,
+    ordering=Ordering.DISPATCH,
+    rate_limit_per_s=None,  # no limit
+)
+
+# How long a rotated-out secret keeps signing: webhooks.rotate_secret's default and its limit.
+DEFAULT_ROTATION_GRACE = timedelta(hours=24)
+MAX_ROTATION_GRACE = timedelta(days=30)
 
 
 class ErrorKind(enum.StrEnum):
@@ -102,7 +159,7 @@ class Recorded:
     """What ``record_attempts_v1`` did with one result."""
 
     delivery_id: int
-    outcome: str  # delivered | retry | failed | stale
+    outcome: AttemptOutcome
     attempt: int | None
     next_attempt_at: datetime | None
 

@@ -22,18 +22,15 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from engine.admin.server import ApiError
-from engine.db.read_models import MAX_PAGE, decode_cursor
+from engine.db import keys
 from engine.errors import InvalidInput
 
 T = TypeVar("T")
-MAX_BIGINT = 2**63 - 1
-UUID_PATTERN = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 # RFC 3339 date-time (the JSON Schema "date-time" format), matched after upper-casing "t" and "z".
 DATE_TIME = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
     r"(?:Z|[+-][0-9]{2}:[0-9]{2})"
 )
-INTEGER = re.compile(r"-?[0-9]{1,19}")
 EARLIEST = datetime.min.replace(tzinfo=UTC)  # asyncpg sends it as -infinity
 LATEST = datetime.max.replace(tzinfo=UTC)  # and this as infinity
 JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
@@ -67,10 +64,16 @@ def check_text(value: str, field: str) -> str:
     return value
 
 
+def refused(exc: InvalidInput) -> ApiError:
+    """The 400 of a value :mod:`engine.db.keys` refused; its message starts with the field."""
+    return ApiError(400, "invalid_field", str(exc), field=exc.field)
+
+
 def parse_uuid(text: str, field: str) -> UUID:
-    if UUID_PATTERN.fullmatch(text) is None:
-        raise invalid(field, "must be a UUID like 123e4567-e89b-12d3-a456-426614174000")
-    return UUID(text)
+    try:
+        return keys.parse_uuid(text, field)
+    except InvalidInput as exc:
+        raise refused(exc) from None
 
 
 def parse_time(text: str, field: str) -> datetime:
@@ -102,34 +105,10 @@ def endpoint_id(request: web.Request) -> UUID:
 
 def delivery_id(request: web.Request) -> int:
     """The ``{id}`` of a delivery route: a positive 64-bit integer."""
-    text = request.match_info["id"]
-    if INTEGER.fullmatch(text) is None or not 0 < int(text) <= MAX_BIGINT:
-        raise invalid("id", f"must be a delivery id, an integer from 1 to {MAX_BIGINT}")
-    return int(text)
-
-
-def check_cursor(kind: str, cursor: str) -> str:
-    """Refuse a cursor the store could not use (``kind`` "e": endpoints, "d": deliveries)."""
     try:
-        created_at, _ = decode_cursor(kind, cursor, _uuid_key if kind == "e" else _bigint_key)
-        created_at.astimezone(UTC)
-    except (InvalidInput, OverflowError):
-        raise invalid(
-            "cursor", "is not a cursor of this list (pass next_cursor of the previous page)"
-        ) from None
-    return cursor
-
-
-def _uuid_key(text: str) -> UUID:
-    if UUID_PATTERN.fullmatch(text) is None:
-        raise ValueError(text)
-    return UUID(text)
-
-
-def _bigint_key(text: str) -> int:
-    if INTEGER.fullmatch(text) is None or not 0 < int(text) <= MAX_BIGINT:
-        raise ValueError(text)
-    return int(text)
+        return keys.parse_delivery_id(request.match_info["id"], "id")
+    except InvalidInput as exc:
+        raise refused(exc) from None
 
 
 async def json_body(
@@ -340,14 +319,15 @@ class Query:
     def limit(self) -> int:
         value = self._query.get("limit")
         if value is None:
-            return 50
-        if INTEGER.fullmatch(value) is None or not 1 <= int(value) <= MAX_PAGE:
-            raise invalid("limit", f"must be an integer from 1 to {MAX_PAGE}")
-        return int(value)
+            return keys.DEFAULT_PAGE
+        try:
+            return keys.parse_page_size(value)
+        except InvalidInput as exc:
+            raise refused(exc) from None
 
-    def cursor(self, kind: str) -> str | None:
-        value = self.text("cursor", max_len=1000)
-        return check_cursor(kind, value) if value is not None else None
+    def cursor(self) -> str | None:
+        """The page cursor as given; the store decodes it, refusing one of another list."""
+        return self.text("cursor", max_len=1000)
 
     def uuid(self, name: str) -> UUID | None:
         value = self._query.get(name)

@@ -13,6 +13,7 @@ database cannot be reached. Secrets leave only in the answers to create, rotate-
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Iterator
@@ -46,17 +47,22 @@ from engine.errors import (
     PayloadTooLarge,
     UnknownEventType,
 )
+from engine.models import (
+    DEFAULT_ROTATION_GRACE,
+    MAX_IN_FLIGHT_BOUNDS,
+    MAX_ROTATION_GRACE,
+    EndpointOptions,
+    Ordering,
+)
 
 log = structlog.get_logger("engine.admin.routes")
 
 routes = web.RouteTableDef()
 
-ORDERINGS = ("dispatch", "strict")
+ORDERINGS = tuple(o.value for o in Ordering)
 STATUSES = tuple(s.value for s in DeliveryStatus)
-MAX_GRACE_S = 30 * 86400  # webhooks.rotate_secret refuses a longer grace period
-DEFAULT_GRACE_S = 86400
 MAX_RATE_PER_S = 1e6
-ENDPOINT_OPTIONS = ("description", "event_types", "max_in_flight", "ordering", "rate_limit_per_s")
+ENDPOINT_OPTIONS = tuple(f.name for f in dataclasses.fields(EndpointOptions))
 # "whsec_" and the standard base64 of a 24 to 64 byte key (what webhooks.check_secret accepts).
 SECRET = re.compile(
     r"whsec_(?:(?:[A-Za-z0-9+/]{4}){8,20}(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
@@ -155,18 +161,23 @@ def _secret(body: Body) -> str | None:
     return secret
 
 
-def _endpoint_options(body: Body) -> dict[str, Any]:
-    """The optional endpoint settings given in ``body``; ``rate_limit_per_s: null`` is 0 (none)."""
-    options: dict[str, Any] = {
-        "description": body.text("description", max_len=1000),
-        "event_types": body.texts("event_types", max_items=100, max_len=200),
-        "max_in_flight": body.integer("max_in_flight", 1, 256),
-        "ordering": body.choice("ordering", ORDERINGS),
-        "rate_limit_per_s": body.number("rate_limit_per_s", 0, MAX_RATE_PER_S, nullable=True),
-    }
-    if body.has("rate_limit_per_s") and options["rate_limit_per_s"] is None:
-        options["rate_limit_per_s"] = 0.0
-    return {name: value for name, value in options.items() if value is not None}
+def _endpoint_options(body: Body) -> EndpointOptions:
+    """The endpoint settings given in ``body``, checked one by one in this order (the first bad
+    one is the answer); ``rate_limit_per_s: null`` is 0 (none)."""
+    description = body.text("description", max_len=1000)
+    event_types = body.texts("event_types", max_items=100, max_len=200)
+    max_in_flight = body.integer("max_in_flight", *MAX_IN_FLIGHT_BOUNDS)
+    ordering = body.choice("ordering", ORDERINGS)
+    rate_limit_per_s = body.number("rate_limit_per_s", 0, MAX_RATE_PER_S, nullable=True)
+    if body.has("rate_limit_per_s") and rate_limit_per_s is None:
+        rate_limit_per_s = 0.0
+    return EndpointOptions(
+        description=description,
+        event_types=tuple(event_types) if event_types is not None else None,
+        max_in_flight=max_in_flight,
+        ordering=Ordering(ordering) if ordering is not None else None,
+        rate_limit_per_s=rate_limit_per_s,
+    )
 
 
 @routes.post("/v1/endpoints")
@@ -178,12 +189,9 @@ async def create_endpoint(request: web.Request) -> web.Response:
     url = need(body.text("url", min_len=1, max_len=2048), "url")
     secret = _secret(body)
     options = _endpoint_options(body)
-    event_types = options.pop("event_types", ["*"])
     store = _store(request)
     with store_errors(endpoint_id="id"):
-        new_id, _ = await store.create_endpoint(
-            account_id, url, event_types, secret=secret, **options
-        )
+        new_id, _ = await store.create_endpoint(account_id, url, options, secret=secret)
         endpoint = await store.get_endpoint(new_id, reveal_secret=True)
     return _json(endpoint, 201, location=f"/v1/endpoints/{new_id}")
 
@@ -197,7 +205,7 @@ async def list_endpoints(request: web.Request) -> web.Response:
             account_id=query.text("account_id", max_len=200),
             enabled=query.boolean("enabled"),
             limit=query.limit(),
-            cursor=query.cursor("e"),
+            cursor=query.cursor(),
         )
     return _page(page)
 
@@ -223,7 +231,7 @@ async def update_endpoint(request: web.Request) -> web.Response:
     options = _endpoint_options(body)
     store = _store(request)
     with store_errors(endpoint_id="id"):
-        await store.update_endpoint(the_id, url=url, **options)
+        await store.update_endpoint(the_id, options, url=url)
         endpoint = await store.get_endpoint(the_id)
     return _json(endpoint)
 
@@ -271,13 +279,13 @@ async def rotate_secret(request: web.Request) -> web.Response:
     no_query(request)
     the_id = endpoint_id(request)
     body = await json_body(request, ("grace_seconds", "secret"), optional=True)
-    grace_s = body.integer("grace_seconds", 0, MAX_GRACE_S)
+    grace_s = body.integer("grace_seconds", 0, int(MAX_ROTATION_GRACE.total_seconds()))
     new_secret = _secret(body)
     store = _store(request)
     with store_errors(endpoint_id="id", grace="grace_seconds"):
         secret = await store.rotate_secret(
             the_id,
-            timedelta(seconds=DEFAULT_GRACE_S if grace_s is None else grace_s),
+            DEFAULT_ROTATION_GRACE if grace_s is None else timedelta(seconds=grace_s),
             new_secret,
         )
         endpoint = await store.get_endpoint(the_id)
@@ -335,7 +343,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
             since=query.time("since"),
             account_id=query.text("account_id", max_len=200),
             limit=query.limit(),
-            cursor=query.cursor("d"),
+            cursor=query.cursor(),
         )
     return _page(page)
 

@@ -7,30 +7,36 @@ import re
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
-from engine.db.read_models import MAX_PAGE
+from engine.db import keys
+from engine.errors import InvalidInput
 
-MAX_BIGINT = 2**63 - 1
 RELATIVE_TIME = re.compile(r"^\s*(\d{1,9})\s*([smhdw])\s*$")
 UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def endpoint_id(text: str) -> UUID:
     try:
-        return UUID(text)
-    except ValueError:
+        return keys.parse_uuid(text, "endpoint")
+    except InvalidInput:
         raise argparse.ArgumentTypeError(f"{text!r} is not an endpoint id (a UUID)") from None
 
 
 def delivery_id(text: str) -> int:
-    if not _digits(text) or not 0 < int(text) <= MAX_BIGINT:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a delivery id (a positive integer)")
-    return int(text)
+    try:
+        return keys.parse_delivery_id(text, "delivery")
+    except InvalidInput:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a delivery id (a positive integer)"
+        ) from None
 
 
 def page_size(text: str) -> int:
-    if not _digits(text) or not 0 < int(text) <= MAX_PAGE:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 1 to {MAX_PAGE}")
-    return int(text)
+    try:
+        return keys.parse_page_size(text)
+    except InvalidInput:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number from 1 to {keys.MAX_PAGE}"
+        ) from None
 
 
 def duration(text: str) -> timedelta:
@@ -60,11 +66,6 @@ def since(text: str) -> datetime:
             f"{text!r} is not a time (use ISO 8601 like 2025-01-31T12:00Z, or 15m, 2h, 1d)"
         ) from None
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def _digits(text: str) -> bool:
-    """ASCII digits only: str.isdigit() also takes '²' and '٣', which int() then refuses."""
-    return text.isascii() and text.isdigit()
 
 
 def words(text: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""The database commands of the CLI: endpoints, deliveries, recover. ``cli.py`` parses, these act.
+"""The database commands of the CLI: endpoints, deliveries, recover. ``main`` parses, these act.
 
 Each command is a coroutine ``(store, args) -> exit code`` run inside :func:`session`, which
 connects, refuses an outdated schema and closes the pool whatever happens. People get tables
@@ -34,6 +34,7 @@ from engine.db.read_models import (
 )
 from engine.db.store import Store
 from engine.errors import EngineError, InvalidInput
+from engine.models import EndpointOptions, Ordering
 
 Command = Callable[[Store, argparse.Namespace], Awaitable[int]]
 CONNECT_TIMEOUT_S = 10.0
@@ -58,12 +59,10 @@ async def session(url: str, command: Command, args: argparse.Namespace) -> int:
 
 
 async def endpoints_add(store: Store, args: argparse.Namespace) -> int:
-    options = _endpoint_options(args)
-    event_types = options.pop("event_types", ["*"])
-    new_id, _ = await store.create_endpoint(args.account, args.url, event_types, **options)
+    new_id, _ = await store.create_endpoint(args.account, args.url, _endpoint_options(args))
     endpoint = await store.get_endpoint(new_id, reveal_secret=True)
     if args.json:
-        return _json(endpoint)
+        return _print_json(endpoint)
     print(f"created endpoint {endpoint.id}")
     print(_endpoint_fields(endpoint))
     print(
@@ -78,7 +77,7 @@ async def endpoints_list(store: Store, args: argparse.Namespace) -> int:
         account_id=args.account, enabled=args.enabled, limit=args.limit, cursor=args.cursor
     )
     if args.json:
-        return _json(page)
+        return _print_json(page)
     rows = [
         [
             str(e.id),
@@ -91,27 +90,25 @@ async def endpoints_list(store: Store, args: argparse.Namespace) -> int:
         for e in page.items
     ]
     headers = ["id", "account", "url", "events", "state", "created"]
-    return _table(headers, rows, page, "no endpoints")
+    return _print_table(headers, rows, page, "no endpoints")
 
 
 async def endpoints_show(store: Store, args: argparse.Namespace) -> int:
     endpoint = await store.get_endpoint(args.endpoint, reveal_secret=args.reveal_secret)
     if args.json:
-        return _json(endpoint)
+        return _print_json(endpoint)
     print(_endpoint_fields(endpoint))
     return 0
 
 
 async def endpoints_update(store: Store, args: argparse.Namespace) -> int:
-    options = _endpoint_options(args)
-    if args.url is not None:
-        options["url"] = args.url
-    if not options:
+    changes = _endpoint_options(args)
+    if args.url is None and not changes.given():
         raise InvalidInput(
             "nothing to update: pass at least one of --url, --events, --description, "
             "--max-in-flight, --ordering, --rate-limit"
         )
-    await store.update_endpoint(args.endpoint, **options)
+    await store.update_endpoint(args.endpoint, changes, url=args.url)
     return await _print_endpoint(store, args, "updated")
 
 
@@ -130,7 +127,9 @@ async def endpoints_rotate(store: Store, args: argparse.Namespace) -> int:
     endpoint = await store.get_endpoint(args.endpoint)
     expires = endpoint.previous_secret_expires_at
     if args.json:
-        return _json({"id": endpoint.id, "secret": secret, "previous_secret_expires_at": expires})
+        return _print_json(
+            {"id": endpoint.id, "secret": secret, "previous_secret_expires_at": expires}
+        )
     print(f"new secret of endpoint {endpoint.id}: {secret}")
     if expires:
         print(f"The old one stays valid until {tables.when(expires)}; deliveries carry both.")
@@ -142,27 +141,28 @@ async def endpoints_rotate(store: Store, args: argparse.Namespace) -> int:
 async def endpoints_delete(store: Store, args: argparse.Namespace) -> int:
     await store.delete_endpoint(args.endpoint)
     if args.json:
-        return _json({"id": args.endpoint, "deleted": True})
+        return _print_json({"id": args.endpoint, "deleted": True})
     print(f"deleted endpoint {args.endpoint}; its live deliveries were cancelled")
     return 0
 
 
-def _endpoint_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The endpoint fields given on the command line, named as the store names them."""
-    options: dict[str, Any] = {}
-    if args.events is not None:
-        options["event_types"] = [t for group in args.events for t in group]
-    names = ("description", "max_in_flight", "ordering")
-    options.update({n: getattr(args, n) for n in names if getattr(args, n) is not None})
-    if args.rate_limit is not None:
-        options["rate_limit_per_s"] = args.rate_limit
-    return options
+def _endpoint_options(args: argparse.Namespace) -> EndpointOptions:
+    """The endpoint settings given on the command line."""
+    return EndpointOptions(
+        description=args.description,
+        event_types=(
+            tuple(t for group in args.events for t in group) if args.events is not None else None
+        ),
+        max_in_flight=args.max_in_flight,
+        ordering=Ordering(args.ordering) if args.ordering is not None else None,
+        rate_limit_per_s=args.rate_limit,
+    )
 
 
 async def _print_endpoint(store: Store, args: argparse.Namespace, done: str) -> int:
     endpoint = await store.get_endpoint(args.endpoint)
     if args.json:
-        return _json(endpoint)
+        return _print_json(endpoint)
     print(f"{done} endpoint {endpoint.id}")
     print(_endpoint_fields(endpoint))
     return 0
@@ -207,10 +207,10 @@ async def deliveries_list(store: Store, args: argparse.Namespace) -> int:
         cursor=args.cursor,
     )
     if args.json:
-        return _json(page)
+        return _print_json(page)
     headers = ["delivery", "created", "event", "status", "attempts", "last code", "endpoint"]
     rows = [_delivery_row(d) for d in page.items]
-    return _table(headers, rows, page, "no deliveries")
+    return _print_table(headers, rows, page, "no deliveries")
 
 
 def _delivery_row(d: DeliveryView) -> list[str]:
@@ -220,7 +220,7 @@ def _delivery_row(d: DeliveryView) -> list[str]:
         d.event_type,
         d.status.value,
         str(d.attempts),
-        _code(d.last_status_code),
+        _status_text(d.last_status_code),
         d.endpoint_url,
     ]
 
@@ -228,7 +228,7 @@ def _delivery_row(d: DeliveryView) -> list[str]:
 async def deliveries_show(store: Store, args: argparse.Namespace) -> int:
     detail = await store.get_delivery(args.delivery)
     if args.json:
-        return _json(detail)
+        return _print_json(detail)
     d = detail.delivery
     print(
         tables.fields(
@@ -272,7 +272,7 @@ def _attempt_row(a: AttemptView) -> list[str]:
     return [
         str(a.attempt),
         tables.when(a.started_at),
-        _code(a.status_code),
+        _status_text(a.status_code),
         f"{a.duration_ms} ms",
         a.outcome,
         error or "-",
@@ -284,7 +284,7 @@ def _attempt_row(a: AttemptView) -> list[str]:
 async def deliveries_redeliver(store: Store, args: argparse.Namespace) -> int:
     new_id = await store.redeliver(args.delivery)
     if args.json:
-        return _json({"delivery_id": args.delivery, "new_delivery_id": new_id})
+        return _print_json({"delivery_id": args.delivery, "new_delivery_id": new_id})
     print(f"queued delivery {new_id}: the event of delivery {args.delivery}, sent again")
     return 0
 
@@ -342,7 +342,7 @@ def _tail_line(item: RecentAttempt, *, as_json: bool) -> str:
         tables.when(a.started_at),
         f"delivery {a.delivery_id} #{a.attempt}",
         item.event_type or "?",
-        _code(a.status_code).rjust(3),
+        _status_text(a.status_code).rjust(3),
         f"{a.duration_ms} ms",
         a.outcome,
         tables.cut(item.endpoint_url, 48),
@@ -354,7 +354,7 @@ def _tail_line(item: RecentAttempt, *, as_json: bool) -> str:
 async def recover(store: Store, args: argparse.Namespace) -> int:
     count = await store.recover(args.endpoint, args.since)
     if args.json:
-        return _json({"endpoint_id": args.endpoint, "since": args.since, "requeued": count})
+        return _print_json({"endpoint_id": args.endpoint, "since": args.since, "requeued": count})
     noun = "delivery" if count == 1 else "deliveries"
     print(
         f"re-queued {count} {noun} of endpoint {args.endpoint} that failed or were cancelled "
@@ -366,12 +366,12 @@ async def recover(store: Store, args: argparse.Namespace) -> int:
 # -- output -------------------------------------------------------------------------------------
 
 
-def _json(value: Any) -> int:
+def _print_json(value: Any) -> int:
     print(json.dumps(jsonable(value), indent=2, ensure_ascii=False))
     return 0
 
 
-def _table(headers: list[str], rows: Iterable[list[str]], page: Page[Any], empty: str) -> int:
+def _print_table(headers: list[str], rows: Iterable[list[str]], page: Page[Any], empty: str) -> int:
     rows = list(rows)
     print(tables.table(headers, rows) if rows else empty)
     if page.next_cursor is not None:
@@ -379,6 +379,6 @@ def _table(headers: list[str], rows: Iterable[list[str]], page: Page[Any], empty
     return 0
 
 
-def _code(status: int | None) -> str:
+def _status_text(status: int | None) -> str:
     """An HTTP status, or ``-`` when no response arrived (status 0) or none yet."""
     return str(status) if status else "-"

@@ -27,10 +27,17 @@ from engine import logs
 from engine.cli import commands as cmd
 from engine.cli.args import delivery_id, duration, endpoint_id, page_size, seconds, since, words
 from engine.cli.embedded_postgres import EmbeddedPostgres
-from engine.config import Settings
+from engine.config import LOG_FORMATS, LOG_LEVELS, Settings
+from engine.db.keys import DEFAULT_PAGE
 from engine.db.migrate import migrate
 from engine.db.read_models import DeliveryStatus
 from engine.errors import ConfigError, EngineError, InvalidInput
+from engine.models import (
+    DEFAULT_ROTATION_GRACE,
+    ENDPOINT_DEFAULTS,
+    MAX_IN_FLIGHT_BOUNDS,
+    Ordering,
+)
 
 T = TypeVar("T")
 log = structlog.get_logger("engine.cli.main")
@@ -83,8 +90,8 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--database-url", help="Postgres URL (default: $WEBHOOKS_DATABASE_URL)")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--log-format", choices=["auto", "json", "console"])
+    parser.add_argument("--log-level", choices=LOG_LEVELS)
+    parser.add_argument("--log-format", choices=LOG_FORMATS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p: argparse.ArgumentParser
 
@@ -136,8 +143,18 @@ def _parser() -> argparse.ArgumentParser:
             help="event types, comma-separated: email.sent,email.*,* (repeatable; add: default *)",
         )
         p.add_argument("--description")
-        p.add_argument("--max-in-flight", type=int, metavar="N", help="1..256 (add: default 8)")
-        p.add_argument("--ordering", choices=["dispatch", "strict"], help="add: default dispatch")
+        low, high = MAX_IN_FLIGHT_BOUNDS
+        p.add_argument(
+            "--max-in-flight",
+            type=int,
+            metavar="N",
+            help=f"{low}..{high} (add: default {ENDPOINT_DEFAULTS.max_in_flight})",
+        )
+        p.add_argument(
+            "--ordering",
+            choices=[o.value for o in Ordering],
+            help=f"add: default {ENDPOINT_DEFAULTS.ordering}",
+        )
         p.add_argument("--rate-limit", type=float, metavar="PER_S", help="0 removes the limit")
 
     endpoints = sub.add_parser("endpoints", help="register and manage endpoints")
@@ -169,8 +186,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--grace",
         type=duration,
-        default="24h",
-        help="how long the old secret stays valid (default 24h; 0 ends it now)",
+        default=DEFAULT_ROTATION_GRACE,
+        help=(
+            "how long the old secret stays valid"
+            f" (default {DEFAULT_ROTATION_GRACE.total_seconds() / 3600:g}h; 0 ends it now)"
+        ),
     )
     p = command(esub, "delete", cmd.endpoints_delete, "delete an endpoint; cancels live deliveries")
     p.add_argument("endpoint", type=endpoint_id, metavar="ENDPOINT")
@@ -210,7 +230,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _paging(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--limit", type=page_size, default=50, metavar="N", help="rows per page")
+    p.add_argument(
+        "--limit", type=page_size, default=DEFAULT_PAGE, metavar="N", help="rows per page"
+    )
     p.add_argument("--cursor", help="the next page, as printed after the previous one")
 
 

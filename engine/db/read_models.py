@@ -1,27 +1,22 @@
 """What the read side of the store returns to the CLI and the admin API. Pure: no I/O.
 
-Every value is a frozen dataclass. Lists come as a :class:`Page` with an opaque ``next_cursor``;
-the cursor encodes the keyset position (``created_at`` and id of the last row), so the next page
-costs the same however deep it is, and rows written meanwhile neither repeat nor shift it.
+Every value is a frozen dataclass. Lists come as a :class:`Page` with an opaque ``next_cursor``
+(see :mod:`engine.db.keys`).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
-from engine.errors import InvalidInput
+from engine.models import AttemptOutcome, Ordering
 
 T = TypeVar("T")
-K = TypeVar("K")
-MAX_PAGE = 1000
 
 
 class DeliveryStatus(enum.StrEnum):
@@ -60,7 +55,7 @@ class EndpointView:
     disabled_at: datetime | None
     disabled_reason: str | None
     max_in_flight: int
-    ordering: str
+    ordering: Ordering
     rate_limit_per_s: float | None
     last_success_at: datetime | None
     failing_since: datetime | None
@@ -90,8 +85,7 @@ class DeliveryView:
 
 @dataclass(frozen=True, slots=True)
 class AttemptView:
-    """One HTTP attempt. ``status_code`` is 0 when no response arrived; ``outcome`` is
-    delivered | retry | failed | stale."""
+    """One HTTP attempt. ``status_code`` is 0 when no response arrived."""
 
     id: int
     delivery_id: int
@@ -103,7 +97,7 @@ class AttemptView:
     error_kind: str | None
     error_message: str | None
     response_excerpt: str | None
-    outcome: str
+    outcome: AttemptOutcome
     next_attempt_at: datetime | None
 
 
@@ -125,40 +119,6 @@ class RecentAttempt:
     event_type: str | None
     endpoint_url: str
     account_id: str
-
-
-def encode_cursor(kind: str, created_at: datetime, key: object) -> str:
-    """The opaque cursor after a row ordered by (created_at, key)."""
-    raw = f"{kind}|{created_at.isoformat()}|{key}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(kind: str, cursor: str, key_type: Callable[[str], K]) -> tuple[datetime, K]:
-    """(created_at, key) of a cursor made by :func:`encode_cursor` for the same kind of list."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        found, created, key = raw.split("|")
-        created_at = datetime.fromisoformat(created)
-        parsed = key_type(key)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise _bad_cursor() from exc
-    if found != kind or created_at.tzinfo is None:
-        raise _bad_cursor()
-    return created_at, parsed
-
-
-def _bad_cursor() -> InvalidInput:
-    return InvalidInput(
-        "cursor: is not a cursor of this list (pass next_cursor of the previous page)",
-        field="cursor",
-    )
-
-
-def check_limit(limit: int) -> int:
-    """Page sizes are 1..MAX_PAGE; the store asks for one more row to know if a next page exists."""
-    if not 1 <= limit <= MAX_PAGE:
-        raise InvalidInput(f"limit: must be between 1 and {MAX_PAGE}", field="limit")
-    return limit
 
 
 def jsonable(value: Any) -> Any:

@@ -8,6 +8,15 @@ from uuid import UUID
 
 import asyncpg
 
+from engine.db.keys import (
+    DEFAULT_PAGE,
+    DELIVERIES,
+    ENDPOINTS,
+    check_page_size,
+    decode_delivery_cursor,
+    decode_endpoint_cursor,
+    encode_cursor,
+)
 from engine.db.pool import QUERY_TIMEOUT_S, Gateway, mapped_errors
 from engine.db.read_models import (
     AttemptView,
@@ -17,11 +26,9 @@ from engine.db.read_models import (
     EndpointView,
     Page,
     RecentAttempt,
-    check_limit,
-    decode_cursor,
-    encode_cursor,
 )
 from engine.errors import UnknownDelivery
+from engine.models import AttemptOutcome, Ordering
 
 
 class DeliveryLogReads(Gateway):
@@ -38,19 +45,24 @@ class DeliveryLogReads(Gateway):
         *,
         account_id: str | None = None,
         enabled: bool | None = None,
-        limit: int = 50,
+        limit: int = DEFAULT_PAGE,
         cursor: str | None = None,
     ) -> Page[EndpointView]:
         """Endpoints that are not deleted, oldest first, secrets masked."""
         after_created, after_id = None, None
         if cursor is not None:
-            after_created, after_id = decode_cursor("e", cursor, UUID)
+            after_created, after_id = decode_endpoint_cursor(cursor)
         rows = await self._fetch(
-            "list_endpoints", account_id, enabled, after_created, after_id, check_limit(limit) + 1
+            "list_endpoints",
+            account_id,
+            enabled,
+            after_created,
+            after_id,
+            check_page_size(limit) + 1,
         )
         items = tuple(_endpoint(r) for r in rows[:limit])
         last = items[-1] if len(rows) > limit else None
-        return Page(items, encode_cursor("e", last.created_at, last.id) if last else None)
+        return Page(items, encode_cursor(ENDPOINTS, last.created_at, last.id) if last else None)
 
     async def get_delivery(self, delivery_id: int) -> DeliveryDetail:
         """A delivery-log row, every attempt and the event's payload; UnknownDelivery if none."""
@@ -75,13 +87,13 @@ class DeliveryLogReads(Gateway):
         event_type: str | None = None,
         since: datetime | None = None,
         account_id: str | None = None,
-        limit: int = 50,
+        limit: int = DEFAULT_PAGE,
         cursor: str | None = None,
     ) -> Page[DeliveryView]:
         """The delivery log, newest first; ``since`` keeps deliveries created at or after it."""
         before_created, before_id = None, None
         if cursor is not None:
-            before_created, before_id = decode_cursor("d", cursor, int)
+            before_created, before_id = decode_delivery_cursor(cursor)
         rows = await self._fetch(
             "list_deliveries",
             status.value if status is not None else None,
@@ -91,11 +103,13 @@ class DeliveryLogReads(Gateway):
             account_id,
             before_created,
             before_id,
-            check_limit(limit) + 1,
+            check_page_size(limit) + 1,
         )
         items = tuple(_delivery(r) for r in rows[:limit])
         last = items[-1] if len(rows) > limit else None
-        return Page(items, encode_cursor("d", last.created_at, last.delivery_id) if last else None)
+        return Page(
+            items, encode_cursor(DELIVERIES, last.created_at, last.delivery_id) if last else None
+        )
 
     async def attempts_after(
         self,
@@ -116,7 +130,7 @@ class DeliveryLogReads(Gateway):
             endpoint_id,
             event_type,
             account_id,
-            check_limit(limit),
+            check_page_size(limit),
         )
         return [
             RecentAttempt(_attempt(r), r["event_type"], r["endpoint_url"], r["account_id"])
@@ -143,7 +157,7 @@ def _endpoint(r: asyncpg.Record) -> EndpointView:
         disabled_at=r["disabled_at"],
         disabled_reason=r["disabled_reason"],
         max_in_flight=r["max_in_flight"],
-        ordering=r["ordering"],
+        ordering=Ordering(r["ordering"]),
         rate_limit_per_s=r["rate_limit_per_s"],
         last_success_at=r["last_success_at"],
         failing_since=r["failing_since"],
@@ -183,6 +197,6 @@ def _attempt(r: asyncpg.Record) -> AttemptView:
         error_kind=r["error_kind"],
         error_message=r["error_message"],
         response_excerpt=r["response_excerpt"],
-        outcome=r["outcome"],
+        outcome=AttemptOutcome(r["outcome"]),
         next_attempt_at=r["next_attempt_at"],
     )

@@ -12,6 +12,7 @@ import asyncpg
 
 from engine.db.pool import Gateway
 from engine.errors import InvalidInput
+from engine.models import ENDPOINT_DEFAULTS, EndpointOptions
 
 
 class AdminWrites(Gateway):
@@ -52,48 +53,39 @@ class AdminWrites(Gateway):
         self,
         account_id: str,
         url: str,
-        event_types: Sequence[str],
+        options: EndpointOptions = ENDPOINT_DEFAULTS,
         *,
-        description: str = "",
         secret: str | None = None,
-        max_in_flight: int = 8,
-        ordering: str = "dispatch",
-        rate_limit_per_s: float | None = None,
     ) -> tuple[UUID, str]:
-        """Register an endpoint; returns its id and its ``whsec_`` secret."""
+        """Register an endpoint, with the defaults for what ``options`` does not give; returns its
+        id and its ``whsec_`` secret (generated unless ``secret``)."""
+        full = options.with_defaults()
         rows = await self._fetch(
             "create_endpoint",
             account_id,
             url,
-            list(event_types),
-            description,
+            _text_array(full.event_types),
+            full.description,
             secret,
-            max_in_flight,
-            ordering,
-            rate_limit_per_s,
+            full.max_in_flight,
+            full.ordering,
+            full.rate_limit_per_s,
         )
         return rows[0]["id"], rows[0]["secret"]
 
     async def update_endpoint(
-        self,
-        endpoint_id: UUID,
-        *,
-        url: str | None = None,
-        event_types: Sequence[str] | None = None,
-        description: str | None = None,
-        max_in_flight: int | None = None,
-        ordering: str | None = None,
-        rate_limit_per_s: float | None = None,
+        self, endpoint_id: UUID, changes: EndpointOptions, *, url: str | None = None
     ) -> None:
+        """Change the URL if given and the settings ``changes`` gives; the rest stays."""
         await self._fetchval(
             "update_endpoint",
             endpoint_id,
             url,
-            list(event_types) if event_types is not None else None,
-            description,
-            max_in_flight,
-            ordering,
-            rate_limit_per_s,
+            _text_array(changes.event_types),
+            changes.description,
+            changes.max_in_flight,
+            changes.ordering,
+            changes.rate_limit_per_s,
         )
 
     async def disable_endpoint(self, endpoint_id: UUID, reason: str | None = None) -> None:
@@ -118,3 +110,9 @@ class AdminWrites(Gateway):
     async def recover(self, endpoint_id: UUID, since: datetime) -> int:
         count: int = await self._fetchval("recover", endpoint_id, since)
         return count
+
+
+def _text_array(items: Sequence[str] | None) -> list[str] | None:
+    """The list asyncpg sends as a text[]; from an untyped caller's string, a list of letters
+    (which SQL refuses as unknown event types), as from any other sequence."""
+    return list(items) if items is not None else None

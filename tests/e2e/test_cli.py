@@ -145,7 +145,7 @@ async def test_add_prints_the_secret_once_and_views_mask_it(db_url: str) -> None
 
 async def test_update_disable_enable_rotate_and_delete(db_url: str, store: Store) -> None:
     """Each change is applied and echoed as JSON; rotate prints only the new secret, once."""
-    endpoint_id, old_secret = await store.create_endpoint("acct_1", "https://example.com/a", ["*"])
+    endpoint_id, old_secret = await store.create_endpoint("acct_1", "https://example.com/a")
     eid = str(endpoint_id)
 
     updated = await ok(
@@ -188,7 +188,7 @@ async def test_update_disable_enable_rotate_and_delete(db_url: str, store: Store
 async def test_endpoint_list_pages_with_the_printed_cursor(db_url: str, store: Store) -> None:
     """--limit cuts a page; its cursor (in JSON, and on stderr for people) gives the rest."""
     for n in range(3):
-        await store.create_endpoint(f"acct_{n}", "https://example.com/h", ["*"])
+        await store.create_endpoint(f"acct_{n}", "https://example.com/h")
     first, people = await asyncio.gather(
         ok(db_url, "endpoints", "list", "--limit", "2", "--json"),
         ok(db_url, "endpoints", "list", "--limit", "2"),
@@ -277,7 +277,7 @@ async def test_tail_follows_new_attempts_until_count_signal_or_time(
     db_url: str, store: Store, conn: asyncpg.Connection
 ) -> None:
     """tail prints attempts recorded after it started, as JSON lines or lines for people."""
-    endpoint_id, _ = await store.create_endpoint("acct_1", "https://example.com/h", ["*"])
+    endpoint_id, _ = await store.create_endpoint("acct_1", "https://example.com/h")
     await factories.emit(conn, "acct_1")
     await factories.attempt(store, endpoint_id, 200)  # before the tail: not shown
 
@@ -329,7 +329,7 @@ async def test_tail_follows_new_attempts_until_count_signal_or_time(
 
 async def test_bad_input_is_one_line_naming_the_problem(db_url: str, store: Store) -> None:
     """Malformed ids, times, flags and refused values exit non-zero with one line, no traceback."""
-    endpoint_id, _ = await store.create_endpoint("acct_1", "https://example.com/h", ["*"])
+    endpoint_id, _ = await store.create_endpoint("acct_1", "https://example.com/h")
     unknown = "00000000-0000-0000-0000-000000000000"
     cases: list[tuple[list[str], int, list[str]]] = [
         (["endpoints", "show", "nope"], 2, ["ENDPOINT: 'nope' is not an endpoint id"]),

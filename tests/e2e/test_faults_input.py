@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from engine.db.store import Store
 from engine.delivery.periodic import wait_first
 from engine.errors import EngineError
+from engine.models import EndpointOptions
 from tests.support.badinput import (
     INJECTIONS,
     KNOWN_PREFIXES,
@@ -464,10 +465,13 @@ async def check_store_call(s: Session, call: tuple[str, dict[str, Arg]]) -> None
     try:
         if kind == "create":
             account, url = values.pop("account_id"), values.pop("url")
-            types = values.pop("event_types")
-            created, _ = await s.store.create_endpoint(account, url, types, **values)
+            secret = values.pop("secret")
+            created, _ = await s.store.create_endpoint(
+                account, url, EndpointOptions(**values), secret=secret
+            )
         elif kind == "update":
-            await s.store.update_endpoint(s.endpoint_id, **values)
+            url = values.pop("url")
+            await s.store.update_endpoint(s.endpoint_id, EndpointOptions(**values), url=url)
         elif kind == "redeliver":
             await s.store.redeliver(values["delivery_id"])
         else:

@@ -273,9 +273,7 @@ async def _refusals(store: Store, endpoint_id: Any, secrets: list[str]) -> dict[
         else:
             raise AssertionError(f"rotate_secret accepted {i}")
         try:
-            await store.create_endpoint(
-                "acct_x", "https://h.example.invalid/", ["*"], secret=candidate
-            )
+            await store.create_endpoint("acct_x", "https://h.example.invalid/", secret=candidate)
         except EngineError as exc:
             messages[f"create refusal {i}"] = str(exc)
     return messages

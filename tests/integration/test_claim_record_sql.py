@@ -19,7 +19,7 @@ import pytest
 from engine import errors
 from engine.db.pool import mapped_errors
 from engine.db.store import Store
-from engine.models import Delivery, EndpointConfig, ErrorKind, Ordering, Outcome
+from engine.models import Delivery, EndpointConfig, EndpointOptions, ErrorKind, Ordering, Outcome
 
 Claimed = list[tuple[Delivery, EndpointConfig]]
 
@@ -38,7 +38,9 @@ async def create(
     store: Store, *, ordering: str = "dispatch", account_id: str = "acct_1", types: str = "email.*"
 ) -> UUID:
     endpoint_id, _ = await store.create_endpoint(
-        account_id, "https://example.com/hook", [types], ordering=ordering
+        account_id,
+        "https://example.com/hook",
+        EndpointOptions(event_types=(types,), ordering=Ordering(ordering)),
     )
     return endpoint_id
 
@@ -201,9 +203,10 @@ async def test_claim_returns_envelope_and_endpoint_config(
 ) -> None:
     """Each claimed row carries the signed body's envelope and the endpoint's current config."""
     endpoint_id, secret = await store.create_endpoint(
-        "acct_1", "https://example.com/hook", ["email.sent"], max_in_flight=3,
-        rate_limit_per_s=2.5,
-    )  # fmt: skip
+        "acct_1",
+        "https://example.com/hook",
+        EndpointOptions(event_types=("email.sent",), max_in_flight=3, rate_limit_per_s=2.5),
+    )
     event_id = await store.emit("acct_1", "email.sent", {"message_id": "m1", "n": [1, 2]})
     created_at = await conn.fetchval("SELECT created_at FROM webhooks.events")
     written_at = await conn.fetchval("SELECT created_at FROM webhooks.deliveries")
@@ -826,20 +829,24 @@ async def test_recover_refuses_bad_calls(store: Store, conn: asyncpg.Connection)
 async def test_store_maps_input_errors_by_sqlstate(store: Store) -> None:
     """Store raises the engine error class of each project SQLSTATE, with the field it names."""
     with pytest.raises(errors.InvalidInput) as invalid:
-        await store.create_endpoint("acct", "ftp://example.com/", ["email.sent"])
+        await store.create_endpoint(
+            "acct", "ftp://example.com/", EndpointOptions(event_types=("email.sent",))
+        )
     assert type(invalid.value) is errors.InvalidInput
     assert invalid.value.field == "url"
     assert str(invalid.value).startswith("url: ")
     with pytest.raises(errors.UnknownEventType) as unknown:
         await store.emit("acct", "email.nope", {})
     assert unknown.value.field == "event_type"
-    await store.create_endpoint("acct", "https://example.com/", ["email.sent"])
+    await store.create_endpoint(
+        "acct", "https://example.com/", EndpointOptions(event_types=("email.sent",))
+    )
     await store.pool.execute("UPDATE webhooks.settings SET max_payload_bytes = 10")
     with pytest.raises(errors.PayloadTooLarge) as too_large:
         await store.emit("acct", "email.sent", {"body": "x" * 20})
     assert too_large.value.field == "payload"
     with pytest.raises(errors.UnknownEndpoint) as no_endpoint:
-        await store.update_endpoint(uuid4(), description="x")
+        await store.update_endpoint(uuid4(), EndpointOptions(description="x"))
     assert no_endpoint.value.field == "endpoint_id"
     assert isinstance(no_endpoint.value, errors.NotFound)
 

@@ -29,8 +29,8 @@ async def test_a_replayed_results_batch_is_recorded_once(
     """The writer retries a batch whose reply was lost; the retry records nothing new and returns
     the first call's outcomes, so the attempt log shows one row per request made."""
     await conn.execute("UPDATE webhooks.settings SET retry_schedule = '{1 hour}'")
-    endpoint_id, _ = await store.create_endpoint("acct_1", "https://example.com/h", ["*"])
-    gone_id, _ = await store.create_endpoint("acct_2", "https://gone.example.com/h", ["*"])
+    endpoint_id, _ = await store.create_endpoint("acct_1", "https://example.com/h")
+    gone_id, _ = await store.create_endpoint("acct_2", "https://gone.example.com/h")
     for account in ("acct_1", "acct_1", "acct_2"):
         await emit(conn, account)
     ok, retry = await claim(store, endpoint_id, 2)
@@ -57,7 +57,7 @@ async def test_a_late_result_of_a_released_lease_is_still_stale(
     store: Store, conn: asyncpg.Connection
 ) -> None:
     """A different attempt under a lost lease is logged as stale, not taken for a replay."""
-    endpoint_id, _ = await store.create_endpoint("acct_1", "https://example.com/h", ["*"])
+    endpoint_id, _ = await store.create_endpoint("acct_1", "https://example.com/h")
     await emit(conn, "acct_1")
     [first] = await claim(store, endpoint_id, 1)
     await conn.execute("UPDATE webhooks.deliveries SET due_at = now() - interval '1 second'")

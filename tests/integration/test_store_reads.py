@@ -18,6 +18,7 @@ import pytest
 from engine.db.read_models import DeliveryStatus, DeliveryView, EndpointView, Page
 from engine.db.store import Store
 from engine.errors import InvalidInput, UnknownDelivery, UnknownEndpoint
+from engine.models import EndpointOptions, Ordering
 from tests.support import factories
 
 T = TypeVar("T")
@@ -46,7 +47,9 @@ async def all_pages(fetch: Callable[[str | None], Awaitable[Page[T]]]) -> list[l
 
 
 async def add_endpoint(store: Store, account_id: str = "acct_1", types: str = "*") -> UUID:
-    endpoint_id, _ = await store.create_endpoint(account_id, "https://example.com/hook", [types])
+    endpoint_id, _ = await store.create_endpoint(
+        account_id, "https://example.com/hook", EndpointOptions(event_types=(types,))
+    )
     return endpoint_id
 
 
@@ -115,7 +118,7 @@ async def test_endpoints_filter_by_account_and_state(store: Store) -> None:
 
 async def test_endpoint_secrets_are_masked_unless_revealed(store: Store) -> None:
     """Views show 'whsec_' and 4 characters; reveal_secret gives the secret and the previous one."""
-    endpoint_id, secret = await store.create_endpoint("acct_1", "https://example.com/h", ["*"])
+    endpoint_id, secret = await store.create_endpoint("acct_1", "https://example.com/h")
     new_secret = await store.rotate_secret(endpoint_id, timedelta(hours=1))
 
     masked = await store.get_endpoint(endpoint_id)
@@ -136,11 +139,13 @@ async def test_endpoint_view_has_every_setting(store: Store) -> None:
     endpoint_id, _ = await store.create_endpoint(
         "acct_9",
         "https://example.com/x",
-        ["email.sent", "contact.*"],
-        description="CRM",
-        max_in_flight=3,
-        ordering="strict",
-        rate_limit_per_s=2.5,
+        EndpointOptions(
+            description="CRM",
+            event_types=("email.sent", "contact.*"),
+            max_in_flight=3,
+            ordering=Ordering.STRICT,
+            rate_limit_per_s=2.5,
+        ),
     )
     await store.disable_endpoint(endpoint_id, "maintenance")
     e = await store.get_endpoint(endpoint_id)

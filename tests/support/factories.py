@@ -16,7 +16,7 @@ from uuid import UUID
 import asyncpg
 
 from engine.db.store import Store
-from engine.models import Delivery, ErrorKind, Outcome, Recorded
+from engine.models import Delivery, EndpointOptions, ErrorKind, Outcome, Recorded
 
 
 async def emit(
@@ -93,9 +93,11 @@ async def mixed_log(store: Store, conn: asyncpg.Connection) -> MixedLog:
     """Ten deliveries in every status: 3 delivered (b), 1 failed after two attempts, 1 retrying,
     1 in flight and 2 pending (a), 2 cancelled by disabling c. Retries wait an hour."""
     await conn.execute("UPDATE webhooks.settings SET retry_schedule = '{1 hour}', retry_jitter = 0")
-    a, _ = await store.create_endpoint("acct_1", "https://a.example.com/hook", ["*"])
-    b, _ = await store.create_endpoint("acct_1", "https://b.example.com/hook", ["email.*"])
-    c, _ = await store.create_endpoint("acct_2", "https://c.example.com/hook", ["*"])
+    a, _ = await store.create_endpoint("acct_1", "https://a.example.com/hook")
+    b, _ = await store.create_endpoint(
+        "acct_1", "https://b.example.com/hook", EndpointOptions(event_types=("email.*",))
+    )
+    c, _ = await store.create_endpoint("acct_2", "https://c.example.com/hook")
     async with conn.transaction():  # one transaction: these share created_at, ids break the tie
         for n in range(3):
             await emit(conn, "acct_1", "email.sent", {"n": n})
