@@ -17,10 +17,10 @@ from datetime import UTC, datetime
 
 import structlog
 
-from engine.delivery.http import Sender
+from engine.delivery.http import Sender, SendResult
+from engine.delivery.request import prepare_request
 from engine.delivery.writer import ResultWriter
 from engine.models import Delivery, EndpointConfig, ErrorKind, Ordering, Outcome
-from engine.signing import sign
 
 log = structlog.get_logger("engine.delivery.actor")
 
@@ -177,45 +177,35 @@ class EndpointActor:
             self._deps.on_room()
 
     async def _attempt(self, delivery: Delivery, config: EndpointConfig) -> None:
+        """Send one attempt and submit its Outcome, whatever happens, cancellation included."""
         started_at = datetime.now(UTC)
         started = time.monotonic()
         self._deps.on_started(delivery, started_at)
         try:
-            headers = sign(
-                config.secrets,
-                delivery.body,
-                webhook_id=delivery.webhook_id,
-                timestamp=int(time.time()),
-            )
-            outcome = await self._deps.sender.send(config.url, delivery, headers)
+            request = prepare_request(delivery, config, timestamp=int(time.time()))
+            result = await self._deps.sender.send(request.url, request.body, request.headers)
         except asyncio.CancelledError:
-            self._deps.writer.submit(
-                _failure(
-                    delivery,
-                    started_at,
-                    started,
-                    ErrorKind.SHUTDOWN,
-                    "engine stopped during the attempt",
-                )
-            )
+            stopped = SendResult.failed(ErrorKind.SHUTDOWN, "engine stopped during the attempt")
+            self._deps.writer.submit(_outcome(delivery, started_at, started, stopped))
             raise
         except Exception as exc:
             log.exception("attempt_crashed", endpoint_id=self.endpoint_id, delivery_id=delivery.id)
-            outcome = _failure(
-                delivery, started_at, started, ErrorKind.INTERNAL, type(exc).__name__
-            )
-        self._deps.writer.submit(outcome)
+            result = SendResult.failed(ErrorKind.INTERNAL, type(exc).__name__)
+        self._deps.writer.submit(_outcome(delivery, started_at, started, result))
 
 
-def _failure(
-    delivery: Delivery, started_at: datetime, started: float, kind: ErrorKind, message: str
+def _outcome(
+    delivery: Delivery, started_at: datetime, started: float, result: SendResult
 ) -> Outcome:
+    """The one place an attempt's Outcome is built: the delivery's lease, the clock, the result."""
     return Outcome(
         delivery_id=delivery.id,
         lease=delivery.lease,
         started_at=started_at,
         duration_ms=int((time.monotonic() - started) * 1000),
-        status=0,
-        error_kind=kind,
-        error_message=message,
+        status=result.status,
+        error_kind=result.error_kind,
+        error_message=result.error_message,
+        response_excerpt=result.excerpt,
+        retry_after_s=result.retry_after_s,
     )

@@ -1,7 +1,9 @@
-"""One HTTP attempt of one delivery, turned into an :class:`Outcome` (DESIGN §5).
+"""One HTTP POST of prepared bytes, and what came back, classified (DESIGN §5).
 
-The sender owns the process's only ``aiohttp.ClientSession``: one connection pool, one DNS cache,
-one SSRF-guarded resolver for every endpoint. Each attempt has a single deadline covering connect,
+The sender knows nothing of deliveries: engine.delivery.request builds the URL, body and headers,
+and the actor turns a :class:`SendResult` into the attempt's Outcome. The sender owns the
+process's only ``aiohttp.ClientSession``: one connection pool, one DNS cache, one SSRF-guarded
+resolver for every endpoint. Each attempt has a single deadline covering connect,
 TLS, sending, the response headers and the body excerpt, so neither a slow nor an endless receiver
 can hold an actor longer than ``timeout_s`` or make it buffer more than ``excerpt_bytes``.
 """
@@ -11,19 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import aiohttp
 from yarl import URL
 
 from engine.delivery.retry_after import parse_retry_after
 from engine.delivery.ssrf import BlockedAddressError, GuardedResolver, check_literal_host
-from engine.models import Delivery, ErrorKind, Outcome
+from engine.models import ErrorKind
 
-__all__ = ["InsecureUrlError", "InvalidUrlError", "Sender", "outcome_for_exception"]
+__all__ = ["InsecureUrlError", "InvalidUrlError", "SendResult", "Sender"]
 
 # aiohttp's default. The cache only ever holds addresses the guard accepted.
 DNS_CACHE_TTL_S = 10
@@ -37,6 +37,45 @@ class InvalidUrlError(ValueError):
 
 class InsecureUrlError(ValueError):
     """The endpoint URL is plain http:// while ``allow_http`` is off."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What one POST came back with, classified: the fields of an Outcome the sender knows.
+
+    ``status`` is 0 when no HTTP response arrived; ``error_kind`` says why, or why a status is a
+    failure (not 2xx). ``retry_after_s`` is the parsed ``Retry-After`` of a 429 or 503.
+    """
+
+    status: int
+    error_kind: ErrorKind | None = None
+    error_message: str | None = None
+    excerpt: str | None = None
+    retry_after_s: float | None = None
+
+    @classmethod
+    def failed(cls, kind: ErrorKind, message: str) -> SendResult:
+        """No HTTP status: the transport failed, or the engine ended the attempt itself."""
+        return cls(status=0, error_kind=kind, error_message=_short(message))
+
+    @classmethod
+    def answered(
+        cls,
+        status: int,
+        reason: str,
+        excerpt: str,
+        location: str | None,
+        retry_after_s: float | None,
+    ) -> SendResult:
+        """A response arrived: only 2xx succeeds; a 3xx is a failure, never followed."""
+        kind: ErrorKind | None = None
+        message: str | None = None
+        if 300 <= status <= 399:
+            kind = ErrorKind.REDIRECT
+            message = _short(f"redirect {status} to {location or '(no Location)'}, not followed")
+        elif not 200 <= status <= 299:
+            kind, message = ErrorKind.HTTP_STATUS, _short(f"HTTP {status} {reason}".strip())
+        return cls(status, kind, message, excerpt, retry_after_s)
 
 
 @dataclass(eq=False)
@@ -53,12 +92,13 @@ class _Client:
 
 
 class Sender:
-    """POSTs deliveries to endpoints through one shared, SSRF-guarded ``ClientSession``.
+    """POSTs prepared requests to endpoints through one shared, SSRF-guarded ``ClientSession``.
 
-    Use ``async with Sender(...) as sender`` (or :meth:`start` / :meth:`close`). ``send`` returns an
-    :class:`Outcome` for every failure and raises only ``CancelledError`` (and ``RuntimeError`` if
-    the sender is not started). Waiting for one of the ``max_connections`` pooled connections
-    counts against ``timeout_s``, so callers should bound concurrency below that number.
+    Use ``async with Sender(...) as sender`` (or :meth:`start` / :meth:`close`). ``send`` returns
+    a :class:`SendResult` for every failure and raises only ``CancelledError`` (and
+    ``RuntimeError`` if the sender is not started). Waiting for one of the ``max_connections``
+    pooled connections counts against ``timeout_s``, so callers should bound concurrency below
+    that number.
 
     When :meth:`update_policy` turns private networks off, the next ``send`` moves to a fresh
     session: pooled keep-alive connections and cached DNS answers were vetted under the old policy
@@ -73,14 +113,12 @@ class Sender:
         allow_private_networks: bool = False,
         max_connections: int = 256,
         excerpt_bytes: int = 16384,
-        user_agent: str = "MisarMail-Webhooks/0.1",
     ) -> None:
         self._timeout_s = timeout_s
         self._allow_http = allow_http
         self._allow_private = allow_private_networks
         self._max_connections = max_connections
         self._excerpt_bytes = excerpt_bytes
-        self._user_agent = user_agent
         self._client: _Client | None = None
         self._retired: list[_Client] = []
         self._stale = False
@@ -111,46 +149,22 @@ class Sender:
         self._allow_http = allow_http
         self._allow_private = allow_private_networks
 
-    async def send(
-        self, url: str, delivery: Delivery, signature_headers: Mapping[str, str]
-    ) -> Outcome:
-        """POST ``delivery.body`` to ``url`` once and describe what happened.
+    async def send(self, url: str, body: bytes, headers: Mapping[str, str]) -> SendResult:
+        """POST ``body`` with ``headers`` to ``url`` once and describe what came back.
 
-        Redirects are not followed. Once the status line has arrived it decides the outcome; a
+        Redirects are not followed. Once the status line has arrived it decides the result; a
         failure while reading the body excerpt (deadline, dropped connection) only shortens the
         excerpt, because the receiver has already answered.
         """
-        started_at = datetime.now(UTC)
-        started = time.monotonic()
         client = await self._current_client()
         client.in_flight += 1
         try:
             target = self._vet_url(url)
-            status, reason, excerpt, location, retry_after = await self._exchange(
-                client.session, target, delivery, signature_headers
-            )
-        except Exception as exc:  # noqa: BLE001 - every failure becomes an Outcome (DESIGN §5)
-            return outcome_for_exception(exc, delivery, started_at, _elapsed_ms(started))
+            return await self._exchange(client.session, target, body, headers)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a result (DESIGN §5)
+            return SendResult.failed(*_classify(exc))
         finally:
             client.in_flight -= 1
-        kind: ErrorKind | None = None
-        message: str | None = None
-        if 300 <= status <= 399:
-            kind = ErrorKind.REDIRECT
-            message = _short(f"redirect {status} to {location or '(no Location)'}, not followed")
-        elif not 200 <= status <= 299:
-            kind, message = ErrorKind.HTTP_STATUS, _short(f"HTTP {status} {reason}".strip())
-        return Outcome(
-            delivery_id=delivery.id,
-            lease=delivery.lease,
-            started_at=started_at,
-            duration_ms=_elapsed_ms(started),
-            status=status,
-            error_kind=kind,
-            error_message=message,
-            response_excerpt=excerpt,
-            retry_after_s=retry_after,
-        )
 
     async def _current_client(self) -> _Client:
         if self._client is None:
@@ -211,18 +225,10 @@ class Sender:
         self,
         session: aiohttp.ClientSession,
         target: URL,
-        delivery: Delivery,
-        signature_headers: Mapping[str, str],
-    ) -> tuple[int, str, str, str | None, float | None]:
-        """Status, reason, body excerpt, Location and Retry-After of one POST."""
-        headers = {
-            **signature_headers,
-            "Content-Type": "application/json",
-            "User-Agent": self._user_agent,
-            "X-MisarMail-Event": delivery.event_type,
-            "X-MisarMail-Delivery": str(delivery.id),
-            "X-MisarMail-Attempt": str(delivery.attempt),
-        }
+        data: bytes,
+        headers: Mapping[str, str],
+    ) -> SendResult:
+        """The status, body excerpt, Location and Retry-After of one POST, classified."""
         resp: aiohttp.ClientResponse | None = None
         body = bytearray()
         try:
@@ -230,7 +236,7 @@ class Sender:
                 # One deadline for connect, TLS, sending, the status line and the excerpt.
                 async with asyncio.timeout(self._timeout_s):
                     resp = await session.post(
-                        target, data=delivery.body, headers=headers, allow_redirects=False
+                        target, data=data, headers=headers, allow_redirects=False
                     )
                     with contextlib.suppress(aiohttp.ClientError):
                         while len(body) < self._excerpt_bytes:
@@ -245,12 +251,11 @@ class Sender:
             retry_after = None
             if resp.status in _RETRY_AFTER_STATUSES:
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-            location = resp.headers.get("Location")
-            return (
+            return SendResult.answered(
                 resp.status,
                 resp.reason or "",
                 body.decode(errors="replace"),
-                location,
+                resp.headers.get("Location"),
                 retry_after,
             )
         finally:
@@ -260,28 +265,13 @@ class Sender:
                 resp.close()  # never drain the rest of a huge or endless body
 
 
-def outcome_for_exception(
-    exc: Exception, delivery: Delivery, started_at: datetime, duration_ms: int
-) -> Outcome:
-    """The Outcome of an attempt that got no HTTP status, from the exception that ended it.
+def _classify(exc: Exception) -> tuple[ErrorKind, str]:  # noqa: C901 - one flat decision table
+    """Why an attempt that got no HTTP status failed, from the exception that ended it.
 
     Checks run from the most specific class to the least (aiohttp's tree: certificate errors are
-    SSL errors are connector errors are OS errors). Messages are short and built from exception
-    attributes, never ``str()`` of aiohttp errors that embed the URL (which may carry tokens).
+    SSL errors are connector errors are OS errors). Messages are built from exception attributes,
+    never ``str()`` of aiohttp errors that embed the URL (which may carry tokens).
     """
-    kind, message = _classify(exc)
-    return Outcome(
-        delivery_id=delivery.id,
-        lease=delivery.lease,
-        started_at=started_at,
-        duration_ms=duration_ms,
-        status=0,
-        error_kind=kind,
-        error_message=_short(message),
-    )
-
-
-def _classify(exc: Exception) -> tuple[ErrorKind, str]:  # noqa: C901 - one flat decision table
     if isinstance(exc, BlockedAddressError):
         return ErrorKind.BLOCKED_ADDRESS, f"refused by SSRF guard: {exc}"
     if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
@@ -331,7 +321,3 @@ def _short(text: str) -> str:
     """First line, at most _MESSAGE_CHARS: messages land in an SQL log, not a debugger."""
     line = text.strip().splitlines()[0] if text.strip() else ""
     return line if len(line) <= _MESSAGE_CHARS else line[: _MESSAGE_CHARS - 1] + "…"
-
-
-def _elapsed_ms(started: float) -> int:
-    return int((time.monotonic() - started) * 1000)

@@ -1,19 +1,27 @@
-"""Sender against the real scripted Receiver over loopback: every outcome kind, no mocks."""
+"""Sender against the real scripted Receiver over loopback: every result kind, no mocks.
+
+Every test runs inside a socket-level loopback fence (tests/support/fence.py): the guard tests aim
+at private and metadata addresses, and a regressed guard must meet the fence, not the network.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 
 import pytest
 import trustme
 
 from engine.delivery.http import Sender
-from engine.models import Delivery, ErrorKind
+from engine.delivery.request import prepare_request
+from engine.models import Delivery, EndpointConfig, ErrorKind, Ordering
+from engine.signing import verify_signature
+from tests.support.fence import LoopbackFence, OutsideLoopbackError, loopback_only
 from tests.support.receiver import MIB, Receiver, Reply
 
 # For tests about the deadline itself; others use a roomy one so a busy machine cannot flake them.
@@ -21,6 +29,8 @@ TIMEOUT_S = 0.5
 ROOMY_TIMEOUT_S = 5.0
 # Generous: the machine is shared and noisy; the point is "bounded", not "fast".
 SLACK_S = 5.0
+BODY = b'{"id":"evt_7","type":"email.delivered","data":{}}'
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # noqa: S105 - the Standard Webhooks test secret
 
 
 def make_delivery(attempt: int = 1) -> Delivery:
@@ -32,9 +42,17 @@ def make_delivery(attempt: int = 1) -> Delivery:
         endpoint_id=uuid.uuid4(),
         event_id=7,
         event_type="email.delivered",
-        body=b'{"id":"evt_7","type":"email.delivered","data":{}}',
+        body=BODY,
         created_at=datetime.now(UTC),
     )
+
+
+@pytest.fixture(autouse=True)
+def fence() -> Iterator[LoopbackFence]:
+    """Every test of this module runs fenced; a refused connect fails it even if caught."""
+    with loopback_only() as up:
+        yield up
+    assert up.refused == [], "the sender tried to connect beyond loopback"
 
 
 @pytest.fixture
@@ -66,13 +84,18 @@ async def test_2xx_succeeds_with_headers_body_and_excerpt(
     """A 200 is a success, and the receiver gets the exact body and the documented headers."""
     receiver.script("/hook", Reply(status=200, body=b"thanks"))
     delivery = make_delivery(attempt=3)
-    outcome = await sender.send(receiver.url("/hook"), delivery, {"X-MisarMail-Signature": "t=1"})
-    assert outcome.succeeded
-    assert (outcome.status, outcome.error_kind, outcome.error_message) == (200, None, None)
-    assert outcome.response_excerpt == "thanks"
-    assert (outcome.delivery_id, outcome.lease) == (delivery.id, delivery.lease)
-    assert outcome.started_at.utcoffset() is not None
-    assert outcome.duration_ms >= 0
+    endpoint = EndpointConfig(
+        id=delivery.endpoint_id,
+        url=receiver.url("/hook"),
+        secrets=(SECRET,),
+        max_in_flight=1,
+        ordering=Ordering.DISPATCH,
+        rate_limit_per_s=None,
+    )
+    prepared = prepare_request(delivery, endpoint, timestamp=int(time.time()))
+    result = await sender.send(prepared.url, prepared.body, prepared.headers)
+    assert (result.status, result.error_kind, result.error_message) == (200, None, None)
+    assert result.excerpt == "thanks"
     [request] = await receiver.wait_for(1, path="/hook")
     assert request.method == "POST"
     assert request.body == delivery.body
@@ -81,17 +104,17 @@ async def test_2xx_succeeds_with_headers_body_and_excerpt(
     assert request.headers["X-MisarMail-Event"] == "email.delivered"
     assert request.headers["X-MisarMail-Delivery"] == "42"
     assert request.headers["X-MisarMail-Attempt"] == "3"
-    assert request.headers["X-MisarMail-Signature"] == "t=1"
+    assert request.headers["webhook-id"] == "evt_7"
+    verify_signature(request.body, request.headers["X-MisarMail-Signature"], SECRET)
 
 
 async def test_500_is_an_http_status_failure(receiver: Receiver, sender: Sender) -> None:
     """A 500 fails with HTTP_STATUS, keeping the status and the body excerpt."""
     receiver.script("/hook", Reply(status=500, body=b"boom"))
-    outcome = await sender.send(receiver.url("/hook"), make_delivery(), {})
-    assert not outcome.succeeded
-    assert (outcome.status, outcome.error_kind) == (500, ErrorKind.HTTP_STATUS)
-    assert outcome.response_excerpt == "boom"
-    assert outcome.retry_after_s is None
+    result = await sender.send(receiver.url("/hook"), BODY, {})
+    assert (result.status, result.error_kind) == (500, ErrorKind.HTTP_STATUS)
+    assert result.excerpt == "boom"
+    assert result.retry_after_s is None
 
 
 async def test_script_replies_in_order_and_repeats_the_last(
@@ -99,9 +122,9 @@ async def test_script_replies_in_order_and_repeats_the_last(
 ) -> None:
     """Scripted replies are consumed in order, the last one repeating, over one shared session."""
     receiver.script("/hook", Reply(status=500), Reply(status=204))
-    statuses = [(await sender.send(receiver.url("/hook"), make_delivery(), {})).status]
-    statuses += [(await sender.send(receiver.url("/hook"), make_delivery(), {})).status]
-    statuses += [(await sender.send(receiver.url("/hook"), make_delivery(), {})).status]
+    statuses = [(await sender.send(receiver.url("/hook"), BODY, {})).status]
+    statuses += [(await sender.send(receiver.url("/hook"), BODY, {})).status]
+    statuses += [(await sender.send(receiver.url("/hook"), BODY, {})).status]
     assert statuses == [500, 204, 204]
     assert len(await receiver.wait_for(3, path="/hook")) == 3
 
@@ -109,10 +132,10 @@ async def test_script_replies_in_order_and_repeats_the_last(
 async def test_redirect_is_not_followed(receiver: Receiver, sender: Sender) -> None:
     """A 302 fails with REDIRECT naming the Location, and the target is never requested."""
     receiver.script("/hook", Reply.redirect(receiver.url("/elsewhere")))
-    outcome = await sender.send(receiver.url("/hook"), make_delivery(), {})
-    assert (outcome.status, outcome.error_kind) == (302, ErrorKind.REDIRECT)
-    assert outcome.error_message is not None
-    assert receiver.url("/elsewhere") in outcome.error_message
+    result = await sender.send(receiver.url("/hook"), BODY, {})
+    assert (result.status, result.error_kind) == (302, ErrorKind.REDIRECT)
+    assert result.error_message is not None
+    assert receiver.url("/elsewhere") in result.error_message
     await asyncio.sleep(0.1)  # room for a (wrongly) followed redirect to arrive
     assert [r.path for r in receiver.received] == ["/hook"]
 
@@ -122,11 +145,10 @@ async def test_hanging_endpoint_times_out(receiver: Receiver) -> None:
     receiver.script("/hook", Reply(delay_s=60))
     async with Sender(timeout_s=TIMEOUT_S, allow_http=True, allow_private_networks=True) as sender:
         started = time.monotonic()
-        outcome = await sender.send(receiver.url("/hook"), make_delivery(), {})
+        result = await sender.send(receiver.url("/hook"), BODY, {})
         elapsed = time.monotonic() - started
-    assert (outcome.status, outcome.error_kind) == (0, ErrorKind.TIMEOUT)
+    assert (result.status, result.error_kind) == (0, ErrorKind.TIMEOUT)
     assert TIMEOUT_S * 0.9 <= elapsed < TIMEOUT_S + SLACK_S
-    assert outcome.duration_ms >= TIMEOUT_S * 900
 
 
 async def test_slow_drip_body_is_bounded_by_the_timeout(receiver: Receiver) -> None:
@@ -136,13 +158,13 @@ async def test_slow_drip_body_is_bounded_by_the_timeout(receiver: Receiver) -> N
     timeout_s = 1.0  # long enough for the headers to arrive on a busy machine
     async with Sender(timeout_s=timeout_s, allow_http=True, allow_private_networks=True) as sender:
         started = time.monotonic()
-        outcome = await sender.send(receiver.url("/hook"), make_delivery(), {})
+        result = await sender.send(receiver.url("/hook"), BODY, {})
         assert time.monotonic() - started < timeout_s + SLACK_S
     # The status line arrived in time, so it decides; the excerpt is what dripped in.
-    assert outcome.status == 200
-    assert outcome.response_excerpt is not None
-    assert 0 < len(outcome.response_excerpt) < len(body)
-    assert body.decode().startswith(outcome.response_excerpt)
+    assert result.status == 200
+    assert result.excerpt is not None
+    assert 0 < len(result.excerpt) < len(body)
+    assert body.decode().startswith(result.excerpt)
 
 
 async def test_endless_body_is_capped_at_the_excerpt(receiver: Receiver) -> None:
@@ -152,18 +174,18 @@ async def test_endless_body_is_capped_at_the_excerpt(receiver: Receiver) -> None
         timeout_s=ROOMY_TIMEOUT_S, allow_http=True, allow_private_networks=True, excerpt_bytes=1000
     ) as sender:
         started = time.monotonic()
-        outcome = await sender.send(receiver.url("/hook"), make_delivery(), {})
+        result = await sender.send(receiver.url("/hook"), BODY, {})
         assert time.monotonic() - started < ROOMY_TIMEOUT_S + SLACK_S
-    assert outcome.status == 200
-    assert outcome.response_excerpt == "x" * 1000
+    assert result.status == 200
+    assert result.excerpt == "x" * 1000
 
 
 async def test_huge_body_excerpt_is_capped(receiver: Receiver, sender: Sender) -> None:
     """A 10 MiB body yields an excerpt of exactly excerpt_bytes (16 KiB by default)."""
     receiver.script("/hook", Reply(status=500, extra_body_bytes=10 * MIB))
-    outcome = await sender.send(receiver.url("/hook"), make_delivery(), {})
-    assert (outcome.status, outcome.error_kind) == (500, ErrorKind.HTTP_STATUS)
-    assert outcome.response_excerpt == "x" * 16384
+    result = await sender.send(receiver.url("/hook"), BODY, {})
+    assert (result.status, result.error_kind) == (500, ErrorKind.HTTP_STATUS)
+    assert result.excerpt == "x" * 16384
 
 
 @pytest.mark.parametrize(
@@ -181,35 +203,35 @@ async def test_retry_after_is_parsed_on_429_and_503(
 ) -> None:
     """Retry-After is parsed into seconds on 429/503 and ignored on other statuses."""
     receiver.script("/hook", reply)
-    outcome = await sender.send(receiver.url("/hook"), make_delivery(), {})
-    assert (outcome.status, outcome.error_kind) == (reply.status, ErrorKind.HTTP_STATUS)
-    assert outcome.retry_after_s == expected_s
+    result = await sender.send(receiver.url("/hook"), BODY, {})
+    assert (result.status, result.error_kind) == (reply.status, ErrorKind.HTTP_STATUS)
+    assert result.retry_after_s == expected_s
 
 
 async def test_connection_reset_is_a_transport_failure(receiver: Receiver, sender: Sender) -> None:
     """A TCP reset instead of a response yields status 0 and CONNECT or DISCONNECTED."""
     receiver.script("/hook", Reply(reset=True))
-    outcome = await sender.send(receiver.url("/hook"), make_delivery(), {})
-    assert outcome.status == 0
-    assert outcome.error_kind in {ErrorKind.CONNECT, ErrorKind.DISCONNECTED}
+    result = await sender.send(receiver.url("/hook"), BODY, {})
+    assert result.status == 0
+    assert result.error_kind in {ErrorKind.CONNECT, ErrorKind.DISCONNECTED}
 
 
 async def test_invalid_http_is_a_protocol_error(receiver: Receiver, sender: Sender) -> None:
     """Bytes that are not an HTTP response yield PROTOCOL, quoting none of them."""
     receiver.script("/hook", Reply(raw=b"SECRET-LOOKING GARBAGE\r\n\r\n"))
-    outcome = await sender.send(receiver.url("/hook"), make_delivery(), {})
-    assert (outcome.status, outcome.error_kind) == (0, ErrorKind.PROTOCOL)
-    assert outcome.error_message is not None
-    assert "GARBAGE" not in outcome.error_message
+    result = await sender.send(receiver.url("/hook"), BODY, {})
+    assert (result.status, result.error_kind) == (0, ErrorKind.PROTOCOL)
+    assert result.error_message is not None
+    assert "GARBAGE" not in result.error_message
 
 
 async def test_enormous_headers_are_a_protocol_error(receiver: Receiver, sender: Sender) -> None:
     """A 64 KiB response header is refused by the parser as PROTOCOL, not buffered."""
     receiver.script("/hook", Reply(header_bytes=64 * 1024))
-    outcome = await sender.send(receiver.url("/hook"), make_delivery(), {})
-    assert (outcome.status, outcome.error_kind) == (0, ErrorKind.PROTOCOL)
-    assert outcome.error_message is not None
-    assert len(outcome.error_message) <= 200
+    result = await sender.send(receiver.url("/hook"), BODY, {})
+    assert (result.status, result.error_kind) == (0, ErrorKind.PROTOCOL)
+    assert result.error_message is not None
+    assert len(result.error_message) <= 200
 
 
 @pytest.mark.parametrize(
@@ -220,8 +242,8 @@ async def test_guard_refuses_loopback(
 ) -> None:
     """Loopback literals (v4, v6, IPv4-mapped) and the name localhost never get a request."""
     url = f"http://{host.format(port=receiver.port)}/hook"
-    outcome = await guarded_sender.send(url, make_delivery(), {})
-    assert (outcome.status, outcome.error_kind) == (0, ErrorKind.BLOCKED_ADDRESS)
+    result = await guarded_sender.send(url, BODY, {})
+    assert (result.status, result.error_kind) == (0, ErrorKind.BLOCKED_ADDRESS)
     await asyncio.sleep(0.1)
     assert receiver.received == []
 
@@ -235,16 +257,16 @@ async def test_guard_refuses_private_literals_before_connecting(
     BLOCKED_ADDRESS for a literal can only come from the check that runs before aiohttp is
     called (aiohttp skips the resolver for literals); a dial would end as CONNECT or TIMEOUT.
     """
-    outcome = await guarded_sender.send(f"https://{host}/latest/meta-data/", make_delivery(), {})
-    assert (outcome.status, outcome.error_kind) == (0, ErrorKind.BLOCKED_ADDRESS)
-    assert outcome.error_message is not None
-    assert host.strip("[]") in outcome.error_message
+    result = await guarded_sender.send(f"https://{host}/latest/meta-data/", BODY, {})
+    assert (result.status, result.error_kind) == (0, ErrorKind.BLOCKED_ADDRESS)
+    assert result.error_message is not None
+    assert host.strip("[]") in result.error_message
 
 
 async def test_guard_off_reaches_localhost(receiver: Receiver, sender: Sender) -> None:
     """With private networks allowed, the name localhost resolves and is delivered to."""
-    outcome = await sender.send(f"http://localhost:{receiver.port}/hook", make_delivery(), {})
-    assert outcome.status == 200
+    result = await sender.send(f"http://localhost:{receiver.port}/hook", BODY, {})
+    assert result.status == 200
     assert len(await receiver.wait_for(1, path="/hook")) == 1
 
 
@@ -253,30 +275,30 @@ async def test_tightened_policy_applies_to_cached_dns_and_pooled_connections(
 ) -> None:
     """Turning private networks off refuses the next send even with a warm pool and DNS cache."""
     url = f"http://localhost:{receiver.port}/hook"
-    assert (await sender.send(url, make_delivery(), {})).status == 200
+    assert (await sender.send(url, BODY, {})).status == 200
     sender.update_policy(allow_http=True, allow_private_networks=False)
-    outcome = await sender.send(url, make_delivery(), {})
-    assert outcome.error_kind is ErrorKind.BLOCKED_ADDRESS
+    result = await sender.send(url, BODY, {})
+    assert result.error_kind is ErrorKind.BLOCKED_ADDRESS
     sender.update_policy(allow_http=True, allow_private_networks=True)
-    assert (await sender.send(url, make_delivery(), {})).status == 200
+    assert (await sender.send(url, BODY, {})).status == 200
     assert len(receiver.received) == 2
 
 
 async def test_plain_http_is_refused_unless_allowed(receiver: Receiver) -> None:
     """With allow_http off an http:// URL fails as INSECURE_URL before any connection."""
     async with Sender(timeout_s=ROOMY_TIMEOUT_S, allow_private_networks=True) as sender:
-        outcome = await sender.send(receiver.url("/hook"), make_delivery(), {})
-        assert (outcome.status, outcome.error_kind) == (0, ErrorKind.INSECURE_URL)
+        result = await sender.send(receiver.url("/hook"), BODY, {})
+        assert (result.status, result.error_kind) == (0, ErrorKind.INSECURE_URL)
         sender.update_policy(allow_http=True, allow_private_networks=True)
-        assert (await sender.send(receiver.url("/hook"), make_delivery(), {})).status == 200
+        assert (await sender.send(receiver.url("/hook"), BODY, {})).status == 200
     assert len(receiver.received) == 1
 
 
 @pytest.mark.parametrize("url", ["not a url", "ftp://example.com/hook", "https://127.1/hook"])
 async def test_unusable_urls_are_invalid(sender: Sender, url: str) -> None:
     """URLs without an http(s) scheme and host, or with non-canonical IP hosts, are INVALID_URL."""
-    outcome = await sender.send(url, make_delivery(), {})
-    assert (outcome.status, outcome.error_kind) == (0, ErrorKind.INVALID_URL)
+    result = await sender.send(url, BODY, {})
+    assert (result.status, result.error_kind) == (0, ErrorKind.INVALID_URL)
 
 
 async def test_untrusted_certificate_is_a_tls_failure(sender: Sender) -> None:
@@ -285,17 +307,17 @@ async def test_untrusted_certificate_is_a_tls_failure(sender: Sender) -> None:
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_context)
     async with Receiver(ssl_context=server_context) as tls_receiver:
-        outcome = await sender.send(tls_receiver.url("/hook"), make_delivery(), {})
-        assert (outcome.status, outcome.error_kind) == (0, ErrorKind.TLS)
-        assert outcome.error_message is not None
-        assert "certificate" in outcome.error_message
+        result = await sender.send(tls_receiver.url("/hook"), BODY, {})
+        assert (result.status, result.error_kind) == (0, ErrorKind.TLS)
+        assert result.error_message is not None
+        assert "certificate" in result.error_message
         assert tls_receiver.received == []
 
 
 async def test_cancellation_propagates(receiver: Receiver, sender: Sender) -> None:
     """Cancelling a send raises CancelledError instead of turning it into an Outcome."""
     receiver.script("/hook", Reply(delay_s=60))
-    task = asyncio.create_task(sender.send(receiver.url("/hook"), make_delivery(), {}))
+    task = asyncio.create_task(sender.send(receiver.url("/hook"), BODY, {}))
     await receiver.wait_for(1, path="/hook")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -305,13 +327,10 @@ async def test_cancellation_propagates(receiver: Receiver, sender: Sender) -> No
 async def test_receiver_tracks_concurrency(receiver: Receiver, sender: Sender) -> None:
     """Concurrent sends are seen as concurrent by the receiver, per path and overall."""
     receiver.script("/slow", Reply(delay_s=60))
-    slow = [
-        asyncio.create_task(sender.send(receiver.url("/slow"), make_delivery(), {}))
-        for _ in range(3)
-    ]
+    slow = [asyncio.create_task(sender.send(receiver.url("/slow"), BODY, {})) for _ in range(3)]
     try:
         arrived = await receiver.wait_for(3, path="/slow")
-        assert (await sender.send(receiver.url("/fast"), make_delivery(), {})).status == 200
+        assert (await sender.send(receiver.url("/fast"), BODY, {})).status == 200
     finally:
         for task in slow:
             task.cancel()
@@ -320,3 +339,33 @@ async def test_receiver_tracks_concurrency(receiver: Receiver, sender: Sender) -
     assert receiver.max_concurrency("/slow") == 3
     assert receiver.max_concurrency("/fast") == 1
     assert receiver.max_concurrency() == 4
+
+
+@pytest.mark.parametrize("address", [("169.254.169.254", 80), ("10.0.0.1", 80), ("192.0.2.1", 9)])
+async def test_fence_refuses_a_connect_beyond_loopback(address: tuple[str, int]) -> None:
+    """The fence refuses and records a connect to a non-loopback address, by the event loop too.
+
+    UDP sockets: their connect only sets the peer and sends nothing, so even a broken fence
+    could not make this test send a packet.
+    """
+    loop = asyncio.get_running_loop()
+    with loopback_only() as inner:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            with pytest.raises(OutsideLoopbackError):
+                sock.connect(address)
+            sock.setblocking(False)
+            with pytest.raises(OutsideLoopbackError):
+                await loop.sock_connect(sock, address)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.connect(("127.0.0.1", 9))
+    assert inner.refused == [address, address]
+    assert inner.allowed == [("127.0.0.1", 9)]
+
+
+async def test_fence_sees_every_connection_of_the_sender(
+    receiver: Receiver, sender: Sender
+) -> None:
+    """The sender's connections pass through the fence, so the fence guards the guard tests."""
+    with loopback_only() as inner:
+        assert (await sender.send(receiver.url("/hook"), BODY, {})).status == 200
+    assert inner.allowed == [("127.0.0.1", receiver.port)]
