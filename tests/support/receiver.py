@@ -4,7 +4,7 @@ Tests script what each path answers and then inspect what arrived::
 
     async with Receiver() as r:
         r.script("/hook", Reply(status=503, headers={"Retry-After": "7"}), Reply(status=200))
-        outcome = await sender.send(r.url("/hook"), delivery, {})
+        result = await sender.send(r.url("/hook"), body, {})
         received = await r.wait_for(1, path="/hook")
 
 Replies are consumed in order per path and the last one repeats, so ``r.script("/p", Reply(500))``
