@@ -3,9 +3,9 @@
 The sender knows nothing of deliveries: engine.delivery.request builds the URL, body and headers,
 and the actor turns a :class:`SendResult` into the attempt's Outcome. The sender owns the
 process's only ``aiohttp.ClientSession``: one connection pool, one DNS cache, one SSRF-guarded
-resolver for every endpoint. Each attempt has a single deadline covering connect,
-TLS, sending, the response headers and the body excerpt, so neither a slow nor an endless receiver
-can hold an actor longer than ``timeout_s`` or make it buffer more than ``excerpt_bytes``.
+resolver for every endpoint. Each attempt has a single deadline covering connect, TLS, sending,
+the response headers and the body excerpt, so neither a slow nor an endless receiver can hold an
+actor longer than ``timeout_s`` or make it buffer more than ``excerpt_bytes``.
 """
 
 from __future__ import annotations
