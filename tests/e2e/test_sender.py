@@ -1,17 +1,17 @@
 """Sender against the real scripted Receiver over loopback: every result kind, no mocks.
 
-Every test runs inside a socket-level loopback fence (tests/support/fence.py): the guard tests aim
-at private and metadata addresses, and a regressed guard must meet the fence, not the network.
+Every test runs inside the socket-level loopback fence (tests/support/loopback_fence.py): the
+guard tests aim at private and metadata addresses, and a regressed guard must meet the fence, not
+the network. tests/e2e/test_loopback_fence.py checks the fence itself.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -21,7 +21,6 @@ from engine.delivery.http import Sender
 from engine.delivery.request import prepare_request
 from engine.models import Delivery, EndpointConfig, ErrorKind, Ordering
 from engine.signing import verify_signature
-from tests.support.fence import LoopbackFence, OutsideLoopbackError, loopback_only
 from tests.support.receiver import MIB, Receiver, Reply
 
 # For tests about the deadline itself; others use a roomy one so a busy machine cannot flake them.
@@ -47,12 +46,8 @@ def make_delivery(attempt: int = 1) -> Delivery:
     )
 
 
-@pytest.fixture(autouse=True)
-def fence() -> Iterator[LoopbackFence]:
-    """Every test of this module runs fenced; a refused connect fails it even if caught."""
-    with loopback_only() as up:
-        yield up
-    assert up.refused == [], "the sender tried to connect beyond loopback"
+# A regressed SSRF guard must meet the fence, never the network (tests/e2e/conftest.py).
+pytestmark = pytest.mark.usefixtures("loopback_fence")
 
 
 @pytest.fixture
@@ -339,33 +334,3 @@ async def test_receiver_tracks_concurrency(receiver: Receiver, sender: Sender) -
     assert receiver.max_concurrency("/slow") == 3
     assert receiver.max_concurrency("/fast") == 1
     assert receiver.max_concurrency() == 4
-
-
-@pytest.mark.parametrize("address", [("169.254.169.254", 80), ("10.0.0.1", 80), ("192.0.2.1", 9)])
-async def test_fence_refuses_a_connect_beyond_loopback(address: tuple[str, int]) -> None:
-    """The fence refuses and records a connect to a non-loopback address, by the event loop too.
-
-    UDP sockets: their connect only sets the peer and sends nothing, so even a broken fence
-    could not make this test send a packet.
-    """
-    loop = asyncio.get_running_loop()
-    with loopback_only() as inner:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            with pytest.raises(OutsideLoopbackError):
-                sock.connect(address)
-            sock.setblocking(False)
-            with pytest.raises(OutsideLoopbackError):
-                await loop.sock_connect(sock, address)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.connect(("127.0.0.1", 9))
-    assert inner.refused == [address, address]
-    assert inner.allowed == [("127.0.0.1", 9)]
-
-
-async def test_fence_sees_every_connection_of_the_sender(
-    receiver: Receiver, sender: Sender
-) -> None:
-    """The sender's connections pass through the fence, so the fence guards the guard tests."""
-    with loopback_only() as inner:
-        assert (await sender.send(receiver.url("/hook"), BODY, {})).status == 200
-    assert inner.allowed == [("127.0.0.1", receiver.port)]

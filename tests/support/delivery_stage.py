@@ -18,7 +18,7 @@ from engine.delivery.dispatcher import Dispatcher
 from engine.delivery.http import Sender
 from engine.delivery.writer import ResultWriter
 from engine.models import Delivery
-from tests.support.fence import loopback_only
+from tests.support.loopback_fence import loopback_only
 from tests.support.memory_queue import MemoryQueue
 from tests.support.receiver import Receiver
 
@@ -65,7 +65,7 @@ class Stage:
 async def delivery_stage(*, batch: int = 64, buffer_max: int = 1024) -> AsyncIterator[Stage]:
     """A Stage whose writer runs until the block ends, then writes what it still holds."""
     queue = MemoryQueue()
-    with loopback_only() as fence:
+    with loopback_only() as refused:
         async with (
             Receiver() as receiver,
             Sender(
@@ -79,7 +79,7 @@ async def delivery_stage(*, batch: int = 64, buffer_max: int = 1024) -> AsyncIte
             finally:
                 writer.close()
                 await writing
-    assert fence.refused == [], "an attempt tried to connect beyond loopback"
+    assert refused == [], f"attempts tried to connect beyond loopback: {refused}"
 
 
 @asynccontextmanager

@@ -26,7 +26,14 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from engine.db.pool import DatabaseUnavailable
-from engine.models import Delivery, EndpointConfig, Ordering, Outcome, Recorded
+from engine.models import (
+    AttemptOutcome,
+    Delivery,
+    EndpointConfig,
+    Ordering,
+    Outcome,
+    Recorded,
+)
 
 __all__ = ["ClaimCall", "MemoryQueue", "Row", "endpoint_config"]
 
@@ -199,16 +206,15 @@ class MemoryQueue:
     def _record_one(self, outcome: Outcome) -> Recorded:
         row = self.rows.get(outcome.delivery_id)
         if row is None or row.lease != outcome.lease:
-            return Recorded(outcome.delivery_id, "stale", None, None)
+            return Recorded(outcome.delivery_id, AttemptOutcome.STALE, None, None)
         row.attempts += 1
         if outcome.succeeded or row.attempts >= self.max_attempts:
             del self.rows[row.id]
-            return Recorded(
-                row.id, "delivered" if outcome.succeeded else "failed", row.attempts, None
-            )
+            ended = AttemptOutcome.DELIVERED if outcome.succeeded else AttemptOutcome.FAILED
+            return Recorded(row.id, ended, row.attempts, None)
         row.lease = None
         row.due_at = datetime.now(UTC) + timedelta(seconds=self.retry_delay_s)
-        return Recorded(row.id, "retry", row.attempts, row.due_at)
+        return Recorded(row.id, AttemptOutcome.RETRY, row.attempts, row.due_at)
 
     def _delivery(self, row: Row) -> Delivery:
         assert row.lease is not None
