@@ -26,21 +26,25 @@ from engine.admin import routes as api
 from engine.admin.server import AdminContext, AdminServer, create_app
 from engine.config import Settings
 from engine.db.migrate import check_current, migrate
-from engine.db.pool import PERIODIC_CALL_ERRORS, open_engine_pool
+from engine.db.pool import open_engine_pool
 from engine.db.store import Store
 from engine.delivery.actor import ActorDeps
 from engine.delivery.dispatcher import Dispatcher
+from engine.delivery.housekeeping import (
+    OutageLog,
+    PolicyReload,
+    count_queue_depths,
+    maintain_partitions,
+    periodic,
+)
 from engine.delivery.http import Sender
 from engine.delivery.idle_vacuum import IdleVacuum
 from engine.delivery.listener import Listener
-from engine.delivery.periodic import wait_first
 from engine.delivery.writer import ResultWriter
 from engine.metrics import Metrics
 from engine.models import Outcome, Policy, Recorded
 
 log = structlog.get_logger("engine.app")
-
-QUEUE_DEPTHS_TIMEOUT_S = 5.0
 
 
 class Engine:
@@ -49,7 +53,7 @@ class Engine:
     def __init__(self, settings: Settings, database_url: str) -> None:
         self.settings = settings
         self.database_url = database_url
-        self.policy: Policy | None = None
+        self.policy_reload: PolicyReload | None = None
         self.listener: Listener | None = None
         self.dispatcher: Dispatcher | None = None
         self.writer: ResultWriter | None = None
@@ -78,7 +82,7 @@ class Engine:
                 else:
                     await check_current(conn)
             self.store = store = Store(pool)
-            self.policy = policy = await store.policy()
+            policy = await store.policy()
             sender = Sender(
                 timeout_s=s.request_timeout_s,
                 allow_http=policy.allow_http,
@@ -88,14 +92,26 @@ class Engine:
             )
             await sender.start()
             try:
-                await self._run_parts(store, sender, policy, stop)
+                self.policy_reload = PolicyReload(
+                    store,
+                    policy,
+                    lambda new: sender.update_policy(
+                        allow_http=new.allow_http, allow_private_networks=new.allow_private_networks
+                    ),
+                )
+                await self._run_parts(store, sender, self.policy_reload, stop)
             finally:
                 await sender.close()
         finally:
             await pool.close()
 
+    @property
+    def policy(self) -> Policy | None:
+        """The settings row as the engine applies it now; None before run() read it."""
+        return self.policy_reload.current if self.policy_reload else None
+
     async def _run_parts(
-        self, store: Store, sender: Sender, policy: Policy, stop: asyncio.Event
+        self, store: Store, sender: Sender, policy: PolicyReload, stop: asyncio.Event
     ) -> None:
         s = self.settings
         self.writer = writer = ResultWriter(
@@ -107,7 +123,7 @@ class Engine:
             request_timeout_s=s.request_timeout_s,
             queue_per_in_flight=s.queue_per_in_flight,
             idle_s=s.actor_idle_s,
-            lease_s=self._lease_s,
+            lease_s=policy.lease_s,
             on_room=self._wake,
             on_started=self.metrics.attempt_started,
             slots=asyncio.Semaphore(s.max_connections),
@@ -140,7 +156,7 @@ class Engine:
         )
         # Sized once from the policy at start: a body limit raised later applies after a restart.
         self.admin_app = create_app(
-            context, api.routes, client_max_size=api.body_limit(policy.max_payload_bytes)
+            context, api.routes, client_max_size=api.body_limit(policy.current.max_payload_bytes)
         )
         admin = AdminServer(self.admin_app, s.admin_host, s.admin_port)
         self.admin_url = await admin.start()
@@ -149,11 +165,36 @@ class Engine:
                 writer_task = tg.create_task(writer.run(), name="result-writer")
                 if s.listen:
                     tg.create_task(listener.run(stop), name="listener")
-                tg.create_task(self._maintain(store, stop), name="maintenance")
+                tg.create_task(
+                    periodic(
+                        lambda: maintain_partitions(store),
+                        every_s=s.maintenance_interval_s,
+                        stop=stop,
+                        outage=OutageLog("maintenance_failed", "maintenance_recovered"),
+                    ),
+                    name="maintenance",
+                )
                 if s.vacuum_dead_rows:
                     tg.create_task(vacuum.run(stop), name="idle-vacuum")
-                tg.create_task(self._refresh_policy(store, sender, stop), name="policy")
-                tg.create_task(self._refresh_queue_depths(store, stop), name="queue-depths")
+                tg.create_task(
+                    periodic(
+                        policy.reload,
+                        every_s=s.settings_refresh_s,
+                        stop=stop,
+                        outage=OutageLog("settings_reload_failed", "settings_reload_recovered"),
+                        wake=self._settings_changed,
+                    ),
+                    name="policy",
+                )
+                tg.create_task(
+                    periodic(
+                        lambda: count_queue_depths(store, self.metrics),
+                        every_s=s.metrics_refresh_s,
+                        stop=stop,
+                        outage=OutageLog("queue_depths_failed", "queue_depths_recovered"),
+                    ),
+                    name="queue-depths",
+                )
                 self.started.set()
                 log.info("engine_started")
                 await dispatcher.run(stop)
@@ -177,9 +218,6 @@ class Engine:
         self.metrics.listener_connected()
         self._wake()
 
-    def _lease_s(self) -> float:
-        return self.policy.lease_duration_s if self.policy else 120.0
-
     def _written(self, outcomes: Sequence[Outcome], recorded: Sequence[Recorded]) -> None:
         self.metrics.results_written(outcomes, recorded)
         for outcome, result in zip(outcomes, recorded, strict=True):
@@ -195,56 +233,3 @@ class Engine:
                     next_attempt_at=result.next_attempt_at,
                 )
         self._wake()
-
-    async def _maintain(self, store: Store, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                result = await store.maintain()
-                if result.get("created") or result.get("dropped"):
-                    log.info("partitions_maintained", **result)
-            except PERIODIC_CALL_ERRORS as exc:
-                log.warning("maintenance_failed", error=repr(exc))
-            await wait_first(stop, seconds=self.settings.maintenance_interval_s)
-
-    async def _refresh_queue_depths(self, store: Store, stop: asyncio.Event) -> None:
-        """Re-count the queue-depth gauges every ``metrics_refresh_s`` (see engine.metrics).
-
-        A failure leaves the last values, whose age queue_depth_updated_timestamp_seconds shows;
-        it is logged once until a count succeeds again.
-        """
-        failing = False
-        while not stop.is_set():
-            try:
-                async with asyncio.timeout(QUEUE_DEPTHS_TIMEOUT_S):
-                    depths = await store.queue_depths()
-            except PERIODIC_CALL_ERRORS as exc:
-                if not failing:
-                    log.warning("queue_depths_failed", error=repr(exc))
-                failing = True
-            else:
-                self.metrics.set_queue_depths(depths)
-                failing = False
-            await wait_first(stop, seconds=self.settings.metrics_refresh_s)
-
-    async def _refresh_policy(self, store: Store, sender: Sender, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await wait_first(stop, self._settings_changed, seconds=self.settings.settings_refresh_s)
-            if stop.is_set():
-                return
-            self._settings_changed.clear()
-            try:
-                policy = await store.policy()
-            except PERIODIC_CALL_ERRORS as exc:
-                log.warning("settings_reload_failed", error=repr(exc))
-                continue
-            if policy != self.policy:
-                log.info(
-                    "settings_reloaded",
-                    allow_http=policy.allow_http,
-                    allow_private_networks=policy.allow_private_networks,
-                )
-                self.policy = policy
-                sender.update_policy(
-                    allow_http=policy.allow_http,
-                    allow_private_networks=policy.allow_private_networks,
-                )

@@ -22,7 +22,6 @@ from datetime import timedelta
 from importlib import resources
 from typing import Any
 
-import asyncpg
 import structlog
 from aiohttp import web
 
@@ -37,6 +36,7 @@ from engine.admin.parsing import (
     no_query,
 )
 from engine.admin.server import CONTEXT, ApiError
+from engine.db.pool import DatabaseUnavailable
 from engine.db.read_models import DeliveryStatus, Page, jsonable
 from engine.db.store import Store
 from engine.errors import (
@@ -68,15 +68,6 @@ SECRET = re.compile(
     r"whsec_(?:(?:[A-Za-z0-9+/]{4}){8,20}(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
     r"|(?:[A-Za-z0-9+/]{4}){21}(?:[A-Za-z0-9+/]{2}==)?)"
 )
-# The database is down or unreachable (or a pool connection timed out): 503, try again.
-UNAVAILABLE = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.OperatorInterventionError,
-    asyncpg.InsufficientResourcesError,
-)
 
 
 def body_limit(max_payload_bytes: int) -> int:
@@ -95,6 +86,11 @@ def store_errors(**fields: str) -> Iterator[None]:
     """
     try:
         yield
+    except DatabaseUnavailable as exc:  # an EngineError too, but not the client's: 503, try again
+        log.warning("admin_database_unavailable", error=str(exc))
+        raise ApiError(
+            503, "unavailable", "the database is unreachable; try again shortly"
+        ) from exc
     except EngineError as exc:
         column = exc.field
         field = fields.get(column, column) if column is not None else None
@@ -103,11 +99,6 @@ def store_errors(**fields: str) -> Iterator[None]:
             message = f"{field}{message[len(column) :]}"
         status, code = _error_code(exc)
         raise ApiError(status, code, message, field=field) from exc
-    except UNAVAILABLE as exc:
-        log.warning("admin_database_unavailable", error=type(exc).__name__)
-        raise ApiError(
-            503, "unavailable", "the database is unreachable; try again shortly"
-        ) from exc
 
 
 def _error_code(exc: EngineError) -> tuple[int, str]:

@@ -30,13 +30,11 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
-import asyncpg
 import structlog
 from aiohttp import web
 
-from engine.db.migrate import check_current
 from engine.db.store import Store
-from engine.errors import ConfigError, SchemaOutdated
+from engine.errors import ConfigError
 from engine.metrics import Metrics
 
 log = structlog.get_logger("engine.admin.server")
@@ -236,28 +234,8 @@ async def readiness(context: AdminContext) -> dict[str, str]:
     ``unknown`` (the database did not answer); listener: ``ok`` | ``disconnected`` |
     ``disabled``; engine: ``ok`` | ``stopping``. The database checks share READY_TIMEOUT_S.
     """
-    checks = {"database": "unreachable", "migrations": "unknown"}
-    try:
-        async with asyncio.timeout(READY_TIMEOUT_S):
-            async with context.store.pool.acquire() as conn:
-                await conn.fetchval("SELECT 1")
-                checks["database"] = "ok"
-                try:
-                    await check_current(conn)
-                    checks["migrations"] = "ok"
-                except SchemaOutdated:
-                    checks["migrations"] = "outdated"
-    except TimeoutError:
-        if checks["database"] != "ok":
-            checks["database"] = "timeout"
-    # InternalClientError: how asyncpg sometimes reports a connection the server just closed.
-    except (
-        OSError,
-        asyncpg.PostgresError,
-        asyncpg.InterfaceError,
-        asyncpg.InternalClientError,
-    ) as exc:
-        log.debug("readiness_database_failed", error=repr(exc))
+    database = await context.store.readiness(READY_TIMEOUT_S)
+    checks: dict[str, str] = {"database": database.database, "migrations": database.migrations}
     if context.listener_connected is None:
         checks["listener"] = "disabled"
     else:

@@ -18,11 +18,10 @@ import sys
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-import asyncpg
-
 from engine.cli import render as tables
 from engine.config import mask
 from engine.db.migrate import check_current
+from engine.db.pool import DatabaseUnavailable, open_engine_pool
 from engine.db.read_models import (
     AttemptView,
     DeliveryStatus,
@@ -37,15 +36,14 @@ from engine.errors import EngineError, InvalidInput
 from engine.models import EndpointOptions, Ordering
 
 Command = Callable[[Store, argparse.Namespace], Awaitable[int]]
-CONNECT_TIMEOUT_S = 10.0
 TAIL_BATCH = 500
 
 
 async def session(url: str, command: Command, args: argparse.Namespace) -> int:
     """Run ``command`` on a small pool of its own; the schema must be the one this CLI ships."""
     try:
-        pool = await asyncpg.create_pool(url, min_size=1, max_size=2, timeout=CONNECT_TIMEOUT_S)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        pool = await open_engine_pool(url, 2)
+    except DatabaseUnavailable as exc:
         raise EngineError(f"database: cannot connect to {mask(url)}: {exc}") from exc
     try:
         async with pool.acquire() as conn:

@@ -25,6 +25,7 @@ from engine.app import Engine
 from engine.cli.embedded_postgres import TemporaryPostgres
 from engine.config import Settings
 from engine.db.migrate import migrate
+from engine.db.pool import connect
 from engine.db.sqlfiles import sql_root
 from engine.signing import SignatureError, verify_signature
 
@@ -145,7 +146,7 @@ async def _demo(settings: Settings) -> int:
 
 
 async def _with_services(url: str, port: int, receiver: DemoReceiver, settings: Settings) -> int:
-    conn = await asyncpg.connect(url)
+    conn = await connect(url)
     try:
         await migrate(conn)
         await _prepare(conn, port, receiver)

@@ -30,6 +30,7 @@ from engine.cli.embedded_postgres import EmbeddedPostgres
 from engine.config import LOG_FORMATS, LOG_LEVELS, Settings
 from engine.db.keys import DEFAULT_PAGE
 from engine.db.migrate import migrate
+from engine.db.pool import connect
 from engine.db.read_models import DeliveryStatus
 from engine.errors import ConfigError, EngineError, InvalidInput
 from engine.models import (
@@ -66,10 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except (InvalidInput, ConfigError) as exc:
         return _fail(str(exc), EXIT_USAGE)
-    except EngineError as exc:
+    except EngineError as exc:  # the database being away included (DatabaseUnavailable)
         return _fail(str(exc), EXIT_FAILED)
     except UnicodeEncodeError as exc:  # e.g. an argument that is not valid UTF-8
         return _fail(f"cannot encode text: {exc}", EXIT_USAGE)
+    # Not the database being away: a statement it refused (a role without a privilege), a URL
+    # asyncpg cannot parse, a file that cannot be written. Still one line, never a traceback.
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         return _fail(f"{type(exc).__name__}: {exc}", EXIT_FAILED)
 
@@ -282,7 +285,7 @@ def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     url = _require_url(settings)
 
     async def go() -> int:
-        conn = await asyncpg.connect(url, timeout=30)
+        conn = await connect(url)
         try:
             report = await migrate(conn)
         finally:

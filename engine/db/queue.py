@@ -7,6 +7,7 @@ vacuum, partitions, the settings row).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -14,7 +15,7 @@ from uuid import UUID
 
 import asyncpg
 
-from engine.db.pool import Gateway
+from engine.db.pool import DatabaseUnavailable, Gateway
 from engine.models import (
     AttemptOutcome,
     Delivery,
@@ -29,6 +30,9 @@ from engine.models import (
 # Vacuuming the hot table after 60,000 deliveries (117,500 dead rows) took 46 ms on PG15 here; one
 # that runs this long is stuck behind something, and autovacuum will do the work anyway.
 VACUUM_TIMEOUT_S = 300.0
+# The gauges are re-counted every few seconds (metrics_refresh_s): a count that takes longer is
+# stale before it lands; the gauges keep their last values, whose age a gauge of its own shows.
+QUEUE_DEPTHS_TIMEOUT_S = 5.0
 
 
 class DeliveryQueue(Gateway):
@@ -140,8 +144,14 @@ class DeliveryQueue(Gateway):
         return warnings
 
     async def queue_depths(self) -> QueueDepths:
-        """Live deliveries by state, for the metrics gauges (one scan of the hot table)."""
-        row = (await self._fetch("queue_depths"))[0]
+        """Live deliveries by state, for the metrics gauges (one scan of the hot table), within
+        QUEUE_DEPTHS_TIMEOUT_S."""
+        try:
+            async with asyncio.timeout(QUEUE_DEPTHS_TIMEOUT_S):
+                rows = await self._fetch("queue_depths")
+        except TimeoutError as exc:  # the deadline of acquire and query together
+            raise DatabaseUnavailable("the queue depths were not counted in time") from exc
+        row = rows[0]
         return QueueDepths(
             due=row["due"],
             in_flight=row["in_flight"],

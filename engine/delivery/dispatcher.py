@@ -17,8 +17,9 @@ from uuid import UUID
 
 import structlog
 
+from engine.db.pool import DatabaseUnavailable
 from engine.delivery.actor import ActorDeps, EndpointActor
-from engine.delivery.periodic import wait_first
+from engine.delivery.housekeeping import OutageLog, wait_first
 from engine.delivery.ports import ClaimQueue
 from engine.models import Delivery, EndpointConfig
 
@@ -40,7 +41,6 @@ class Dispatcher:
         claim_batch: int,
         max_outstanding: int,
         shutdown_grace_s: float,
-        on_claim_error: Callable[[BaseException], None] | None = None,
         on_idle: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
@@ -49,16 +49,15 @@ class Dispatcher:
         self._max_outstanding = max_outstanding
         self._claim_batch = claim_batch
         self._grace_s = shutdown_grace_s
-        self._on_claim_error = on_claim_error
         self._on_idle = on_idle
         self.actors: dict[UUID, EndpointActor] = {}
         self._supervisors: dict[UUID, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._after: UUID | None = None
         self._waiting: bool | None = None
-        self._claim_failures = 0  # consecutive failed claim cycles (the database is away)
-        self.claims = 0
-        self.claimed = 0
+        # Once per outage, as the result writer does: a poll every second must not turn a
+        # database outage into a warning a second.
+        self._outage = OutageLog("claim_failed", "claim_recovered")
         self.crashes = 0
 
     def wake(self) -> None:
@@ -88,13 +87,9 @@ class Dispatcher:
             if self._on_idle is not None:
                 self._on_idle()
             next_due = await self._store.next_due_at()
-        except (TimeoutError, OSError, ConnectionError) as exc:
-            self._claim_failed(exc)
-            return self._poll_s
-        except Exception as exc:
-            if not _is_connection_error(exc):
-                raise
-            self._claim_failed(exc)
+        except DatabaseUnavailable as exc:
+            self._outage.failed(exc)
+            self._waiting = None  # unknown: the next cycle writes it again
             return self._poll_s
         if next_due is None:
             return self._poll_s
@@ -118,13 +113,9 @@ class Dispatcher:
             rows = await self._store.claim(
                 rooms, default_room=self.default_room, max_rows=budget, after=self._after
             )
-            self.claims += 1
-            self.claimed += len(rows)
             if rows:
                 self._waiting = False  # claim_v1 cleared engine_state.waiting as it leased them
-            if self._claim_failures:
-                log.info("claim_recovered", after_failures=self._claim_failures)
-                self._claim_failures = 0
+            self._outage.succeeded()
             for delivery, config in rows:
                 self._actor_for(config).offer(delivery)
             if len(rows) < budget:
@@ -132,16 +123,6 @@ class Dispatcher:
                 return not rows and all(room > 0 for room in rooms.values())
             self._after = rows[-1][1].id
         return False
-
-    def _claim_failed(self, exc: BaseException) -> None:
-        # Once per outage, as the result writer does: a poll every second must not turn a
-        # database outage into a warning a second.
-        if not self._claim_failures:
-            log.warning("claim_failed", error=repr(exc))
-        self._claim_failures += 1
-        self._waiting = None
-        if self._on_claim_error is not None:
-            self._on_claim_error(exc)
 
     async def _set_waiting(self, waiting: bool) -> None:
         if self._waiting is not waiting:
@@ -194,7 +175,7 @@ class Dispatcher:
             try:
                 released = await self._store.release(unstarted)
                 log.info("leases_released", count=released)
-            except Exception as exc:  # noqa: BLE001 - their leases simply expire instead
+            except DatabaseUnavailable as exc:  # their leases simply expire instead
                 log.warning("leases_release_failed", count=len(unstarted), error=repr(exc))
         actors = list(self.actors.values())
         deadline = time.monotonic() + self._grace_s
@@ -209,16 +190,3 @@ class Dispatcher:
         for task in self._supervisors.values():
             task.cancel()
         await asyncio.gather(*self._supervisors.values(), return_exceptions=True)
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    """asyncpg's connection-level failures, which the dispatcher waits out."""
-    import asyncpg
-
-    return isinstance(
-        exc,
-        asyncpg.PostgresConnectionError
-        | asyncpg.InterfaceError
-        | asyncpg.CannotConnectNowError
-        | asyncpg.exceptions.AdminShutdownError,
-    )

@@ -22,9 +22,8 @@ from typing import Literal
 
 import structlog
 
-from engine.db.pool import PERIODIC_CALL_ERRORS
 from engine.db.queue import DeliveryQueue
-from engine.delivery.periodic import wait_first
+from engine.delivery.housekeeping import OutageLog, periodic, wait_first
 
 log = structlog.get_logger("engine.delivery.idle_vacuum")
 
@@ -40,7 +39,7 @@ class IdleVacuum:
         self._dead_rows = dead_rows
         self._check_s = check_s
         self._idle = asyncio.Event()
-        self._failing = False
+        self._left = 0  # dead rows the last vacuum could not remove
         self.checks = 0  # reads of the statistics
         self.last_dead = 0  # dead rows the last read counted
         self.vacuums = 0  # vacuums that ran (not skipped, not refused)
@@ -51,30 +50,29 @@ class IdleVacuum:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Check on each idle moment, ``check_s`` apart, until stop or a refusal."""
-        left = 0  # dead rows the last vacuum could not remove
-        while not stop.is_set():
-            await wait_first(stop, self._idle)
-            if stop.is_set():
-                return
-            self._idle.clear()
-            try:
-                dead = await self._store.hot_table_dead_rows()
-                self.checks += 1
-                self.last_dead = dead
-                left = min(left, dead)  # autovacuum, or another engine, got there too
-                if dead - left >= self._dead_rows:
-                    outcome = await self._vacuum(dead, stop)
-                    if outcome == "refused":
-                        return
-                    if outcome == "vacuumed":
-                        left = await self._store.hot_table_dead_rows()
-            except PERIODIC_CALL_ERRORS as exc:
-                if not self._failing:  # once per outage, as the engine's other parts do
-                    log.warning("hot_table_vacuum_failed", error=repr(exc))
-                self._failing = True
-            else:
-                self._failing = False
-            await wait_first(stop, seconds=self._check_s)
+        outage = OutageLog("hot_table_vacuum_failed", "hot_table_vacuum_recovered")
+        await periodic(
+            lambda: self._check_when_idle(stop), every_s=self._check_s, stop=stop, outage=outage
+        )
+
+    async def _check_when_idle(self, stop: asyncio.Event) -> bool:
+        """Wait for an idle moment, then vacuum if enough dead rows piled up; False once
+        Postgres refused, which ends the task."""
+        await wait_first(stop, self._idle)
+        if stop.is_set():
+            return True
+        self._idle.clear()
+        dead = await self._store.hot_table_dead_rows()
+        self.checks += 1
+        self.last_dead = dead
+        self._left = min(self._left, dead)  # autovacuum, or another engine, got there too
+        if dead - self._left >= self._dead_rows:
+            outcome = await self._vacuum(dead, stop)
+            if outcome == "refused":
+                return False
+            if outcome == "vacuumed":
+                self._left = await self._store.hot_table_dead_rows()
+        return True
 
     async def _vacuum(self, dead: int, stop: asyncio.Event) -> VacuumOutcome:
         """Vacuum once; given up at a stop, tried again at the next check if the table was locked,

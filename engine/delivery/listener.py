@@ -11,16 +11,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-import asyncpg
 import structlog
 
-from engine.delivery.periodic import wait_first
+from engine.db.listen import ListenConnection
+from engine.db.pool import DatabaseUnavailable
+from engine.delivery.housekeeping import wait_first
 
 log = structlog.get_logger("engine.delivery.listener")
 
 WAKEUP_CHANNEL = "webhooks_wakeup"
 SETTINGS_CHANNEL = "webhooks_settings"
-CONNECT_TIMEOUT_S = 10.0
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 10.0
 
@@ -38,8 +38,7 @@ class Listener:
         probe_s: float,
     ) -> None:
         self._dsn = dsn
-        self._on_wakeup = on_wakeup
-        self._on_settings = on_settings
+        self._channels = {WAKEUP_CHANNEL: on_wakeup, SETTINGS_CHANNEL: on_settings}
         self._on_connect = on_connect
         self._probe_s = probe_s
         self.connected = False
@@ -51,15 +50,7 @@ class Listener:
         while not stop.is_set():
             try:
                 await self._session(stop)
-            # InternalClientError: how asyncpg sometimes reports a connection the server closed
-            # under a query (the probe racing a pg_terminate_backend).
-            except (
-                OSError,
-                TimeoutError,
-                asyncpg.PostgresError,
-                asyncpg.InterfaceError,
-                asyncpg.InternalClientError,
-            ) as exc:
+            except DatabaseUnavailable as exc:
                 log.warning("listener_lost", error=repr(exc), retry_in_s=self._backoff_s)
             if stop.is_set():
                 break
@@ -67,26 +58,21 @@ class Listener:
             self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
 
     async def _session(self, stop: asyncio.Event) -> None:
-        conn = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT_S)
-        lost = asyncio.Event()
-        conn.add_termination_listener(lambda _c: lost.set())
+        conn = await ListenConnection.open(self._dsn, self._channels)
         try:
-            await conn.add_listener(WAKEUP_CHANNEL, lambda *_: self._on_wakeup())
-            await conn.add_listener(SETTINGS_CHANNEL, lambda *_: self._on_settings())
             if self.backend_pid is not None:
                 self.reconnects += 1
             self.connected = True
-            self.backend_pid = conn.get_server_pid()
+            self.backend_pid = conn.backend_pid
             self._backoff_s = BACKOFF_MIN_S  # up again: a later loss is retried at once
             log.info("listener_connected", backend_pid=self.backend_pid)
             self._on_connect()
             while not stop.is_set():
-                if await wait_first(stop, lost, seconds=self._probe_s):
-                    if lost.is_set():
-                        raise ConnectionError("listener connection closed")
+                if await wait_first(stop, conn.lost, seconds=self._probe_s):
+                    if conn.lost.is_set():
+                        raise DatabaseUnavailable("the listener's connection closed")
                     continue
-                await conn.fetchval("SELECT 1", timeout=self._probe_s)
+                await conn.probe(timeout_s=self._probe_s)
         finally:
             self.connected = False
-            if not conn.is_closed():
-                conn.terminate()
+            conn.close()

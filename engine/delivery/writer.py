@@ -13,27 +13,12 @@ import asyncio
 import collections
 from collections.abc import Callable, Sequence
 
-import asyncpg
-import structlog
-
+from engine.db.pool import DatabaseUnavailable
+from engine.delivery.housekeeping import OutageLog
 from engine.delivery.ports import AttemptLog
 from engine.models import Outcome, Recorded
 
-log = structlog.get_logger("engine.delivery.writer")
-
 RETRY_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
-# Connection-level trouble, and conflicts with a concurrent operator action (deadlock victim,
-# serialization failure), which we wait out and retry; anything else is a bug and propagates.
-DATABASE_UNAVAILABLE = (
-    asyncpg.exceptions.DeadlockDetectedError,
-    asyncpg.exceptions.SerializationError,
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    TimeoutError,
-    asyncpg.exceptions.AdminShutdownError,
-)
 
 
 class ResultWriter:
@@ -56,8 +41,13 @@ class ResultWriter:
         self._room.set()
         self._on_written = on_written
         self._closing = False
-        self.healthy = True
+        self._outage = OutageLog("results_write_failed", "results_write_recovered")
         self.written = 0
+
+    @property
+    def healthy(self) -> bool:
+        """False while the database is away (the last write failed)."""
+        return not self._outage.failures
 
     @property
     def buffered(self) -> int:
@@ -80,8 +70,11 @@ class ResultWriter:
         self._pending.set()
 
     async def run(self) -> None:
-        """Write batches until close() was called and the buffer is empty."""
-        failures = 0
+        """Write batches until close() was called and the buffer is empty.
+
+        DatabaseUnavailable, a lost conflict with an operator's action included, is waited out
+        with backoff and the same batch written again; any other error is a bug and propagates.
+        """
         while True:
             if not self._buffer:
                 if self._closing:
@@ -92,20 +85,14 @@ class ResultWriter:
             batch = [self._buffer[i] for i in range(min(self._batch, len(self._buffer)))]
             try:
                 recorded = await self._store.record(batch)
-            except DATABASE_UNAVAILABLE as exc:
-                delay = RETRY_BACKOFF_S[min(failures, len(RETRY_BACKOFF_S) - 1)]
-                failures += 1
-                if self.healthy:
-                    log.warning("results_write_failed", error=repr(exc), buffered=len(self._buffer))
-                self.healthy = False
+            except DatabaseUnavailable as exc:
+                delay = RETRY_BACKOFF_S[min(self._outage.failures, len(RETRY_BACKOFF_S) - 1)]
+                self._outage.failed(exc, buffered=len(self._buffer))
                 await asyncio.sleep(delay)
                 continue
             for _ in batch:
                 self._buffer.popleft()
-            if not self.healthy:
-                log.info("results_write_recovered", after_failures=failures)
-            failures = 0
-            self.healthy = True
+            self._outage.succeeded()
             self.written += len(batch)
             if len(self._buffer) < self._buffer_max:
                 self._room.set()

@@ -23,7 +23,7 @@ import asyncpg
 from hypothesis import strategies as st
 
 from engine.db.store import Store
-from engine.delivery.periodic import wait_first
+from engine.delivery.housekeeping import wait_first
 from engine.errors import EngineError
 from engine.models import EndpointOptions
 from tests.support.badinput import (

@@ -1,5 +1,5 @@
-"""How Store calls fail when the server drops or refuses their connection: always as one of the
-connection errors that the result writer and the dispatcher wait out (DATABASE_UNAVAILABLE)."""
+"""How Store calls fail when the server drops or refuses their connection: always as the one
+error that the result writer and the dispatcher wait out (DatabaseUnavailable)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pytest
 
 from engine.db.pool import DatabaseUnavailable
 from engine.db.store import Store
-from engine.delivery.writer import DATABASE_UNAVAILABLE
 
 TRIES = 40
 KILL_OTHERS = (
@@ -41,7 +40,7 @@ async def test_a_connection_killed_under_a_call_fails_as_a_connection_error(
         await conn.execute(KILL_OTHERS)
         try:
             await store.next_due_at()
-        except DATABASE_UNAVAILABLE as exc:
+        except DatabaseUnavailable as exc:
             seen[type(exc).__name__] += 1
         else:
             seen["ok"] += 1  # the kill had not landed yet, or the pool reconnected first
@@ -60,7 +59,7 @@ async def test_a_refused_connection_is_database_unavailable(
         await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
         try:
             await conn.execute(KILL_OTHERS)
-            with pytest.raises(DATABASE_UNAVAILABLE):
+            with pytest.raises(DatabaseUnavailable):
                 await store.next_due_at()  # may first find its connection dead
             with pytest.raises(DatabaseUnavailable, match="not currently accepting connections"):
                 await store.next_due_at()
