@@ -42,7 +42,7 @@ from engine.delivery.idle_vacuum import IdleVacuum
 from engine.delivery.listener import Listener
 from engine.delivery.writer import ResultWriter
 from engine.metrics import Metrics
-from engine.models import Outcome, Policy, Recorded
+from engine.models import AttemptOutcome, Outcome, Policy, Recorded
 
 log = structlog.get_logger("engine.app")
 
@@ -221,7 +221,7 @@ class Engine:
     def _written(self, outcomes: Sequence[Outcome], recorded: Sequence[Recorded]) -> None:
         self.metrics.results_written(outcomes, recorded)
         for outcome, result in zip(outcomes, recorded, strict=True):
-            if result.outcome != "delivered":
+            if result.outcome is not AttemptOutcome.DELIVERED:
                 log.info(
                     "attempt_recorded",
                     delivery_id=result.delivery_id,

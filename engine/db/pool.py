@@ -134,14 +134,14 @@ async def open_engine_pool(
 ) -> asyncpg.Pool:
     """The engine's pool: connections open within a deadline and go back without a round trip.
 
-    asyncpg's default connect deadline is 60 s. In a network partition the result writer's next
-    write, reconnecting through the pool, then hung until the acquire's own deadline
-    (QUERY_TIMEOUT_S, 30 s) before the writer knew the database was away; the 10 s partition
+    asyncpg's default connect deadline is longer than the acquire's own (QUERY_TIMEOUT_S). In a
+    network partition the result writer's next write, reconnecting through the pool, then hung
+    until the acquire's deadline before the writer knew the database was away; the partition
     fault test failed that way whenever the cut found the writer between two writes.
 
     asyncpg's default reset sends ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``
-    to the server on every release, a second round trip for each of our one-statement calls: 11 %
-    of the engine's samples in bench W2 (py-spy). The engine leaves nothing there to undo: its SQL
+    to the server on every release, a second round trip for each of our one-statement calls (see
+    docs/decisions/0002-pool-without-reset.md). The engine leaves nothing there to undo: its SQL
     functions scope their settings (SET clauses, ``set_config(..., true)``), the migration runner
     unlocks its advisory lock, the listener LISTENs on a connection of its own, and nothing opens
     a cursor. asyncpg still rolls back a transaction left open, before calling this reset.

@@ -27,8 +27,8 @@ from engine.models import (
     Recorded,
 )
 
-# Vacuuming the hot table after 60,000 deliveries (117,500 dead rows) took 46 ms on PG15 here; one
-# that runs this long is stuck behind something, and autovacuum will do the work anyway.
+# Far longer than a vacuum of the hot table after a burst takes: one that runs this long is stuck
+# behind something, and autovacuum will do the work anyway. See docs/decisions/0003-idle-vacuum.md.
 VACUUM_TIMEOUT_S = 300.0
 # The gauges are re-counted every few seconds (metrics_refresh_s): a count that takes longer is
 # stale before it lands; the gauges keep their last values, whose age a gauge of its own shows.
@@ -119,7 +119,7 @@ class DeliveryQueue(Gateway):
         return value
 
     async def hot_table_dead_rows(self) -> int:
-        """Dead rows in ``webhooks.deliveries`` by the statistics system (up to 10 s behind)."""
+        """Dead rows in ``webhooks.deliveries`` by the statistics system, which lags behind."""
         value: int | None = await self._fetchval("hot_table_dead_rows")
         return value or 0
 

@@ -43,8 +43,8 @@ class ActorDeps:
     on_room: Callable[[], None]
     on_started: Callable[[Delivery, datetime], None]  # an attempt starts (metrics)
     # One slot per attempt in flight across all endpoints (= the HTTP connection limit), taken
-    # before an attempt's clock starts: waiting for a local connection must not eat into the
-    # endpoint's 10 s, nor make thousands of attempts wait inside the HTTP client at once.
+    # before an attempt's clock starts: waiting for a local connection must not eat into its
+    # request timeout, nor make thousands of attempts wait inside the HTTP client at once.
     slots: asyncio.Semaphore
 
 

@@ -21,12 +21,11 @@ from engine.db.pool import DatabaseUnavailable
 from engine.delivery.actor import ActorDeps, EndpointActor
 from engine.delivery.housekeeping import OutageLog, wait_first
 from engine.delivery.ports import ClaimQueue
-from engine.models import Delivery, EndpointConfig
+from engine.models import DEFAULT_MAX_IN_FLIGHT, Delivery, EndpointConfig
 
 log = structlog.get_logger("engine.delivery.dispatcher")
 
 RESTART_BACKOFF_S = (0.1, 0.5, 2.0, 5.0)
-DEFAULT_IN_FLIGHT = 8  # endpoints.max_in_flight's default, for endpoints without an actor yet
 
 
 class Dispatcher:
@@ -66,7 +65,8 @@ class Dispatcher:
 
     @property
     def default_room(self) -> int:
-        return DEFAULT_IN_FLIGHT * self._deps.queue_per_in_flight
+        # Endpoints without an actor yet are sized as if they had the default max_in_flight.
+        return DEFAULT_MAX_IN_FLIGHT * self._deps.queue_per_in_flight
 
     async def run(self, stop: asyncio.Event) -> None:
         try:

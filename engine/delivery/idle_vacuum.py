@@ -1,13 +1,12 @@
-"""Vacuum the hot table when the engine goes idle after a burst, not up to a minute later.
+"""Vacuum the hot table when the engine goes idle after a burst, not when autovacuum comes round.
 
 Every delivered delivery is deleted from ``webhooks.deliveries``, and its index entries stay until
 a vacuum removes them. The claim's loose index scan starts at the low end of the per-endpoint
-index, where those entries pile up, and walks them on every claim: after 60,000 deliveries a claim
-read 583 buffers (1.27 ms) instead of 24 (0.43 ms), until autovacuum came round, which its naptime
-(1 min by default, a server-wide setting) can delay. The engine knows when the table has gone
-quiet, so it checks then, at most every ``vacuum_check_s`` (5 s), and vacuums once the statistics
-count ``vacuum_dead_rows`` (10,000) more dead rows than its last vacuum left behind (some cannot
-go while an older transaction might still see them).
+index, where those entries pile up, and walks them on every claim until autovacuum comes round,
+which its naptime (a server-wide setting) can delay. The engine knows when the table has gone
+quiet, so it checks then, at most every ``vacuum_check_s``, and vacuums once the statistics count
+``vacuum_dead_rows`` more dead rows than its last vacuum left behind (some cannot go while an
+older transaction might still see them). The figures: docs/decisions/0003-idle-vacuum.md.
 
 It needs to own the table (or, from Postgres 17, the MAINTAIN privilege); the engine does when it
 migrates the schema. Without that, Postgres skips the table with a warning: logged once, and the

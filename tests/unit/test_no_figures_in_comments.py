@@ -118,11 +118,6 @@ def hits() -> list[str]:
     return found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="figures remain in files owned by other branches; the lead removes this marker after "
-    "the merge",
-)
 def test_comments_hold_no_measured_figures() -> None:
     """No comment or docstring in engine/ or sql/ holds a measured figure or a bench id."""
     found = hits()
