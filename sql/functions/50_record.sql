@@ -176,9 +176,10 @@ BEGIN
                 p_error_kinds[i], p_error_msgs[i], p_excerpts[i], v_outcome, v_next);
 
         IF v_outcome = 'retry' THEN
+            -- Into the waiting set: the claim promotes it back when v_next comes.
             UPDATE webhooks.deliveries d
-               SET attempts = v_n, due_at = v_next, lease_token = NULL, last_status = v_status,
-                   last_error = v_error, last_attempt_at = p_started_at[i]
+               SET attempts = v_n, due_at = v_next, lease_token = NULL, ready = false,
+                   last_status = v_status, last_error = v_error, last_attempt_at = p_started_at[i]
              WHERE d.id = v_d.id;
         ELSE
             DELETE FROM webhooks.deliveries d WHERE d.id = v_d.id;
