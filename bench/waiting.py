@@ -4,8 +4,8 @@ On a normal day some of MisarMail's thousands of endpoints are down: each holds 
 for its retry. W8 writes N such endpoints (default 10,000; ``--waiting``), each with one delivery
 that failed once and is due again in an hour, then runs W1's burst (the same events to the same 20
 healthy endpoints, through the app's trigger) with them in the hot table. Its rate is reported
-against the median of W1's rounds in the same run: a claim whose cost grew with the waiting deliveries
-would show here, since every claim of the burst pays it.
+against the median of W1's rounds in the same run: a claim whose cost grew with the waiting
+deliveries would show here, since every claim of the burst pays it.
 
 The waiting set is written with set-based SQL, not by failing real attempts (an hour's retry
 cannot be waited for): the endpoints through ``webhooks.create_endpoint`` (their URLs are on a
