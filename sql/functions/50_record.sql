@@ -16,8 +16,8 @@
 -- looks empty every way in costs the same, so the planner must be left only bounded ones:
 -- - every statement here that reads webhooks.deliveries reads it alone, by id (d.id = ANY (array)
 --   or d.id = value), never joined: a join let the plan scan the whole primary key once and filter;
--- - the per-endpoint indexes are out of its reach (partial, migration 0003): a lookup by id could
---   otherwise scan one of them in full, with id as a non-leading column;
+-- - the per-endpoint indexes are out of its reach (partial, migrations 0003 and 0004): a lookup by
+--   id could otherwise scan one of them in full, with id as a non-leading column;
 -- - sequential scans are off (enable_seqscan), so the primary key is the only way in left;
 -- - nested loops are off (enable_nestloop): the joins left are between the batch's rows in memory,
 --   and a nested loop over two "one-row" inputs of a full batch each compares every pair.
