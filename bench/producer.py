@@ -40,7 +40,7 @@ A LISTEN connection of the bench counts the wake-ups the app sent in each varian
 is the mean duration of ``webhooks.claim_v1`` calls by the engine during the variant, measured by
 the server (``pg_stat_user_functions``, track_functions): timing claims from a connection of
 our own would either take work from the engine or, with no room, skip the part that slows down
-(the per-endpoint scans of ``deliveries_endpoint_due_idx`` over dead entries).
+(the per-endpoint scans of ``deliveries_ready_idx`` over dead entries).
 """
 
 from __future__ import annotations

@@ -32,9 +32,10 @@ from bench.producer import w6_producer_cost
 from bench.report import Row, render
 from bench.sql_costs import sql_costs
 from bench.suite import DB_TIMEOUT_S, Suite, progress
+from bench.waiting import w8_waiting_endpoints
 from engine.db.migrate import migrate
 
-WORKLOADS = ("W1", "W2", "W3", "W4", "W6", "S", "W7", "W5")  # the order they run in
+WORKLOADS = ("W1", "W8", "W2", "W3", "W4", "W6", "S", "W7", "W5")  # the order they run in
 BASELINE_CONCURRENCY = (16, 64)
 LONE_REQUESTS = 2_000  # the concurrency-1 baseline (latency floor for W2)
 
@@ -53,6 +54,7 @@ def _workloads(
         "W6": lambda s: w6_producer_cost(s, args.producer_seconds, args.producer_connections),
         "S": lambda s: sql_costs(s, args.sql_commits, args.sql_results),
         "W7": lambda s: w7_many_endpoints(s, args.many_endpoints, args.idle_seconds),
+        "W8": lambda s: w8_waiting_endpoints(s, args.events, args.waiting),
     }
 
 
@@ -143,6 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--sql-results", type=int, default=10_000, help="S: deliveries claimed and recorded")
     add("--many-endpoints", type=int, default=10_000, help="W7: endpoints, one event each")
     add("--idle-seconds", type=float, default=35.0, help="W7: idle time (> WEBHOOKS_ACTOR_IDLE_S)")
+    add("--waiting", type=int, default=10_000, help="W8: down endpoints, a retry waiting each")
     return parser
 
 
@@ -152,10 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     only = {w.strip().upper() for w in args.only.split(",") if w.strip()}
     if unknown := only - set(WORKLOADS):
         parser.error(f"unknown workloads {sorted(unknown)}; choose from {', '.join(WORKLOADS)}")
-    if "W3" in only or "W4" in only:
+    if only & {"W3", "W4", "W8"}:
         only.add("W1")  # their baseline
     sizes = ("baseline_requests", "events", "backlog", "backlog_endpoints", "many_endpoints",
-             "sql_commits", "sql_results")  # fmt: skip
+             "sql_commits", "sql_results", "waiting")  # fmt: skip
     if any(getattr(args, name) < 1 for name in sizes):
         parser.error("sizes must be positive")
 

@@ -16,8 +16,8 @@
 -- looks empty every way in costs the same, so the planner must be left only bounded ones:
 -- - every statement here that reads webhooks.deliveries reads it alone, by id (d.id = ANY (array)
 --   or d.id = value), never joined: a join let the plan scan the whole primary key once and filter;
--- - the per-endpoint indexes are out of its reach (partial, migration 0003): a lookup by id could
---   otherwise scan one of them in full, with id as a non-leading column;
+-- - the per-endpoint indexes are out of its reach (partial, migrations 0003 and 0004): a lookup by
+--   id could otherwise scan one of them in full, with id as a non-leading column;
 -- - sequential scans are off (enable_seqscan), so the primary key is the only way in left;
 -- - nested loops are off (enable_nestloop): the joins left are between the batch's rows in memory,
 --   and a nested loop over two "one-row" inputs of a full batch each compares every pair.
@@ -176,9 +176,10 @@ BEGIN
                 p_error_kinds[i], p_error_msgs[i], p_excerpts[i], v_outcome, v_next);
 
         IF v_outcome = 'retry' THEN
+            -- Into the waiting set: the claim promotes it back when v_next comes.
             UPDATE webhooks.deliveries d
-               SET attempts = v_n, due_at = v_next, lease_token = NULL, last_status = v_status,
-                   last_error = v_error, last_attempt_at = p_started_at[i]
+               SET attempts = v_n, due_at = v_next, lease_token = NULL, ready = false,
+                   last_status = v_status, last_error = v_error, last_attempt_at = p_started_at[i]
              WHERE d.id = v_d.id;
         ELSE
             DELETE FROM webhooks.deliveries d WHERE d.id = v_d.id;

@@ -31,41 +31,67 @@ SELECT 'acct_' || (g % $2), 'https://example.com/hooks/' || g,
   FROM generate_series(1, $1) AS g
 """
 
-# Most live deliveries are due (a backlog); every fifth waits for a retry.
+# Most live deliveries are due (a backlog, ready); every fifth waits for a retry (not ready), as
+# migration 0004 classifies them.
 FILL_DELIVERIES = """
 WITH busy AS (
     SELECT array_agg(id) AS ids
       FROM (SELECT id FROM webhooks.endpoints WHERE enabled ORDER BY id LIMIT $2) AS e
 )
-INSERT INTO webhooks.deliveries (event_id, event_created_at, event_type, endpoint_id, due_at)
+INSERT INTO webhooks.deliveries (event_id, event_created_at, event_type, endpoint_id, due_at, ready)
 SELECT g, now(), 'email.sent', busy.ids[g % $2 + 1],
-       now() + CASE WHEN g % 5 = 0 THEN interval '10 minutes' ELSE -interval '1 second' * g END
+       now() + CASE WHEN g % 5 = 0 THEN interval '10 minutes' ELSE -interval '1 second' * g END,
+       g % 5 <> 0
   FROM generate_series(1, $1) AS g, busy
 """
 
-# claim_v1, dispatch ordering: the endpoint's due rows, oldest first.
+# claim_v1's promotion: the waiting rows whose due time has come, oldest due first.
+CLAIM_PROMOTE = """
+SELECT d.id FROM webhooks.deliveries d
+ WHERE NOT d.ready AND d.due_at <= now()
+ ORDER BY d.due_at
+ LIMIT 1000
+ FOR UPDATE SKIP LOCKED
+"""
+
+# claim_v1, dispatch ordering: the endpoint's ready rows, oldest first.
 CLAIM_DUE = """
 SELECT d.id FROM webhooks.deliveries d
- WHERE d.endpoint_id = $1 AND d.due_at <= now() AND d.attempts >= 0
- ORDER BY d.due_at, d.id
+ WHERE d.endpoint_id = $1 AND d.ready AND d.due_at <= now()
+ ORDER BY d.id
  LIMIT $2
  FOR UPDATE SKIP LOCKED
 """
 
-# claim_v1, strict ordering: the endpoint's oldest live delivery.
+# claim_v1, strict ordering: the endpoint's oldest live delivery, ready or not...
 CLAIM_HEAD = """
-SELECT d.id, d.due_at FROM webhooks.deliveries d
+SELECT d.id, d.ready, d.due_at FROM webhooks.deliveries d
  WHERE d.endpoint_id = $1 AND d.attempts >= 0 ORDER BY d.id LIMIT 1
 """
 
-# claim_v1's loose index scan: the endpoints that have live deliveries, one probe each.
+# ...then that row locked by id.
+CLAIM_HEAD_LOCK = """
+SELECT d.id, d.ready, d.due_at FROM webhooks.deliveries d
+ WHERE d.id = $1
+ FOR UPDATE SKIP LOCKED
+"""
+
+# next_due_at_v1: the earliest of the waiting set, or any ready row's due time.
+NEXT_DUE = """
+SELECT least((SELECT d.due_at FROM webhooks.deliveries d
+               WHERE NOT d.ready ORDER BY d.due_at LIMIT 1),
+             (SELECT d.due_at FROM webhooks.deliveries d
+               WHERE d.ready ORDER BY d.endpoint_id, d.id LIMIT 1))
+"""
+
+# claim_v1's loose index scan: the endpoints that have ready deliveries, one probe each.
 CLAIM_ENDPOINTS = """
 WITH RECURSIVE eps(id) AS (
     (SELECT d.endpoint_id FROM webhooks.deliveries d
-      WHERE d.attempts >= 0 ORDER BY d.endpoint_id LIMIT 1)
+      WHERE d.ready ORDER BY d.endpoint_id LIMIT 1)
     UNION ALL
     SELECT (SELECT d.endpoint_id FROM webhooks.deliveries d
-             WHERE d.endpoint_id > eps.id AND d.attempts >= 0
+             WHERE d.endpoint_id > eps.id AND d.ready
              ORDER BY d.endpoint_id LIMIT 1)
       FROM eps WHERE eps.id IS NOT NULL
 )
@@ -187,30 +213,54 @@ async def test_tables_are_big(big: asyncpg.Connection) -> None:
         assert abs(estimate - ROWS) < ROWS * 0.01
 
 
-async def test_claim_due_rows_use_endpoint_due_index(big: asyncpg.Connection) -> None:
-    """The claim's per-endpoint query scans deliveries_endpoint_due_idx."""
+async def test_claim_promotion_uses_waiting_index(big: asyncpg.Connection) -> None:
+    """The claim's promotion step scans deliveries_waiting_idx, the waiting set in due order."""
+    custom = await custom_plan(big, CLAIM_PROMOTE)
+    assert custom == {"deliveries": {"deliveries_waiting_idx"}}
+    generic = await generic_plan(big, CLAIM_PROMOTE.replace("1000", "$1"), "integer", "1000")
+    assert generic == {"deliveries": {"deliveries_waiting_idx"}}
+
+
+async def test_claim_due_rows_use_ready_index(big: asyncpg.Connection) -> None:
+    """The claim's per-endpoint query scans deliveries_ready_idx."""
     custom = await custom_plan(big, CLAIM_DUE, await backlog_endpoint(big), 8)
-    assert custom == {"deliveries": {"deliveries_endpoint_due_idx"}}
+    assert custom == {"deliveries": {"deliveries_ready_idx"}}
     generic = await generic_plan(big, CLAIM_DUE, "uuid, integer", f"{ANY_UUID}, 8")
-    assert generic == {"deliveries": {"deliveries_endpoint_due_idx"}}
+    assert generic == {"deliveries": {"deliveries_ready_idx"}}
 
 
 async def test_claim_strict_head_uses_endpoint_id_index(big: asyncpg.Connection) -> None:
-    """The strict-ordering head lookup scans deliveries_endpoint_id_idx."""
+    """The strict-ordering head lookup scans deliveries_endpoint_id_idx (every live row of the
+    endpoint, ready or not), and locks the head through the primary key."""
     custom = await custom_plan(big, CLAIM_HEAD, await backlog_endpoint(big))
     assert custom == {"deliveries": {"deliveries_endpoint_id_idx"}}
     generic = await generic_plan(big, CLAIM_HEAD, "uuid", ANY_UUID)
     assert generic == {"deliveries": {"deliveries_endpoint_id_idx"}}
+    assert await custom_plan(big, CLAIM_HEAD_LOCK, 1) == {"deliveries": {"deliveries_pkey"}}
+    generic = await generic_plan(big, CLAIM_HEAD_LOCK, "bigint", "1")
+    assert generic == {"deliveries": {"deliveries_pkey"}}
 
 
-async def test_claim_loose_scan_uses_endpoint_id_index(big: asyncpg.Connection) -> None:
-    """The claim's walk over endpoints with live deliveries probes deliveries_endpoint_id_idx."""
+async def test_claim_loose_scan_uses_ready_index(big: asyncpg.Connection) -> None:
+    """The claim's walk over endpoints with ready deliveries probes deliveries_ready_idx only, and
+    finds none of the endpoints whose every delivery waits for a retry."""
     for after in (None, await backlog_endpoint(big)):
         plan = await custom_plan(big, CLAIM_ENDPOINTS, after)
-        assert plan["deliveries"] == {"deliveries_endpoint_id_idx"}
+        assert plan["deliveries"] == {"deliveries_ready_idx"}
         assert plan["endpoints"] == {"endpoints_pkey"}
     rows = await big.fetch(CLAIM_ENDPOINTS, None)
-    assert len(rows) == ENDPOINTS_WITH_BACKLOG
+    # Endpoint k holds rows g with g % 1,000 = k - 1, so a fifth of the endpoints hold only rows
+    # with g % 5 = 0: waiting ones.
+    assert len(rows) == ENDPOINTS_WITH_BACKLOG * 4 // 5
+
+
+async def test_next_due_at_uses_waiting_and_ready_indexes(big: asyncpg.Connection) -> None:
+    """The engine's retry timer reads one entry of deliveries_waiting_idx and one of
+    deliveries_ready_idx, however many rows wait."""
+    assert await custom_plan(big, NEXT_DUE) == {
+        "deliveries": {"deliveries_waiting_idx", "deliveries_ready_idx"}
+    }
+    assert await big.fetchval(NEXT_DUE) == await big.fetchval("SELECT webhooks.next_due_at_v1()")
 
 
 async def test_per_endpoint_indexes_serve_only_statements_that_ask_for_them(
@@ -223,10 +273,12 @@ async def test_per_endpoint_indexes_serve_only_statements_that_ask_for_them(
     the index, through the delivery_log view too."""
     by_id = "SELECT * FROM webhooks.deliveries d WHERE d.id = ANY ($1::bigint[])"
     assert await custom_plan(big, by_id, [1, 2, 3]) == {"deliveries": {"deliveries_pkey"}}
+    lease = "UPDATE webhooks.deliveries d SET ready = false WHERE d.id = ANY ($1::bigint[])"
+    assert await custom_plan(big, lease, [1, 2, 3]) == {"deliveries": {"deliveries_pkey"}}
     endpoint_id = await backlog_endpoint(big)
     pending = "SELECT * FROM webhooks.delivery_log WHERE endpoint_id = $1 AND status = 'pending'"
     log = await custom_plan(big, pending, endpoint_id)
-    assert log["deliveries"] <= {"deliveries_endpoint_id_idx", "deliveries_endpoint_due_idx"}
+    assert log["deliveries"] == {"deliveries_endpoint_id_idx"}
     assert "" not in log.get("delivery_outcomes", set())
     rows = await big.fetch(pending, endpoint_id)
     assert len(rows) == await big.fetchval(
