@@ -23,7 +23,7 @@ import pytest
 from engine.db import sqlfiles
 from engine.db.migrate import migrate
 from engine.db.store import Store
-from engine.models import Delivery, ErrorKind, Outcome
+from engine.models import Delivery, EndpointOptions, ErrorKind, Ordering, Outcome
 
 PREVIOUS = Path(__file__).parent / "sql_before_0004"
 READY_SET = "0004_ready_set.sql"
@@ -86,7 +86,9 @@ def result(delivery: Delivery, status: int) -> Outcome:
 
 async def endpoint(store: Store, account_id: str, ordering: str = "dispatch") -> UUID:
     endpoint_id, _ = await store.create_endpoint(
-        account_id, "https://example.com/hook", ["*"], ordering=ordering
+        account_id,
+        "https://example.com/hook",
+        EndpointOptions(event_types=("*",), ordering=Ordering(ordering)),
     )
     return endpoint_id
 
