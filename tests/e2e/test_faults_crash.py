@@ -201,7 +201,10 @@ async def test_engine_down_while_retries_fall_due_delivers_all_after_restart(
     await second.stop()
     history = await check_delivered_once(conn, receiver, load)
     assert history.requests > load.total, "first attempts failed and were retried"
-    failed = await conn.fetchval("SELECT count(*) FROM webhooks.attempts WHERE status_code = 500")
+    # Every request that did not deliver has its row. Counted by outcome, not as status 500: on a
+    # loaded machine a 200 can also arrive after the engine's short test timeout, which records
+    # that attempt as a timeout to retry (the receiver saw it, so check_delivered_once holds it).
+    failed = await conn.fetchval("SELECT count(*) FROM webhooks.attempts WHERE outcome = 'retry'")
     assert failed == history.requests - load.total, "every failed attempt has its row"
 
 
