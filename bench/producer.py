@@ -18,7 +18,7 @@ The variants (:func:`w6_producer_cost`), each on an emptied hot table:
   what the producers emit. ``emit`` NOTIFYs only while the engine says it is waiting.
 - n: as c, with a trigger that also calls ``pg_notify`` every time: the usual design.
 - z: as c, with NOTIFY made impossible: a bench trigger on ``webhooks.engine_state`` keeps
-  ``waiting`` false whatever the engine writes. Same engine load as c, so c/z is what the
+  the waiting mark cleared whatever the engine writes. Same engine load as c, so c/z is what the
   wake-up scheme itself costs the app.
 - z, no engine: as z without the engine, to show how much of the machine the busy engine and
   its receiver take from the app on this 2-core machine (not a target).
@@ -104,15 +104,15 @@ END $$"""
 HOLD_BUSY = """
 CREATE OR REPLACE FUNCTION webhooks.bench_hold_busy() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    NEW.waiting := false;
+    NEW.waiting_until := NULL;
     RETURN NEW;
 END $$;
 CREATE TRIGGER bench_hold_busy BEFORE UPDATE ON webhooks.engine_state
     FOR EACH ROW EXECUTE FUNCTION webhooks.bench_hold_busy();
-UPDATE webhooks.engine_state SET waiting = false"""
+UPDATE webhooks.engine_state SET waiting_until = NULL"""
 RELEASE_BUSY = "DROP TRIGGER bench_hold_busy ON webhooks.engine_state"
-# The mark an engine that died asleep leaves behind.
-DEAD_MARK = "UPDATE webhooks.engine_state SET waiting = true"
+# The mark an engine that died asleep leaves behind, once its expiry has passed.
+DEAD_MARK = "UPDATE webhooks.engine_state SET waiting_until = now() - interval '1 second'"
 CLAIM_STATS = """
 SELECT coalesce(sum(calls), 0)::bigint AS calls, coalesce(sum(total_time), 0)::float8 AS ms
   FROM pg_stat_user_functions WHERE schemaname = 'webhooks' AND funcname = 'claim_v1'"""
