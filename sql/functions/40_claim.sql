@@ -193,8 +193,8 @@ $$;
 --
 -- Several engines share the one row. A busy engine's claim clears the mark while another engine
 -- sleeps; the sleeper's refresh then finds no mark and leaves it cleared, so it finds work by its
--- poll until it next goes to sleep and sets the mark again (as before the mark expired). The mark
--- outlives the last sleeping engine by at most the lifetime.
+-- poll until it next goes to sleep and sets the mark again (as before the mark had a lifetime).
+-- The mark outlives the last sleeping engine by at most the lifetime.
 
 -- How long a mark lasts past its last write. It bounds how long the app's commits keep paying for
 -- NOTIFYs after the engine that asked for them died; the engine refreshes well within it
