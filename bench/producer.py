@@ -18,29 +18,29 @@ The variants (:func:`w6_producer_cost`), each on an emptied hot table:
   what the producers emit. ``emit`` NOTIFYs only while the engine says it is waiting.
 - n: as c, with a trigger that also calls ``pg_notify`` every time: the usual design.
 - z: as c, with NOTIFY made impossible: a bench trigger on ``webhooks.engine_state`` keeps
-  ``waiting`` false whatever the engine writes. Same engine load as c, so c/z is what the
+  the waiting mark cleared whatever the engine writes. Same engine load as c, so c/z is what the
   wake-up scheme itself costs the app.
 - z, no engine: as z without the engine, to show how much of the machine the busy engine and
   its receiver take from the app on this 2-core machine (not a target).
+- c, engine stopped: as c with no engine running and ``webhooks.engine_state`` as an engine that
+  died asleep leaves it (a deploy, a crash): what the app pays while the webhook side is down.
+  Against c (target), and against z, no engine, which has the same machine load and no NOTIFY.
 - c, open transaction: c while another connection holds a REPEATABLE READ transaction (and so
   its snapshot) open for the whole run, so no dead row of the hot table can be removed.
 
 a, b, "b, no guard" and "b, empty trigger" take turns in 5 rounds of a fifth of the time each, and
-each reports its median round, so that the machine's drift falls on all of them alike; so do c, n
-and z.
+each reports its median round, so that the machine's drift falls on all of them alike; so do c, n,
+z, "c, engine stopped" and "z, no engine".
 
-Every W6 engine polls every 10 ms when it has nothing to do, instead of every second. z's engine
-gets no wake-up at all: with the default poll it napped whenever it caught up, then delivered the
-backlog in larger, cheaper batches, and left the app CPU that c's engine, woken at once, used. z
-was 8-12 % above c in every round while c sent 5 NOTIFYs a second; with the fast poll for all
-three, c and z were within 2 % in most rounds. The poll is the same for c, n and z, so c/z
-measures the wake-up scheme, not the nap.
+Every W6 engine polls every 10 ms when idle, instead of every second: z's engine gets no
+wake-up, and with the default poll it napped and then delivered in cheaper batches, which left the
+app CPU that c's promptly woken engine used (bench/README.md). The same poll for c, n and z makes
+c/z measure the wake-up scheme, not the nap.
 
 A LISTEN connection of the bench counts the wake-ups the app sent in each variant. Claim latency
-is the mean duration of ``webhooks.claim_v1`` calls by the engine during the variant, measured by
-the server (``pg_stat_user_functions``, track_functions): timing claims from a connection of
-our own would either take work from the engine or, with no room, skip the part that slows down
-(the per-endpoint scans of ``deliveries_ready_idx`` over dead entries).
+is the mean duration of the engine's ``webhooks.claim_v1`` calls during the variant as the server
+timed them (``pg_stat_user_functions``): timing claims from a connection of our own would take
+work from the engine or, with no room, skip the per-endpoint scans that dead entries slow down.
 """
 
 from __future__ import annotations
@@ -53,20 +53,18 @@ import json
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 
 import asyncpg
 import uvloop
 
 from bench.harness import REPO_ROOT, BenchError
 from bench.payloads import app_row
-from bench.report import Row
+from bench.producer_report import ROUNDS, Variant, report
 from bench.suite import DB_TIMEOUT_S, ENDPOINTS, INSERT_ROW, Suite, function_delta, progress
 
 ACCOUNTS_PREFIX = "w6_"
 NO_ENDPOINT_PREFIX = "w6_none_"
 PRODUCER_TIMEOUT_S = 120.0
-ROUNDS = 5  # of the variants compared with each other (a, b and its kin; c, n, z), interleaved
 # W6's engines poll every 10 ms when idle (the default is 1 s); see the module docstring.
 ENGINE_POLL_S = "0.01"
 
@@ -106,13 +104,15 @@ END $$"""
 HOLD_BUSY = """
 CREATE OR REPLACE FUNCTION webhooks.bench_hold_busy() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    NEW.waiting := false;
+    NEW.waiting_until := NULL;
     RETURN NEW;
 END $$;
 CREATE TRIGGER bench_hold_busy BEFORE UPDATE ON webhooks.engine_state
     FOR EACH ROW EXECUTE FUNCTION webhooks.bench_hold_busy();
-UPDATE webhooks.engine_state SET waiting = false"""
+UPDATE webhooks.engine_state SET waiting_until = NULL"""
 RELEASE_BUSY = "DROP TRIGGER bench_hold_busy ON webhooks.engine_state"
+# The mark an engine that died asleep leaves behind, once its expiry has passed.
+DEAD_MARK = "UPDATE webhooks.engine_state SET waiting_until = now() - interval '1 second'"
 CLAIM_STATS = """
 SELECT coalesce(sum(calls), 0)::bigint AS calls, coalesce(sum(total_time), 0)::float8 AS ms
   FROM pg_stat_user_functions WHERE schemaname = 'webhooks' AND funcname = 'claim_v1'"""
@@ -122,23 +122,6 @@ SELECT pg_relation_size('webhooks.deliveries') AS heap,
        (SELECT n_dead_tup FROM pg_stat_user_tables
          WHERE schemaname = 'webhooks' AND relname = 'deliveries') AS dead,
        (SELECT count(*) FROM webhooks.deliveries) AS live"""
-
-
-@dataclass(frozen=True)
-class Variant:
-    """What one variant measured."""
-
-    commits_per_s: float
-    notifies: int
-    commits: int = 0
-    delivered: int = 0
-    hot_table_mb: float = 0.0
-    dead_rows: int = 0
-    live_rows: int = 0
-    claim_ms: float | None = None
-    trigger_us: float = 0.0  # server time per commit in the app's trigger function itself
-    emit_us: float = 0.0  # ... and in webhooks.emit
-    round_rates: tuple[float, ...] = ()  # commits/s of each round, in order (interleaved variants)
 
 
 async def w6_producer_cost(suite: Suite, seconds: float, connections: int) -> None:
@@ -164,98 +147,38 @@ async def w6_producer_cost(suite: Suite, seconds: float, connections: int) -> No
                     ),
                 ]
             )
-            c, n, z = await runner.interleaved(
+            c, n, z, c_stopped, z0 = await runner.interleaved(
                 [
                     ("c", "email_event_webhook", ACCOUNTS_PREFIX, {}),
                     ("n", "email_event_webhook_notify", ACCOUNTS_PREFIX, {}),
                     ("z", "email_event_webhook", ACCOUNTS_PREFIX, {"hold_busy": True}),
+                    (
+                        "c, engine stopped",
+                        "email_event_webhook",
+                        ACCOUNTS_PREFIX,
+                        {"engine": False, "dead_mark": True},
+                    ),
+                    (
+                        "z, no engine",
+                        "email_event_webhook",
+                        ACCOUNTS_PREFIX,
+                        {"engine": False, "hold_busy": True},
+                    ),
                 ]
             )
             # c once more for the whole time: the baseline of the open-transaction run, whose hot
             # table and claims depend on how long the backlog grew.
             c_full = await runner.variant("c, whole time", "email_event_webhook", ACCOUNTS_PREFIX)
-            z0 = await runner.variant(
-                "z, no engine", "email_event_webhook", ACCOUNTS_PREFIX, engine=False, hold_busy=True
-            )
             c_open = await runner.variant(
                 "c, open transaction", "email_event_webhook", ACCOUNTS_PREFIX, hold_snapshot=True
             )
     finally:
         await conn.execute(DROP_TRIGGER)
         await conn.execute(CREATE_TRIGGER.format(function="email_event_webhook"))
-    _report(
+    report(
         suite, connections,
-        a=a, b=b, b_bare=b_bare, b_empty=b_empty, c=c, n=n, z=z, z0=z0, c_full=c_full,
-        c_open=c_open,
-    )  # fmt: skip
-
-
-def _report(suite: Suite, connections: int, **v: Variant) -> None:
-    a, b, b_bare, c, n, z = v["a"], v["b"], v["b_bare"], v["c"], v["n"], v["z"]
-    b_empty = v["b_empty"]
-    z0, c_full, c_open = v["z0"], v["c_full"], v["c_open"]
-    cps = "commits/s"
-
-    def vs_a(label: str, x: Variant, target: str = "", ok: bool | None = None) -> Row:
-        return Row(label, x.commits_per_s, cps, x.commits_per_s / a.commits_per_s, "W6 a",
-                   target, ok)  # fmt: skip
-
-    b_a = b.commits_per_s / a.commits_per_s
-    # a and b ran back to back in each round, so each round's b/a is a paired comparison; their
-    # spread is the noise that the median round's b/a carries on this shared machine.
-    b_a_rounds = [bx / ax for bx, ax in zip(b.round_rates, a.round_rates, strict=True)]
-    c_z = c.commits_per_s / z.commits_per_s
-    c_n = c.commits_per_s / n.commits_per_s
-    claim_ratio = (
-        c_open.claim_ms / c_full.claim_ms
-        if c_open.claim_ms is not None and c_full.claim_ms
-        else None
-    )
-    rounds = f"{ROUNDS} rounds"
-    whole = f"{c_full.commits:,} commits"
-
-    suite.add(
-        vs_a(f"W6 a: no trigger ({connections} connections)", a),
-        vs_a("W6 b: trigger, no subscriber", b, "ratio >= 0.80", b_a >= 0.80),
-        Row(f"W6   b / a in each of the {ROUNDS} rounds: lowest", min(b_a_rounds),
-            f"highest {max(b_a_rounds):.2f}", decimals=2),
-        Row("W6   b: server time in the trigger", b.trigger_us, "us/commit"),
-        vs_a("W6 b, no guard: emit without webhooks.subscribed", b_bare),
-        Row("W6   b, no guard: server time in the trigger", b_bare.trigger_us, "us/commit"),
-        Row("W6   b, no guard: server time in webhooks.emit", b_bare.emit_us, "us/commit"),
-        vs_a("W6 b, empty trigger: fires, does nothing (the floor)", b_empty),
-        Row("W6   b / b, empty trigger", b.commits_per_s / b_empty.commits_per_s, "",
-            b.commits_per_s / b_empty.commits_per_s, "W6 b, empty trigger", decimals=2),
-        vs_a("W6 c: trigger, subscribed, engine busy", c),
-        Row("W6   c: server time in the trigger", c.trigger_us, "us/commit"),
-        Row("W6   c: server time in webhooks.emit", c.emit_us, "us/commit"),
-        Row("W6   c / z", c_z, "", c_z, "W6 z", "ratio >= 0.90", c_z >= 0.90, decimals=2),
-        Row("W6   c / n", c_n, "", c_n, "W6 n", "ratio >= 2", c_n >= 2.0, decimals=2),
-        Row(f"W6   NOTIFYs the app sent in c ({rounds})", c.notifies,
-            f"of {c.commits:,} commits", decimals=0),
-        Row(f"W6   delivered by the engine in c ({rounds})", c.delivered, "deliveries",
-            decimals=0),
-        vs_a("W6 n: NOTIFY in every transaction", n),
-        Row(f"W6   NOTIFYs the app sent in n ({rounds})", n.notifies,
-            f"of {n.commits:,} commits", decimals=0),
-        vs_a("W6 z: no NOTIFY, engine busy", z),
-        Row(f"W6   NOTIFYs the app sent in z ({rounds})", z.notifies, "", target="= 0",
-            ok=z.notifies == 0, decimals=0),
-        vs_a("W6 z, no engine (engine's CPU share)", z0),
-        vs_a(f"W6 c, whole time in one run ({whole})", c_full),
-        Row("W6 c, open transaction", c_open.commits_per_s, cps,
-            c_open.commits_per_s / c_full.commits_per_s, "W6 c whole"),
-        Row("W6   hot table in c (heap + indexes)", c_full.hot_table_mb, "MB"),
-        Row("W6   hot table, open transaction", c_open.hot_table_mb, "MB",
-            c_open.hot_table_mb / c_full.hot_table_mb if c_full.hot_table_mb else None,
-            "W6 c whole"),
-        Row("W6   dead / live rows in c", c_full.dead_rows, f"/ {c_full.live_rows:,} live",
-            decimals=0),
-        Row("W6   dead / live rows, open transaction", c_open.dead_rows,
-            f"/ {c_open.live_rows:,} live", decimals=0),
-        Row("W6   claim_v1 mean in c", c_full.claim_ms or 0.0, "ms", decimals=2),
-        Row("W6   claim_v1 mean, open transaction", c_open.claim_ms or 0.0, "ms", claim_ratio,
-            "W6 c whole" if claim_ratio else "", decimals=2),
+        a=a, b=b, b_bare=b_bare, b_empty=b_empty, c=c, n=n, z=z, z0=z0, c_stopped=c_stopped,
+        c_full=c_full, c_open=c_open,
     )  # fmt: skip
 
 
@@ -308,6 +231,7 @@ class _Runner:
         *,
         engine: bool = True,
         hold_busy: bool = False,
+        dead_mark: bool = False,
         hold_snapshot: bool = False,
         seconds: float | None = None,
     ) -> Variant:
@@ -326,6 +250,8 @@ class _Runner:
             if hold_busy:  # after the engine's readiness check, which waits for waiting = true
                 await conn.execute(HOLD_BUSY)
                 stack.push_async_callback(conn.execute, RELEASE_BUSY)
+            if dead_mark:
+                await conn.execute(DEAD_MARK)
             if hold_snapshot:
                 await stack.enter_async_context(_open_snapshot(suite.url))
             claims0 = await _row(conn, CLAIM_STATS)

@@ -62,8 +62,10 @@ DO $$ BEGIN
     EXECUTE format('ALTER DATABASE %I SET track_functions = ''all''', current_database());
 END $$;
 SET track_functions = 'all'"""
-ENGINE_WAITING = "SELECT waiting FROM webhooks.engine_state"
-ENGINE_BUSY = "UPDATE webhooks.engine_state SET waiting = false"
+# Whether an engine is asleep and asks for NOTIFYs (its waiting mark stands), and clearing the mark
+# as a busy engine's claim does.
+ENGINE_WAITING = "SELECT coalesce(waiting_until > now(), false) FROM webhooks.engine_state"
+ENGINE_BUSY = "UPDATE webhooks.engine_state SET waiting_until = NULL"
 LIVE_DELIVERIES = "SELECT count(*) FROM webhooks.deliveries"
 FUNCTION_TIMES = """
 SELECT schemaname || '.' || funcname AS name, sum(calls)::bigint AS calls,

@@ -23,7 +23,7 @@ import time
 from bench.delivery import ACCOUNTS, W1_ROUNDS
 from bench.harness import BenchError, run_baseline, wait_until
 from bench.report import Row
-from bench.suite import STALL_S, Suite, burst, function_delta, progress
+from bench.suite import ENGINE_WAITING, STALL_S, Suite, burst, function_delta, progress
 
 W8_PREFIX = "w8_"
 # Port 1 (tcpmux) is closed on any machine that runs this: a connection is refused at once.
@@ -52,7 +52,6 @@ SELECT ev.id, ev.created_at, ev.type, e.id, 1, now() + interval '1 hour', 0,
        'connect: connection refused', now(){ready_value}
   FROM ev JOIN webhooks.endpoints e ON e.account_id = ev.account_id"""
 LIVE_DELIVERIES = "SELECT count(*) FROM webhooks.deliveries"
-ENGINE_WAITING = "SELECT waiting FROM webhooks.engine_state"
 
 
 async def w8_waiting_endpoints(suite: Suite, events: int, waiting: int) -> None:

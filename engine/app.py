@@ -131,6 +131,13 @@ class Engine:
         self.vacuum = vacuum = IdleVacuum(
             store, dead_rows=s.vacuum_dead_rows, check_s=s.vacuum_check_s
         )
+        self.listener = listener = Listener(
+            self.database_url,
+            on_wakeup=self._wake,
+            on_settings=self._settings_changed.set,
+            on_connect=self._listener_connected,
+            probe_s=s.listener_probe_s,
+        )
         self.dispatcher = dispatcher = Dispatcher(
             store,
             deps,
@@ -138,14 +145,10 @@ class Engine:
             claim_batch=s.claim_batch,
             max_outstanding=s.max_connections * s.queue_per_in_flight,
             shutdown_grace_s=s.shutdown_grace_s,
+            # With LISTEN off the listener never runs, so it is never connected and this engine
+            # never asks the app for NOTIFYs.
+            listening=lambda: listener.connected,
             on_idle=vacuum.engine_idle if s.vacuum_dead_rows else None,
-        )
-        self.listener = listener = Listener(
-            self.database_url,
-            on_wakeup=dispatcher.wake,
-            on_settings=self._settings_changed.set,
-            on_connect=self._listener_connected,
-            probe_s=s.listener_probe_s,
         )
         context = AdminContext(
             store,

@@ -14,6 +14,9 @@ SELECT webhooks.release_v1($1::bigint[], $2::uuid[]);
 -- name: set_engine_waiting
 SELECT webhooks.set_engine_waiting_v1($1::boolean);
 
+-- name: refresh_engine_waiting
+SELECT webhooks.refresh_engine_waiting_v1();
+
 -- name: next_due_at
 SELECT webhooks.next_due_at_v1();
 

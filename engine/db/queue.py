@@ -1,8 +1,8 @@
 """The delivery queue: what the engine's delivery stage asks of Postgres.
 
 Claim due deliveries, record attempts, give back leases that never started, say whether the engine
-waits for a NOTIFY, and the housekeeping calls (next due time, queue depths, the hot table's
-vacuum, partitions, the settings row).
+waits for a NOTIFY (a mark that expires unless refreshed), and the housekeeping calls (next due
+time, queue depths, the hot table's vacuum, partitions, the settings row).
 """
 
 from __future__ import annotations
@@ -112,7 +112,12 @@ class DeliveryQueue(Gateway):
         return int(count)
 
     async def set_engine_waiting(self, waiting: bool) -> None:
+        """Set (true) or clear the waiting mark that makes emit NOTIFY; see 40_claim.sql."""
         await self._fetchval("set_engine_waiting", waiting)
+
+    async def refresh_engine_waiting(self) -> None:
+        """Extend the waiting mark's expiry, unless a claim cleared the mark since."""
+        await self._fetchval("refresh_engine_waiting")
 
     async def next_due_at(self) -> datetime | None:
         value: datetime | None = await self._fetchval("next_due_at")

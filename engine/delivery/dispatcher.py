@@ -5,6 +5,12 @@ without an actor get a default room), so a backlog never floods memory and one e
 never starves another's new work. Actors are supervised, not grouped: a crash is logged and the
 actor restarted with backoff, without touching the others; idle actors end and are forgotten, so
 10,000 quiet endpoints cost nothing.
+
+The waiting mark (``webhooks.engine_state.waiting_until``, sql/functions/40_claim.sql): an idle
+engine whose listener is connected asks the app's ``emit`` for a NOTIFY by setting the mark, and
+refreshes it while it stays idle, because the mark expires; a claim that leases rows clears it. An
+engine without a connected listener (``WEBHOOKS_LISTEN=false``, or a listener reconnecting) never
+sets it: NOTIFYs it cannot receive would only slow the app's commits.
 """
 
 from __future__ import annotations
@@ -26,10 +32,22 @@ from engine.models import DEFAULT_MAX_IN_FLIGHT, Delivery, EndpointConfig
 log = structlog.get_logger("engine.delivery.dispatcher")
 
 RESTART_BACKOFF_S = (0.1, 0.5, 2.0, 5.0)
+# How often an idle engine refreshes its waiting mark: a quarter of the mark's lifetime
+# (webhooks.engine_waiting_ttl_v1). The lifetime is kept short so that an engine that died asleep
+# soon stops costing the app NOTIFYs; refreshing several times within it lets a refresh come late
+# (a slow claim cycle) or fail in a brief database blip without a live engine losing its wake-ups.
+# A lapsed mark costs only latency (the poll still finds the work); a refresh costs one write of a
+# one-row unlogged table, so refreshing more often would buy nothing.
+WAITING_REFRESH_S = 5.0
 
 
 class Dispatcher:
-    """Owns the actors. run() returns after a stop, once every started attempt has an outcome."""
+    """Owns the actors. run() returns after a stop, once every started attempt has an outcome.
+
+    ``listening`` says whether this engine's listener is connected now; only then does an idle
+    engine set the waiting mark. A stopping engine leaves its mark to expire rather than clearing
+    it, since another engine may be asleep under the same mark.
+    """
 
     def __init__(
         self,
@@ -40,6 +58,7 @@ class Dispatcher:
         claim_batch: int,
         max_outstanding: int,
         shutdown_grace_s: float,
+        listening: Callable[[], bool],
         on_idle: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
@@ -48,12 +67,17 @@ class Dispatcher:
         self._max_outstanding = max_outstanding
         self._claim_batch = claim_batch
         self._grace_s = shutdown_grace_s
+        self._listening = listening
         self._on_idle = on_idle
         self.actors: dict[UUID, EndpointActor] = {}
         self._supervisors: dict[UUID, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._after: UUID | None = None
-        self._waiting: bool | None = None
+        # The mark as this engine last wrote it (None: it set the mark, but a write failed since).
+        # False at start: an engine never clears a mark it did not set, which may be another
+        # engine's.
+        self._waiting: bool | None = False
+        self._refresh_at = 0.0  # time.monotonic() of the mark's next refresh, while waiting
         # Once per outage, as the result writer does: a poll every second must not turn a
         # database outage into a warning a second.
         self._outage = OutageLog("claim_failed", "claim_recovered")
@@ -81,7 +105,7 @@ class Dispatcher:
         """Claim what fits; return how long to sleep before the next cycle."""
         try:
             idle = await self._claim_all(stop)
-            await self._set_waiting(idle)
+            await self._mark_waiting(idle and self._listening())
             if not idle:
                 return self._poll_s
             if self._on_idle is not None:
@@ -89,11 +113,15 @@ class Dispatcher:
             next_due = await self._store.next_due_at()
         except DatabaseUnavailable as exc:
             self._outage.failed(exc)
-            self._waiting = None  # unknown: the next cycle writes it again
+            if self._waiting:  # it may have lapsed meanwhile: the next cycle writes it afresh
+                self._waiting = None
             return self._poll_s
-        if next_due is None:
-            return self._poll_s
-        return min(self._poll_s, max(0.005, (next_due - datetime.now(UTC)).total_seconds()))
+        timeout = self._poll_s
+        if next_due is not None:
+            timeout = min(timeout, max(0.005, (next_due - datetime.now(UTC)).total_seconds()))
+        if self._waiting:  # a poll interval longer than the refresh period must not let it lapse
+            timeout = min(timeout, max(0.0, self._refresh_at - time.monotonic()))
+        return timeout
 
     async def _claim_all(self, stop: asyncio.Event) -> bool:
         """Claim until nothing more fits or is due; True when the engine is idle.
@@ -114,7 +142,7 @@ class Dispatcher:
                 rooms, default_room=self.default_room, max_rows=budget, after=self._after
             )
             if rows:
-                self._waiting = False  # claim_v1 cleared engine_state.waiting as it leased them
+                self._waiting = False  # claim_v1 cleared the waiting mark as it leased them
             self._outage.succeeded()
             for delivery, config in rows:
                 self._actor_for(config).offer(delivery)
@@ -124,10 +152,20 @@ class Dispatcher:
             self._after = rows[-1][1].id
         return False
 
-    async def _set_waiting(self, waiting: bool) -> None:
+    async def _mark_waiting(self, waiting: bool) -> None:
+        """Set or clear the waiting mark on a change; refresh it while it stays set.
+
+        The refresh extends only a mark that still stands: if another engine's claim cleared it,
+        that engine is busy, and this one finds work by its poll until it next goes to sleep.
+        """
         if self._waiting is not waiting:
             await self._store.set_engine_waiting(waiting)
             self._waiting = waiting
+        elif not waiting or time.monotonic() < self._refresh_at:
+            return
+        else:
+            await self._store.refresh_engine_waiting()
+        self._refresh_at = time.monotonic() + WAITING_REFRESH_S
 
     def _actor_for(self, config: EndpointConfig) -> EndpointActor:
         actor = self.actors.get(config.id)

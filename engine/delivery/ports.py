@@ -17,7 +17,8 @@ from engine.models import Delivery, EndpointConfig, Outcome, Recorded
 
 
 class ClaimQueue(Protocol):
-    """The dispatcher's side: lease due deliveries, give back unstarted ones, say it waits."""
+    """The dispatcher's side: lease due deliveries, give back unstarted ones, say it waits (and
+    keep saying it: the mark expires)."""
 
     async def claim(
         self,
@@ -31,6 +32,8 @@ class ClaimQueue(Protocol):
     async def release(self, deliveries: Sequence[Delivery]) -> int: ...
 
     async def set_engine_waiting(self, waiting: bool) -> None: ...
+
+    async def refresh_engine_waiting(self) -> None: ...
 
     async def next_due_at(self) -> datetime | None: ...
 

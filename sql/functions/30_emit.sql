@@ -4,9 +4,11 @@
 -- expression for all the argument checks plus one probe of endpoints_enabled_account_idx, and it
 -- writes nothing. Each plpgsql statement has a cost of its own on its first use in a transaction,
 -- so that path is kept to three statements (see docs/decisions/0005-emit-common-path.md).
--- With subscribers it writes the event and one delivery per endpoint, and sends a NOTIFY only when
--- the engine said it is asleep (engine_state.waiting): NOTIFY takes a cluster-wide lock at commit
--- that serialises the app's commits, so a busy engine (which never sleeps) costs the app no NOTIFY.
+-- With subscribers it writes the event and one delivery per endpoint, and sends a NOTIFY only while
+-- a listening engine says it is asleep (engine_state.waiting_until is in the future): NOTIFY takes
+-- a cluster-wide lock at commit that serialises the app's commits, so a busy engine (which never
+-- sleeps) costs the app no NOTIFY, and neither does an engine that is not there (the mark expires
+-- unless a live engine refreshes it; see set_engine_waiting_v1 in 40_claim.sql).
 
 -- Whether an endpoint's subscription list takes an event type ('*', 'email.*' or the exact name).
 -- A SQL function the planner inlines, so it costs nothing over writing the expression out.
@@ -115,7 +117,9 @@ BEGIN
     INSERT INTO webhooks.deliveries (event_id, event_created_at, event_type, endpoint_id)
     SELECT v_event_id, now(), p_event_type, ep FROM unnest(v_endpoints) AS ep;
 
-    IF (SELECT st.waiting FROM webhooks.engine_state st) THEN
+    -- now() is the transaction's start: a long app transaction may still see a mark that expired
+    -- during it, which costs one NOTIFY, never a lost wake-up.
+    IF (SELECT st.waiting_until > now() FROM webhooks.engine_state st) THEN
         PERFORM pg_notify('webhooks_wakeup', '');
     END IF;
     RETURN v_event_id;

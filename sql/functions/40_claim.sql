@@ -137,10 +137,11 @@ BEGIN
     -- under the lost lease is recorded as stale: at-least-once, as after any crash. A later
     -- synchronous commit (recording a result) flushes the WAL before it, this claim included.
     PERFORM set_config('synchronous_commit', 'off', true);
-    -- The engine is busy from this commit on, so emit stops sending NOTIFYs. Set here rather than
-    -- by a set_engine_waiting_v1(false) call of the engine's own, which cost a round trip per event
-    -- in a trickle. Written only on a change, so a busy engine does not churn the row.
-    UPDATE webhooks.engine_state s SET waiting = false, updated_at = now() WHERE s.waiting;
+    -- The engine is busy from this commit on, so emit stops sending NOTIFYs. Cleared here rather
+    -- than by a set_engine_waiting_v1(false) call of the engine's own, which cost a round trip per
+    -- event in a trickle. Written only on a change, so a busy engine does not churn the row.
+    UPDATE webhooks.engine_state s SET waiting_until = NULL, updated_at = now()
+     WHERE s.waiting_until IS NOT NULL;
     -- The statement below joins the partitioned events table, which is slow to plan. A small
     -- claim (a trickle of events) uses its cached generic plan; a big one (a burst) is planned for
     -- its row count, which a generic plan serves worse per row than a plan for that count.
@@ -184,12 +185,44 @@ RETURNS integer LANGUAGE sql AS $$
     SELECT count(*)::integer FROM released
 $$;
 
--- The engine marks itself asleep (true) or busy (false); emit reads this to decide on NOTIFY.
--- Written only on a change, so a busy engine does not churn the row.
+-- The waiting mark (engine_state.waiting_until): emit sends a NOTIFY only while it is in the
+-- future. An engine sets it when it goes to sleep with its listener connected and refreshes it
+-- while it stays asleep; a claim that leases rows clears it, and so does an engine that stops
+-- listening. The mark lasts engine_waiting_ttl_v1() past its last write, so an engine that dies
+-- asleep stops costing the app NOTIFYs within that time, and a restarted engine sweeps at start.
+--
+-- Several engines share the one row. A busy engine's claim clears the mark while another engine
+-- sleeps; the sleeper's refresh then finds no mark and leaves it cleared, so it finds work by its
+-- poll until it next goes to sleep and sets the mark again (as before the mark had a lifetime).
+-- The mark outlives the last sleeping engine by at most the lifetime.
+
+-- How long a mark lasts past its last write. It bounds how long the app's commits keep paying for
+-- NOTIFYs after the engine that asked for them died; the engine refreshes well within it
+-- (engine.delivery.dispatcher says how often, and why).
+CREATE OR REPLACE FUNCTION webhooks.engine_waiting_ttl_v1()
+RETURNS interval LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT interval '20 seconds'
+$$;
+
+-- true: the engine goes to sleep and wants a NOTIFY for new work (sets the mark for the lifetime);
+-- false: it does not (clears the mark; written only on a change, so a busy engine does not churn
+-- the row). An engine of the previous version calls this with true once as it goes to sleep and
+-- never refreshes: it gets NOTIFYs for one lifetime, then finds work by its poll.
 CREATE OR REPLACE FUNCTION webhooks.set_engine_waiting_v1(p_waiting boolean)
 RETURNS void LANGUAGE sql AS $$
-    UPDATE webhooks.engine_state s SET waiting = p_waiting, updated_at = now()
-     WHERE s.waiting IS DISTINCT FROM p_waiting
+    UPDATE webhooks.engine_state s
+       SET waiting_until = CASE WHEN p_waiting THEN now() + webhooks.engine_waiting_ttl_v1() END,
+           updated_at = now()
+     WHERE p_waiting OR s.waiting_until IS NOT NULL
+$$;
+
+-- A sleeping engine extends the mark it set. A mark that a claim cleared stays cleared: the
+-- engine that claimed is busy, and a wake-up now would be the sleeper's alone.
+CREATE OR REPLACE FUNCTION webhooks.refresh_engine_waiting_v1()
+RETURNS void LANGUAGE sql AS $$
+    UPDATE webhooks.engine_state s
+       SET waiting_until = now() + webhooks.engine_waiting_ttl_v1(), updated_at = now()
+     WHERE s.waiting_until IS NOT NULL
 $$;
 
 -- When the next delivery falls due, for the engine's retry timer: the earliest of the waiting set

@@ -14,6 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from engine.delivery import dispatcher as dispatcher_module
 from tests.support.engines import RunningEngine, create_endpoint, wait_until
 from tests.support.receiver import Receiver, Reply
 
@@ -42,11 +43,8 @@ async def test_without_listen_the_poll_delivers_everything(
     early = await _emit(conn, "acct_1", 10)
     running = await start_engine(listen=False)
     await wait_until(lambda: _count(conn, DELIVERED, 20), what="the backlog delivered")
-    # The engine now asks for a NOTIFY that nobody listens to: only the poll can find new work.
-    await wait_until(
-        lambda: _count(conn, "SELECT count(*) FROM webhooks.engine_state WHERE waiting", 1),
-        what="the engine asleep",
-    )
+    # The engine never asks for a NOTIFY it cannot receive: only the poll can find new work.
+    assert await conn.fetchval("SELECT waiting_until FROM webhooks.engine_state") is None
     late = await _emit(conn, "acct_1", 10)
     await wait_until(lambda: _count(conn, DELIVERED, 40), what="the late events delivered")
 
@@ -56,11 +54,11 @@ async def test_without_listen_the_poll_delivers_everything(
     assert (listener.connected, listener.backend_pid) == (False, None)
 
 
-# Holds the engine's "waiting = true" update uncommitted until the test lets it go.
+# Holds the engine's update that sets the waiting mark uncommitted until the test lets it go.
 HOLD_WAITING = """
 CREATE FUNCTION webhooks.test_hold_waiting() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF NEW.waiting AND NOT OLD.waiting THEN
+    IF NEW.waiting_until IS NOT NULL AND OLD.waiting_until IS NULL THEN
         PERFORM pg_advisory_xact_lock(4242);
     END IF;
     RETURN NEW;
@@ -78,14 +76,19 @@ async def test_event_committed_while_the_engine_falls_asleep_is_not_left_behind(
     receiver: Receiver,
     open_policy: None,
     start_engine: StartEngine,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """An event committed after the engine's last empty claim but before its waiting = true
-    commits sends no NOTIFY (emit read false). The engine asks for the next due time after that
-    commit and so finds it: it goes out at once, not at the next poll (an hour here)."""
+    """An event committed after the engine's last empty claim but before its waiting mark
+    commits sends no NOTIFY (emit found no mark). The engine asks for the next due time after
+    that commit and so finds it: it goes out at once, not at the next poll (an hour here)."""
     await create_endpoint(conn, receiver.url("/a"))
+    # Nor at the mark's next refresh, which wakes a sleeping engine too.
+    monkeypatch.setattr(dispatcher_module, "WAITING_REFRESH_S", 3600.0)
     await start_engine(poll_interval_s=3600.0)
     await wait_until(
-        lambda: _count(conn, "SELECT count(*) FROM webhooks.engine_state WHERE waiting", 1),
+        lambda: _count(
+            conn, "SELECT count(*) FROM webhooks.engine_state WHERE waiting_until > now()", 1
+        ),
         what="the engine asleep",
     )
     await conn.execute(HOLD_WAITING)
@@ -94,10 +97,10 @@ async def test_event_committed_while_the_engine_falls_asleep_is_not_left_behind(
         await holder.execute("SELECT pg_advisory_lock(4242)")
         await _emit(conn, "acct_1", 1)  # NOTIFY: the engine wakes, sends, claims nothing more...
         await wait_until(lambda: _count(conn, DELIVERED, 1), what="the first event delivered")
-        # ... and its waiting = true now hangs on the lock, uncommitted.
-        await wait_until(lambda: _count(conn, WAITING_HELD, 1), what="waiting = true held")
-        assert await conn.fetchval("SELECT waiting FROM webhooks.engine_state") is False
-        await _emit(conn, "acct_1", 1)  # reads waiting = false: sends no NOTIFY
+        # ... and its mark now hangs on the lock, uncommitted.
+        await wait_until(lambda: _count(conn, WAITING_HELD, 1), what="the waiting mark held")
+        assert await conn.fetchval("SELECT waiting_until FROM webhooks.engine_state") is None
+        await _emit(conn, "acct_1", 1)  # finds no mark: sends no NOTIFY
         await holder.execute("SELECT pg_advisory_unlock(4242)")
         await wait_until(lambda: _count(conn, DELIVERED, 2), what="the second event delivered")
     finally:

@@ -151,17 +151,19 @@ async def test_claim_commits_without_waiting_for_the_wal_flush(
 async def test_claim_that_leases_rows_marks_the_engine_busy(
     store: Store, conn: asyncpg.Connection
 ) -> None:
-    """emit NOTIFYs only while engine_state.waiting; a claim that leased rows clears it in its own
-    transaction (the engine no longer spends a round trip on set_engine_waiting_v1(false)). An
-    empty claim leaves it, and writes nothing when it is already false."""
+    """emit NOTIFYs only while the engine's waiting mark stands; a claim that leased rows clears
+    it in its own transaction (the engine no longer spends a round trip on
+    set_engine_waiting_v1(false)). An empty claim leaves it, and writes nothing when it is
+    already clear."""
     await create(store)
     await conn.execute("SELECT webhooks.set_engine_waiting_v1(true)")
     claim_sql = "SELECT count(*) FROM webhooks.claim_v1('{}'::uuid[], '{}'::integer[], 8, 100)"
+    mark_sql = "SELECT waiting_until FROM webhooks.engine_state"
     assert await conn.fetchval(claim_sql) == 0
-    assert await conn.fetchval("SELECT waiting FROM webhooks.engine_state") is True
+    assert await conn.fetchval(mark_sql) is not None
     await emit_n(conn, 2)
     assert await conn.fetchval(claim_sql) == 2
-    assert await conn.fetchval("SELECT waiting FROM webhooks.engine_state") is False
+    assert await conn.fetchval(mark_sql) is None
     stamp = await conn.fetchval("SELECT updated_at FROM webhooks.engine_state")
     await emit_n(conn, 1)
     assert await conn.fetchval(claim_sql) == 1

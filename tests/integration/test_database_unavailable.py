@@ -40,11 +40,11 @@ async def _blocked_pid(conn: asyncpg.Connection) -> int:
 
 
 async def _waiting_call(store: Store, conn: asyncpg.Connection) -> asyncio.Future[None]:
-    """A Store call that waits on a row lock ``conn`` holds, in a transaction left open."""
-    waiting = await conn.fetchval("SELECT waiting FROM webhooks.engine_state")
+    """A Store call that waits on a row lock ``conn`` holds, in a transaction left open (setting
+    the waiting mark always writes the row)."""
     await conn.execute("BEGIN")
     await conn.execute("SELECT 1 FROM webhooks.engine_state FOR UPDATE")
-    return asyncio.ensure_future(store.set_engine_waiting(not waiting))
+    return asyncio.ensure_future(store.set_engine_waiting(True))
 
 
 @pytest.fixture

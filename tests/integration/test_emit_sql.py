@@ -1,18 +1,18 @@
-"""webhooks.emit on a real Postgres: subscribers, idempotency, validation and the wake-up NOTIFY."""
+"""webhooks.emit on a real Postgres: subscribers, idempotency and validation (its wake-up NOTIFY:
+test_waiting_mark.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 import pytest
 
-from tests.support.db import error_of, sql_endpoint, wait_for_lock_wait
+from tests.support.db import Listener, error_of, sql_endpoint, wait_for_lock_wait
 
 EMIT = "SELECT webhooks.emit($1, $2, $3::jsonb, $4)"
 SUBSCRIBED = "SELECT webhooks.subscribed($1, $2)"
@@ -300,85 +300,6 @@ async def test_error_rolls_back_nothing_half_written(conn: asyncpg.Connection) -
 
 
 # -- the wake-up NOTIFY ---------------------------------------------------------------------------
-
-
-class Listener:
-    """A second connection LISTENing on a channel, counting notifications."""
-
-    def __init__(self, conn: asyncpg.Connection, channel: str) -> None:
-        self.conn = conn
-        self.channel = channel
-        self.payloads: list[str] = []
-
-    def _on_notify(self, _c: object, _pid: int, _channel: str, payload: object) -> None:
-        self.payloads.append(str(payload))
-
-    async def start(self) -> None:
-        await self.conn.add_listener(self.channel, self._on_notify)
-
-    async def drain(self) -> list[str]:
-        """Everything notified so far: a round trip reads all the server sent before it."""
-        await self.conn.fetchval("SELECT 1")
-        await asyncio.sleep(0)
-        return list(self.payloads)
-
-
-@pytest.fixture
-async def wakeups(db_url: str) -> AsyncIterator[Listener]:
-    """A listener on webhooks_wakeup, on its own connection as the engine's is."""
-    listener_conn = await asyncpg.connect(db_url)
-    listener = Listener(listener_conn, "webhooks_wakeup")
-    await listener.start()
-    try:
-        yield listener
-    finally:
-        await listener_conn.close()
-
-
-async def test_notify_only_when_engine_waits(conn: asyncpg.Connection, wakeups: Listener) -> None:
-    """emit notifies webhooks_wakeup (empty payload) only while engine_state.waiting is true."""
-    await sql_endpoint(conn, ["email.sent"])
-    assert await conn.fetchval("SELECT waiting FROM webhooks.engine_state") is True
-    await emit(conn)
-    assert await wakeups.drain() == [""]
-    await conn.execute("SELECT webhooks.set_engine_waiting_v1(false)")
-    await emit(conn)
-    await emit(conn)
-    assert await wakeups.drain() == [""]
-    await conn.execute("SELECT webhooks.set_engine_waiting_v1(true)")
-    await emit(conn)
-    assert await wakeups.drain() == ["", ""]
-    assert (await table_counts(conn))["deliveries"] == 4
-
-
-async def test_no_notify_without_subscribers(conn: asyncpg.Connection, wakeups: Listener) -> None:
-    """emit with no subscriber sends no NOTIFY even when the engine waits."""
-    assert await emit(conn) is None
-    assert await wakeups.drain() == []
-
-
-async def test_no_notify_from_rolled_back_emit(conn: asyncpg.Connection, wakeups: Listener) -> None:
-    """A rolled-back transaction's emit never wakes the engine."""
-    await sql_endpoint(conn, ["email.sent"])
-    tx = conn.transaction()
-    await tx.start()
-    await emit(conn)
-    await tx.rollback()
-    assert await wakeups.drain() == []
-
-
-async def test_set_engine_waiting_writes_only_on_change(conn: asyncpg.Connection) -> None:
-    """set_engine_waiting_v1 updates the row only when the value changes."""
-    first = await conn.fetchrow("SELECT waiting, updated_at FROM webhooks.engine_state")
-    assert first is not None
-    await conn.execute("SELECT webhooks.set_engine_waiting_v1(true)")
-    same = await conn.fetchrow("SELECT waiting, updated_at FROM webhooks.engine_state")
-    assert same == first
-    await conn.execute("SELECT webhooks.set_engine_waiting_v1(false)")
-    changed = await conn.fetchrow("SELECT waiting, updated_at FROM webhooks.engine_state")
-    assert changed is not None
-    assert changed["waiting"] is False
-    assert changed["updated_at"] > first["updated_at"]
 
 
 async def test_settings_change_notifies_and_stamps(db_url: str, conn: asyncpg.Connection) -> None:

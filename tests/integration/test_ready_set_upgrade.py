@@ -2,11 +2,11 @@
 
 The previous release is rebuilt from the shipped tree: migrations up to 0003, with the claim and
 record function files as they were then (``sql_before_0004/``, copied from the release before the
-ready set). Rows are put in every state through those old functions, then the database is
-migrated, and the new bodies must claim and record them correctly, including results under leases
-taken before the migration. An engine of the previous version calls the same function names, so
-after ``migrate`` it runs the new bodies; between the migration's commit and the re-applied
-function files it still runs the old ones, which the second test covers.
+ready set) and emit as it was until 0005. Rows are put in every state through those old functions,
+then the database is migrated, and the new bodies must claim and record them correctly, including
+results under leases taken before the migration. An engine of the previous version calls the same
+function names, so after ``migrate`` it runs the new bodies; between the migration's commit and the
+re-applied function files it still runs the old ones, which the second test covers.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ from engine.db.store import Store
 from engine.models import Delivery, EndpointOptions, ErrorKind, Ordering, Outcome
 
 PREVIOUS = Path(__file__).parent / "sql_before_0004"
+# emit did not change from before 0004 until 0005, whose column it reads.
+PREVIOUS_EMIT = Path(__file__).parent / "sql_before_0005" / "30_emit.sql"
+PREVIOUS_FILES = [*PREVIOUS.iterdir(), PREVIOUS_EMIT]
 READY_SET = "0004_ready_set.sql"
 
 
@@ -36,7 +39,7 @@ def tree(root: Path, *, with_ready_set: bool) -> Path:
     for path in (root / "migrations").iterdir():
         if int(path.name[:4]) >= 4 and not (with_ready_set and path.name == READY_SET):
             path.unlink()
-    for path in PREVIOUS.iterdir():
+    for path in PREVIOUS_FILES:
         shutil.copy(path, root / "functions" / path.name)
     return root
 
@@ -139,8 +142,8 @@ async def test_migration_classifies_live_rows_and_new_bodies_carry_on(
     pending = await emit(conn, "a_pending")
 
     report = await migrate(conn)
-    assert report.applied == [READY_SET]
-    assert set(report.functions) == {p.name for p in PREVIOUS.iterdir()}
+    assert report.applied[0] == READY_SET  # and the migrations after it
+    assert set(report.functions) == {p.name for p in PREVIOUS_FILES}
 
     assert await ready(conn) == {
         pending: True,
@@ -193,7 +196,7 @@ async def test_old_bodies_between_migration_and_function_files_lease_nothing_twi
     assert (await ready(conn))[in_window.id] is True  # the old claim did not clear it
 
     report = await migrate(conn)
-    assert set(report.functions) == {p.name for p in PREVIOUS.iterdir()}
+    assert set(report.functions) == {p.name for p in PREVIOUS_FILES}
     claimed = [d for d, _ in await store.claim({}, default_room=8, max_rows=100)]
     assert [d.id for d in claimed] == [before.id]
     assert strict_next not in [d.id for d in claimed]

@@ -148,6 +148,7 @@ async def test_notify_is_sent_at_commit_only(db_url: str, app: asyncpg.Connectio
     try:
         await listener.add_listener("webhooks_wakeup", lambda *args: received.append(args[3]))
         await sql_endpoint(app, ["email.sent"])
+        await app.execute("SELECT webhooks.set_engine_waiting_v1(true)")  # an engine asleep
         tx = app.transaction()
         await tx.start()
         await app.execute(INSERT, "acct_1", "email.sent", payload("m1"))

@@ -72,3 +72,36 @@ async def sql_endpoint(
         event_types,
     )
     return endpoint_id
+
+
+class Listener:
+    """A second connection LISTENing on a channel, collecting the payloads it is sent."""
+
+    def __init__(self, conn: asyncpg.Connection, channel: str) -> None:
+        self.conn = conn
+        self.channel = channel
+        self.payloads: list[str] = []
+
+    def _on_notify(self, _c: object, _pid: int, _channel: str, payload: object) -> None:
+        self.payloads.append(str(payload))
+
+    async def start(self) -> None:
+        await self.conn.add_listener(self.channel, self._on_notify)
+
+    async def drain(self) -> list[str]:
+        """Everything notified so far: a round trip reads all the server sent before it."""
+        await self.conn.fetchval("SELECT 1")
+        await asyncio.sleep(0)
+        return list(self.payloads)
+
+
+@asynccontextmanager
+async def listening(db_url: str, channel: str = "webhooks_wakeup") -> AsyncIterator[Listener]:
+    """A :class:`Listener` on ``channel`` (the wake-ups by default), on its own connection as the
+    engine's is."""
+    listener = Listener(await asyncpg.connect(db_url), channel)
+    try:
+        await listener.start()
+        yield listener
+    finally:
+        await listener.conn.close()

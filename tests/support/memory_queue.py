@@ -91,6 +91,7 @@ class MemoryQueue:
     rows: dict[int, Row] = field(default_factory=dict)
     waiting: bool | None = None
     waiting_calls: list[bool] = field(default_factory=list)
+    refreshes: int = 0  # refresh_engine_waiting calls
     claim_calls: list[ClaimCall] = field(default_factory=list)
     record_calls: list[list[Outcome]] = field(default_factory=list)
     released: list[Delivery] = field(default_factory=list)
@@ -189,6 +190,11 @@ class MemoryQueue:
         await self._enter()
         self.waiting = waiting
         self.waiting_calls.append(waiting)
+        await self._notify()
+
+    async def refresh_engine_waiting(self) -> None:
+        await self._enter()
+        self.refreshes += 1
         await self._notify()
 
     async def next_due_at(self) -> datetime | None:

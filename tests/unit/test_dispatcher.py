@@ -4,7 +4,7 @@ within each actor's room and the global cap, shutdown, supervision, and the data
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -32,8 +32,11 @@ def make_dispatcher(
     queue_per_in_flight: int = 2,
     claim_batch: int = 100,
     max_outstanding: int = 1000,
+    poll_interval_s: float = 0.05,
+    listening: Callable[[], bool] = lambda: True,
 ) -> Dispatcher:
-    """A dispatcher polling often, with no shutdown grace: in-flight attempts are cancelled."""
+    """A dispatcher polling often, with no shutdown grace: in-flight attempts are cancelled; its
+    listener is connected unless ``listening`` says otherwise."""
     dispatcher: Dispatcher | None = None
 
     def on_room() -> None:
@@ -43,10 +46,11 @@ def make_dispatcher(
     dispatcher = Dispatcher(
         stage.queue,
         stage.deps(queue_per_in_flight=queue_per_in_flight, on_room=on_room),
-        poll_interval_s=0.05,
+        poll_interval_s=poll_interval_s,
         claim_batch=claim_batch,
         max_outstanding=max_outstanding,
         shutdown_grace_s=0.0,
+        listening=listening,
     )
     return dispatcher
 
@@ -158,3 +162,49 @@ async def test_claim_failures_are_waited_out_and_waiting_is_set_only_when_idle(
         # The claim cleared the mark as it leased; a full actor does not make the engine idle.
         assert stage.queue.waiting is False
         assert stage.queue.waiting_calls == [True]
+
+
+async def test_the_waiting_mark_follows_the_listener(stage: Stage) -> None:
+    """An idle engine sets the waiting mark only while its listener is connected, and clears it
+    when the listener goes (LISTEN off is a listener that never connects)."""
+    connected = False
+    dispatcher = make_dispatcher(stage, listening=lambda: connected)
+    async with running(dispatcher):
+        await stage.queue.wait_until(lambda q: len(q.claim_calls) >= 3)
+        assert stage.queue.waiting_calls == []
+        assert stage.queue.refreshes == 0
+        connected = True
+        dispatcher.wake()
+        await stage.queue.wait_until(lambda q: q.waiting is True)
+        connected = False
+        dispatcher.wake()
+        await stage.queue.wait_until(lambda q: q.waiting is False)
+        assert stage.queue.waiting_calls == [True, False]
+
+
+@pytest.mark.parametrize(("refresh_s", "refreshed"), [(3600.0, False), (0.0, True)])
+async def test_an_idle_engine_refreshes_its_mark_at_the_refresh_period(
+    stage: Stage, monkeypatch: pytest.MonkeyPatch, refresh_s: float, refreshed: bool
+) -> None:
+    """An idle engine refreshes its waiting mark once the refresh period has passed since it set
+    or refreshed it, and not before (claim cycles alone do not refresh it)."""
+    monkeypatch.setattr(dispatcher_module, "WAITING_REFRESH_S", refresh_s)
+    dispatcher = make_dispatcher(stage)
+    async with running(dispatcher):
+        await stage.queue.wait_until(lambda q: q.waiting is True)
+        cycles = len(stage.queue.claim_calls)
+        await stage.queue.wait_until(lambda q: len(q.claim_calls) >= cycles + 3)
+    assert (stage.queue.refreshes > 0) is refreshed
+    assert stage.queue.waiting_calls == [True]
+
+
+async def test_a_poll_interval_longer_than_the_refresh_period_does_not_let_the_mark_lapse(
+    stage: Stage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle engine whose poll interval is far longer than the refresh period wakes up to
+    refresh its waiting mark, again and again."""
+    monkeypatch.setattr(dispatcher_module, "WAITING_REFRESH_S", 0.01)
+    dispatcher = make_dispatcher(stage, poll_interval_s=3600.0)
+    async with running(dispatcher):
+        await stage.queue.wait_until(lambda q: q.refreshes >= 3)
+    assert stage.queue.waiting_calls == [True]

@@ -1,0 +1,14 @@
+-- The engine's waiting mark expires (DESIGN §3). emit sends a NOTIFY only while waiting_until is
+-- in the future; an engine moves it forward when it goes to sleep and again and again while it
+-- stays asleep, and a claim clears it. An engine that died asleep, was never started or runs
+-- without LISTEN leaves no mark that outlives it, so the app's commits stop paying NOTIFY's
+-- commit-time lock for wake-ups nobody receives. NULL: no engine asks for a NOTIFY.
+-- See docs/decisions/0007-waiting-expiry.md.
+--
+-- Starts NULL, not carried over from waiting: an engine of the previous version asleep at this
+-- moment gets no NOTIFY until it next goes to sleep (its set_engine_waiting_v1(true) then marks
+-- it for the mark's lifetime); until then its poll finds the work, as after any lost NOTIFY.
+--
+-- waiting stays: between this commit and the re-applied function files, the previous bodies of
+-- emit, claim_v1 and set_engine_waiting_v1 still read and write it. The new bodies do not use it.
+ALTER TABLE webhooks.engine_state ADD COLUMN waiting_until timestamptz;
