@@ -221,12 +221,16 @@ async def test_claimed_work_is_capped_across_all_endpoints(
         await receiver.wait_for(max_connections, timeout_s=60)
         await wait_until(lambda: _leased_is(conn, cap), timeout_s=60, what=f"{cap} leased")
         assert len(receiver.received) == max_connections
+        assert await _leased(conn) == cap, "the engine holds the cap while every request is held"
     finally:
         sampling = False
         await sampler_task
         await sampler.close()
         release.set()
-    assert peak == cap, f"{peak} leased at the peak, the cap is {cap}"
+    # The sampler watches for going over between the emits and the release. Reaching the cap is
+    # asserted above on the test's own connection: on PG15 the sampler sometimes read nothing
+    # but zeros in a loaded run, although the cap stood for seconds.
+    assert peak <= cap, f"{peak} leased at the peak, the cap is {cap}"
     await wait_until(lambda: _all_delivered(conn, 100), timeout_s=60, what="100 delivered")
 
 
