@@ -118,7 +118,13 @@ class Dispatcher:
             return self._poll_s
         timeout = self._poll_s
         if next_due is not None:
-            timeout = min(timeout, max(0.005, (next_due - datetime.now(UTC)).total_seconds()))
+            due_in_s = (next_due - datetime.now(UTC)).total_seconds()
+            # Already due, although the claim that just ran took nothing while every actor had
+            # room: what is due cannot go now (a strict endpoint's head waits for its retry) or
+            # fell due in the instant since. The poll, a NOTIFY or a result comes back for it;
+            # claiming again at once would spin for as long as that head waits.
+            if due_in_s > 0:
+                timeout = min(timeout, max(0.005, due_in_s))
         if self._waiting:  # a poll interval longer than the refresh period must not let it lapse
             timeout = min(timeout, max(0.0, self._refresh_at - time.monotonic()))
         return timeout

@@ -11,7 +11,7 @@ import pytest
 from engine.delivery import dispatcher as dispatcher_module
 from engine.delivery.actor import EndpointActor
 from engine.delivery.dispatcher import Dispatcher
-from engine.models import ErrorKind
+from engine.models import ErrorKind, Ordering
 from tests.support.delivery_stage import Stage, delivery_stage, running
 from tests.support.memory_queue import endpoint_config
 from tests.support.receiver import Reply
@@ -208,3 +208,27 @@ async def test_a_poll_interval_longer_than_the_refresh_period_does_not_let_the_m
     async with running(dispatcher):
         await stage.queue.wait_until(lambda q: q.refreshes >= 3)
     assert stage.queue.waiting_calls == [True]
+
+
+@pytest.mark.parametrize("head_due_in_s", [3600.0, -1.0])
+async def test_an_idle_engine_does_not_spin_on_rows_blocked_behind_a_strict_head(
+    stage: Stage, monkeypatch: pytest.MonkeyPatch, head_due_in_s: float
+) -> None:
+    """A row that is due but waits behind a strict endpoint's head (due only later) does not
+    make an idle engine claim again at once: between two refreshes of its mark (its only clock,
+    with a poll interval of an hour) it claims about once. With the head due too, it is sent."""
+    monkeypatch.setattr(dispatcher_module, "WAITING_REFRESH_S", 0.1)
+    strict = endpoint_config(stage.receiver.url("/strict"), ordering=Ordering.STRICT)
+    stage.queue.add(strict, due_in_s=head_due_in_s)  # the head
+    stage.queue.add(strict)  # due now, behind it
+    dispatcher = make_dispatcher(stage, poll_interval_s=3600.0)
+    async with running(dispatcher):
+        if head_due_in_s > 0:
+            await stage.queue.wait_until(lambda q: q.refreshes >= 5)
+        else:
+            await stage.receiver.wait_for(2, timeout_s=30)
+    if head_due_in_s > 0:
+        assert len(stage.queue.claim_calls) <= stage.queue.refreshes + 3
+        assert stage.receiver.received == []
+    else:
+        assert [r.path for r in stage.receiver.received] == ["/strict", "/strict"]
