@@ -19,6 +19,7 @@ import uvloop
 
 from engine.cli.embedded_postgres import TemporaryPostgres
 from engine.db.migrate import migrate
+from engine.db.store import Store
 from tests.support.db import scratch_database
 
 _db_numbers = itertools.count()
@@ -79,6 +80,16 @@ async def db_url(pg_server_url: str, template_db: str) -> AsyncIterator[str]:
     name = f"misar_t{os.getpid()}_{next(_db_numbers)}"
     async with scratch_database(pg_server_url, name, template=template_db) as url:
         yield url
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[Store]:
+    """A Store on a small pool of its own over this test's database, as the engine uses one."""
+    pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
+    try:
+        yield Store(pool)
+    finally:
+        await pool.close()
 
 
 @pytest.fixture

@@ -13,13 +13,12 @@ import os
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import pytest
 
 from engine.db.read_models import DeliveryStatus
 from engine.db.store import Store
@@ -91,16 +90,6 @@ def table(run: Run) -> tuple[list[str], list[list[str]]]:
     lines = [line for line in run.out.splitlines() if line.strip()]
     split = [[cell for cell in line.split("  ") if cell.strip()] for line in lines]
     return [h.strip() for h in split[0]], [[c.strip() for c in row] for row in split[1:]]
-
-
-@pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    """A Store on the test's database, to set up states the CLI then reads."""
-    pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
-    try:
-        yield Store(pool)
-    finally:
-        await pool.close()
 
 
 # -- endpoints ------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -20,18 +20,9 @@ from engine import errors
 from engine.db.pool import mapped_errors
 from engine.db.store import Store
 from engine.models import Delivery, EndpointConfig, EndpointOptions, ErrorKind, Ordering, Outcome
+from tests.support.factories import outcome
 
 Claimed = list[tuple[Delivery, EndpointConfig]]
-
-
-@pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    """A Store on its own small pool, as the engine uses it."""
-    pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
-    try:
-        yield Store(pool)
-    finally:
-        await pool.close()
 
 
 async def create(
@@ -64,13 +55,6 @@ async def claim(store: Store, rooms: dict[UUID, int] | None = None, **kw: Any) -
 
 def ids(claimed: Claimed) -> list[int]:
     return [d.id for d, _ in claimed]
-
-
-def outcome(delivery: Delivery, status: int, **kw: Any) -> Outcome:
-    if not 200 <= status <= 299:
-        kw.setdefault("error_kind", ErrorKind.HTTP_STATUS)
-        kw.setdefault("error_message", f"HTTP {status}")
-    return Outcome(delivery.id, delivery.lease, datetime.now(UTC), 12, status, **kw)
 
 
 async def make_due(conn: asyncpg.Connection, delivery_id: int) -> None:

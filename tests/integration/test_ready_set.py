@@ -8,15 +8,13 @@ release puts it back at once. Clock-dependent states are set with raw SQL.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-import pytest
 
 from engine.db.store import Store
-from engine.models import Delivery, EndpointConfig, ErrorKind, Outcome
+from engine.models import Delivery, EndpointConfig
+from tests.support.factories import outcome
 
 Claimed = list[tuple[Delivery, EndpointConfig]]
 
@@ -34,16 +32,6 @@ SELECT coalesce(t.seq_tup_read, 0) + coalesce(t.idx_tup_fetch, 0)
                + coalesce(s.idx_blks_hit, 0) + coalesce(s.idx_blks_read, 0)
           FROM pg_statio_user_tables s WHERE s.relid = 'webhooks.deliveries'::regclass) AS buffers
   FROM pg_stat_user_tables t WHERE t.relid = 'webhooks.deliveries'::regclass"""
-
-
-@pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    """A Store on its own small pool, as the engine uses it."""
-    pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
-    try:
-        yield Store(pool)
-    finally:
-        await pool.close()
 
 
 async def endpoints(
@@ -83,18 +71,6 @@ def ids(claimed: Claimed) -> list[int]:
     return sorted(d.id for d, _ in claimed)
 
 
-def failed(delivery: Delivery, status: int = 500) -> Outcome:
-    return Outcome(
-        delivery.id,
-        delivery.lease,
-        datetime.now(UTC),
-        12,
-        status,
-        error_kind=ErrorKind.HTTP_STATUS,
-        error_message=f"HTTP {status}",
-    )
-
-
 async def make_due(conn: asyncpg.Connection, delivery_ids: list[int]) -> None:
     """Move due times into the past: the retries' time came, or the leases expired."""
     await conn.execute(
@@ -117,7 +93,7 @@ async def down_endpoints(store: Store, conn: asyncpg.Connection, prefix: str, n:
     await emit(conn, prefix, n)
     leased = await claim(store, max_rows=n, room=1)
     assert len(leased) == n
-    await store.record([failed(d) for d, _ in leased[: n // 2]])
+    await store.record([outcome(d, 500) for d, _ in leased[: n // 2]])
 
 
 async def reads_of_claim(conn: asyncpg.Connection, max_rows: int) -> tuple[list[Any], int, int]:
@@ -176,7 +152,7 @@ async def test_retry_becomes_claimable_once_its_time_comes(
     [d1] = await emit(conn, "a", 1)
     [(delivery, _)] = await claim(store)
     assert await ready_of(conn, [d1]) == [False]
-    [recorded] = await store.record([failed(delivery)])
+    [recorded] = await store.record([outcome(delivery, 500)])
     assert recorded.outcome == "retry"
     assert await ready_of(conn, [d1]) == [False]
     assert await claim(store) == []
@@ -198,7 +174,7 @@ async def test_expired_lease_becomes_claimable(store: Store, conn: asyncpg.Conne
     [(second, _)] = await claim(store)
     assert second.id == d1
     assert second.lease != first.lease
-    [stale] = await store.record([failed(first)])
+    [stale] = await store.record([outcome(first, 500)])
     assert stale.outcome == "stale"
 
 
@@ -220,7 +196,7 @@ async def test_strict_ordering_blocks_on_a_waiting_head(
     await endpoints(conn, "s", 1, ordering="strict")
     [d1] = await emit(conn, "s", 1)
     [(head, _)] = await claim(store)
-    await store.record([failed(head)])
+    await store.record([outcome(head, 500)])
     later = await emit(conn, "s", 1, events=3)
     assert await ready_of(conn, later) == [True, True, True]
     assert await claim(store) == []
@@ -255,7 +231,7 @@ async def test_engines_promoting_at_once_lease_each_row_once(
     delivery is leased twice, and together they take all of them."""
     await endpoints(conn, "a", 200)
     emitted = await emit(conn, "a", 200)
-    await store.record([failed(d) for d, _ in await claim(store, max_rows=200)])
+    await store.record([outcome(d, 500) for d, _ in await claim(store, max_rows=200)])
     await make_due(conn, emitted)
     engines = [await asyncpg.connect(db_url) for _ in range(4)]
     try:
@@ -276,7 +252,7 @@ async def test_promotion_is_bounded_per_claim(store: Store, conn: asyncpg.Connec
     promote the rest, so the first claim after an outage stays a short transaction."""
     await endpoints(conn, "a", 1)
     emitted = await emit(conn, "a", 1, events=1500)
-    await store.record([failed(d) for d, _ in await claim(store, max_rows=1500, room=1500)])
+    await store.record([outcome(d, 500) for d, _ in await claim(store, max_rows=1500, room=1500)])
     await conn.execute(
         "UPDATE webhooks.deliveries SET due_at = now() - make_interval(secs => 2000 - id + $1)"
         " WHERE id = ANY ($2)",
@@ -296,7 +272,7 @@ async def test_next_due_at_reads_the_waiting_set(store: Store, conn: asyncpg.Con
     await endpoints(conn, "a", 2)
     d1, d2 = await emit(conn, "a", 2)
     claimed = {d.id: d for d, _ in await claim(store)}
-    await store.record([failed(claimed[d2])])
+    await store.record([outcome(claimed[d2], 500)])
     due = {
         r["id"]: r["due_at"] for r in await conn.fetch("SELECT id, due_at FROM webhooks.deliveries")
     }

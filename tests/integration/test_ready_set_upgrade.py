@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
 
@@ -23,7 +22,8 @@ import pytest
 from engine.db import sqlfiles
 from engine.db.migrate import migrate
 from engine.db.store import Store
-from engine.models import Delivery, EndpointOptions, ErrorKind, Ordering, Outcome
+from engine.models import Delivery, EndpointOptions, Ordering
+from tests.support.factories import outcome
 
 PREVIOUS = Path(__file__).parent / "sql_before_0004"
 # emit did not change from before 0004 until 0005, whose column it reads.
@@ -71,20 +71,6 @@ async def store(empty_db_url: str, old_db: asyncpg.Connection) -> AsyncIterator[
         yield Store(pool)
     finally:
         await pool.close()
-
-
-def result(delivery: Delivery, status: int) -> Outcome:
-    if 200 <= status <= 299:
-        return Outcome(delivery.id, delivery.lease, datetime.now(UTC), 12, status)
-    return Outcome(
-        delivery.id,
-        delivery.lease,
-        datetime.now(UTC),
-        12,
-        status,
-        error_kind=ErrorKind.HTTP_STATUS,
-        error_message=f"HTTP {status}",
-    )
 
 
 async def endpoint(store: Store, account_id: str, ordering: str = "dispatch") -> UUID:
@@ -135,7 +121,7 @@ async def test_migration_classifies_live_rows_and_new_bodies_carry_on(
     waiting = await lease(store, await emit(conn, "a_waiting"))
     due_retry = await lease(store, await emit(conn, "a_due_retry"))
     expired = await lease(store, await emit(conn, "a_expired"))
-    recorded = await store.record([result(waiting, 500), result(due_retry, 503)])
+    recorded = await store.record([outcome(waiting, 500), outcome(due_retry, 503)])
     assert [r.outcome for r in recorded] == ["retry", "retry"]
     await make_due(conn, due_retry.id)
     await make_due(conn, expired.id)
@@ -159,7 +145,7 @@ async def test_migration_classifies_live_rows_and_new_bodies_carry_on(
     assert await store.claim({}, default_room=8, max_rows=100) == []
 
     outcomes = await store.record(
-        [result(running, 200), result(expired, 200), result(claimed[pending], 500)]
+        [outcome(running, 200), outcome(expired, 200), outcome(claimed[pending], 500)]
     )
     assert [(r.delivery_id, r.outcome) for r in outcomes] == [
         (running.id, "delivered"),
@@ -191,7 +177,7 @@ async def test_old_bodies_between_migration_and_function_files_lease_nothing_twi
     strict_head = await lease(store, await emit(conn, "s"))
     strict_next = await emit(conn, "s")
     assert await store.release([before]) == 1
-    [recorded] = await store.record([result(retried, 500)])
+    [recorded] = await store.record([outcome(retried, 500)])
     assert recorded.outcome == "retry"
     assert (await ready(conn))[in_window.id] is True  # the old claim did not clear it
 
@@ -200,7 +186,7 @@ async def test_old_bodies_between_migration_and_function_files_lease_nothing_twi
     claimed = [d for d, _ in await store.claim({}, default_room=8, max_rows=100)]
     assert [d.id for d in claimed] == [before.id]
     assert strict_next not in [d.id for d in claimed]
-    outcomes = await store.record([result(in_window, 200), result(strict_head, 200)])
+    outcomes = await store.record([outcome(in_window, 200), outcome(strict_head, 200)])
     assert [r.outcome for r in outcomes] == ["delivered", "delivered"]
     [(next_, _)] = await store.claim({}, default_room=8, max_rows=100)
     assert next_.id == strict_next

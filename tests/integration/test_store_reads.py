@@ -7,7 +7,7 @@ checked against ``webhooks.delivery_log`` itself, the view operators query.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 from uuid import UUID, uuid4
@@ -22,16 +22,6 @@ from engine.models import EndpointOptions, Ordering
 from tests.support import factories
 
 T = TypeVar("T")
-
-
-@pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    """A Store on a small pool of its own."""
-    pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
-    try:
-        yield Store(pool)
-    finally:
-        await pool.close()
 
 
 async def all_pages(fetch: Callable[[str | None], Awaitable[Page[T]]]) -> list[list[T]]:

@@ -27,16 +27,6 @@ DEAD_ENGINE_BOUND = timedelta(seconds=30)
 
 
 @pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    """A Store over a small pool, as the engine uses it."""
-    pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
-    try:
-        yield Store(pool)
-    finally:
-        await pool.close()
-
-
-@pytest.fixture
 async def wakeups(db_url: str) -> AsyncIterator[Listener]:
     """A listener on webhooks_wakeup, on its own connection as the engine's is."""
     async with listening(db_url) as listener:

@@ -71,6 +71,15 @@ async def attempt(
     return await store.record(outcomes)
 
 
+def outcome(delivery: Delivery, status: int, **kw: Any) -> Outcome:
+    """The Outcome of one attempt of ``delivery`` that got ``status`` (an HTTP failure unless
+    2xx); ``kw`` sets or overrides any other field."""
+    if not 200 <= status <= 299:
+        kw.setdefault("error_kind", ErrorKind.HTTP_STATUS)
+        kw.setdefault("error_message", f"HTTP {status}")
+    return Outcome(delivery.id, delivery.lease, datetime.now(UTC), 12, status, **kw)
+
+
 async def make_due(conn: asyncpg.Connection, delivery_id: int) -> None:
     """Make a waiting retry due, first in line: its time came before any other's."""
     await conn.execute(
