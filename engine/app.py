@@ -170,7 +170,7 @@ class Engine:
                     tg.create_task(listener.run(stop), name="listener")
                 tg.create_task(
                     periodic(
-                        lambda: maintain_partitions(store),
+                        lambda: maintain_partitions(store, stop),
                         every_s=s.maintenance_interval_s,
                         stop=stop,
                         outage=OutageLog("maintenance_failed", "maintenance_recovered"),

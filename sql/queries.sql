@@ -46,6 +46,9 @@ SELECT allow_http, allow_private_networks, retry_schedule, max_payload_bytes, re
 -- name: maintain
 SELECT webhooks.maintain_v1();
 
+-- name: purge_account_retention
+SELECT webhooks.purge_account_retention_v1($1::integer);
+
 -- name: emit
 SELECT webhooks.emit($1::text, $2::text, $3::jsonb, $4::text);
 
@@ -97,3 +100,9 @@ SELECT * FROM webhooks.attempts_after_v1($1::bigint, $2::bigint, $3::uuid, $4::t
 
 -- name: last_attempt_id
 SELECT webhooks.last_attempt_id_v1();
+
+-- name: erase_recipient
+SELECT * FROM webhooks.erase_recipient_v1($1::text, $2::text);
+
+-- name: set_account_retention
+SELECT webhooks.set_account_retention($1::text, $2::interval);

@@ -25,6 +25,7 @@ import uvloop
 
 from engine import logs
 from engine.cli import commands as cmd
+from engine.cli import erasure
 from engine.cli.args import delivery_id, duration, endpoint_id, page_size, seconds, since, words
 from engine.cli.embedded_postgres import EmbeddedPostgres
 from engine.config import LOG_FORMATS, LOG_LEVELS, Settings
@@ -229,6 +230,8 @@ def _parser() -> argparse.ArgumentParser:
         metavar="TIME",
         help="ISO 8601 (UTC unless an offset is given) or 15m, 2h, 1d",
     )
+
+    erasure.add_commands(sub, command)
     return parser
 
 

@@ -2,7 +2,7 @@
 
 Claim due deliveries, record attempts, give back leases that never started, say whether the engine
 waits for a NOTIFY (a mark that expires unless refreshed), and the housekeeping calls (next due
-time, queue depths, the hot table's vacuum, partitions, the settings row).
+time, queue depths, the hot table's vacuum, partitions and per-account retention, the settings row).
 """
 
 from __future__ import annotations
@@ -178,6 +178,11 @@ class DeliveryQueue(Gateway):
     async def maintain(self) -> dict[str, list[str]]:
         result: dict[str, list[str]] = json.loads(await self._fetchval("maintain"))
         return result
+
+    async def purge_account_retention(self, batch: int) -> int:
+        """One bounded batch of per-account retention (one short transaction); rows deleted."""
+        deleted: int = await self._fetchval("purge_account_retention", batch)
+        return deleted
 
 
 def _clean_text(value: str | None) -> str | None:

@@ -5,10 +5,11 @@ The delivery stage is given the same object but types it as the :class:`Delivery
 
 from __future__ import annotations
 
+from engine.db.erasure import Erasure
 from engine.db.queue import DeliveryQueue
 from engine.db.reads import DeliveryLogReads
 from engine.db.writes import AdminWrites
 
 
-class Store(DeliveryQueue, AdminWrites, DeliveryLogReads):
+class Store(DeliveryQueue, AdminWrites, DeliveryLogReads, Erasure):
     """Every typed call of ``queries.sql`` through one pool owned by the caller."""

@@ -5,8 +5,9 @@ and again. While the database is away it keeps trying at every period and says s
 an :class:`OutageLog`: once when the outage begins, once when it ends. The dispatcher and the
 result writer, which have loops of their own, log their outages through the same class.
 
-The calls: partition maintenance, the queue-depth gauges, and the settings row's reload
-(:class:`PolicyReload`); the idle vacuum (engine.delivery.idle_vacuum) runs on the same loop.
+The calls: partition maintenance (with per-account retention), the queue-depth gauges, and the
+settings row's reload (:class:`PolicyReload`); the idle vacuum (engine.delivery.idle_vacuum) runs
+on the same loop.
 """
 
 from __future__ import annotations
@@ -96,11 +97,29 @@ async def periodic(
             wake.clear()
 
 
-async def maintain_partitions(store: DeliveryQueue) -> None:
-    """Create the partitions ahead and drop those past retention (``webhooks.maintain``)."""
+# Rows per table and account in one per-account retention transaction: short enough that the
+# transaction holds few row locks and little of the vacuum horizon back.
+RETENTION_BATCH = 500
+
+
+async def maintain_partitions(store: DeliveryQueue, stop: asyncio.Event | None = None) -> None:
+    """Create the partitions ahead and drop those past retention (``webhooks.maintain``), then
+    delete what accounts with a shorter retention of their own keep beyond it.
+
+    The second part runs batch after batch, each its own transaction, until one deletes nothing
+    or ``stop`` is set (the next run goes on from there).
+    """
     result = await store.maintain()
     if result.get("created") or result.get("dropped"):
         log.info("partitions_maintained", **result)
+    purged = 0
+    while stop is None or not stop.is_set():
+        deleted = await store.purge_account_retention(RETENTION_BATCH)
+        if not deleted:
+            break
+        purged += deleted
+    if purged:
+        log.info("account_retention_enforced", rows_deleted=purged)
 
 
 async def count_queue_depths(store: DeliveryQueue, metrics: Metrics) -> None:

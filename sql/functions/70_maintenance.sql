@@ -67,3 +67,100 @@ BEGIN
     DELETE FROM webhooks.idempotency_keys k WHERE k.created_at < v_cutoff;
     RETURN jsonb_build_object('created', to_jsonb(v_created), 'dropped', to_jsonb(v_dropped));
 END $$;
+
+-- Per-account retention (table account_retention): an account may keep its delivery history for
+-- less than settings.retention, never more. NULL removes the account's own setting.
+CREATE OR REPLACE FUNCTION webhooks.set_account_retention(p_account_id text, p_retention interval)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_global interval;
+BEGIN
+    PERFORM webhooks.check_account_id(p_account_id);
+    IF p_retention IS NULL THEN
+        DELETE FROM webhooks.account_retention r WHERE r.account_id = p_account_id;
+        RETURN;
+    END IF;
+    SELECT s.retention INTO v_global FROM webhooks.settings s;
+    IF p_retention <= interval '0' THEN
+        PERFORM webhooks.invalid('retention', format('must be positive, got %s', p_retention));
+    ELSIF p_retention >= v_global THEN
+        PERFORM webhooks.invalid('retention', format(
+            '%s is not shorter than the global retention %s (webhooks.settings.retention)',
+            p_retention, v_global));
+    END IF;
+    INSERT INTO webhooks.account_retention AS r (account_id, retention)
+    VALUES (p_account_id, p_retention)
+    ON CONFLICT (account_id) DO UPDATE SET retention = excluded.retention, updated_at = now();
+END $$;
+
+-- One bounded batch of per-account retention: for each account with a retention of its own (the
+-- shorter of it and the global one applies), deletes up to p_batch of its ended deliveries created
+-- before its cutoff, with their attempts and their events (unless a live delivery still needs the
+-- event), and its idempotency keys older than the cutoff. Returns the rows deleted; the engine
+-- calls it again, each call its own short transaction, until it returns 0.
+--
+-- Day partitions hold every account's rows, so this deletes rows where the global retention drops
+-- partitions. The account's rows are found through its endpoints' ended deliveries, by the
+-- (endpoint_id, created_at) index of delivery_outcomes; every stored event has a delivery. An
+-- account being erased at the moment is skipped until the next call (webhooks.erase_recipient
+-- holds its lock).
+CREATE OR REPLACE FUNCTION webhooks.purge_account_retention_v1(p_batch integer DEFAULT 500)
+RETURNS bigint LANGUAGE plpgsql
+SET enable_seqscan = off AS $$
+DECLARE
+    v_global  interval;
+    v_account record;
+    v_cutoff  timestamptz;
+    v_deleted bigint := 0;
+    v_n       bigint;
+BEGIN
+    SELECT s.retention INTO v_global FROM webhooks.settings s;
+    FOR v_account IN SELECT r.account_id, least(r.retention, v_global) AS retention
+                       FROM webhooks.account_retention r ORDER BY r.account_id LOOP
+        CONTINUE WHEN NOT pg_try_advisory_xact_lock(webhooks.account_lock_key_v1(v_account.account_id));
+        v_cutoff := now() - v_account.retention;
+        WITH batch AS (
+            SELECT o.delivery_id, o.ended_at, o.event_id, o.event_created_at
+              FROM webhooks.endpoints e
+             CROSS JOIN LATERAL (
+                SELECT o.delivery_id, o.ended_at, o.event_id, o.event_created_at
+                  FROM webhooks.delivery_outcomes o
+                 WHERE o.endpoint_id = e.id AND o.created_at < v_cutoff
+                 ORDER BY o.created_at, o.delivery_id
+                 LIMIT p_batch) o
+             WHERE e.account_id = v_account.account_id
+             LIMIT p_batch
+        ), outcomes AS (
+            DELETE FROM webhooks.delivery_outcomes o USING batch b
+             WHERE o.delivery_id = b.delivery_id AND o.ended_at = b.ended_at
+            RETURNING 1
+        ), attempts AS (
+            DELETE FROM webhooks.attempts a USING batch b
+             WHERE a.delivery_id = b.delivery_id
+            RETURNING 1
+        ), events AS (
+            DELETE FROM webhooks.events ev
+             USING (SELECT DISTINCT b.event_id, b.event_created_at FROM batch b) b
+             WHERE ev.id = b.event_id AND ev.created_at = b.event_created_at
+               AND ev.account_id = v_account.account_id
+               AND NOT EXISTS (SELECT FROM webhooks.deliveries d
+                                WHERE d.event_id = ev.id AND d.event_created_at = ev.created_at)
+            RETURNING 1
+        )
+        SELECT (SELECT count(*) FROM outcomes) + (SELECT count(*) FROM attempts)
+               + (SELECT count(*) FROM events) INTO v_n;
+        v_deleted := v_deleted + v_n;
+
+        WITH gone AS (
+            DELETE FROM webhooks.idempotency_keys k
+             WHERE (k.account_id, k.key) IN (
+                SELECT k2.account_id, k2.key FROM webhooks.idempotency_keys k2
+                 WHERE k2.account_id = v_account.account_id AND k2.created_at < v_cutoff
+                 LIMIT p_batch)
+            RETURNING 1
+        )
+        SELECT count(*) INTO v_n FROM gone;
+        v_deleted := v_deleted + v_n;
+    END LOOP;
+    RETURN v_deleted;
+END $$;
