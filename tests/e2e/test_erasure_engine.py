@@ -106,9 +106,8 @@ async def test_erasures_during_delivery_lose_and_repeat_nothing(
     await conn.fetchval("SELECT webhooks.erase_recipient('acct_1', $1)", ADDRESS)
 
     async def all_ended() -> bool:
-        return await conn.fetchval("SELECT count(*) FROM webhooks.delivery_outcomes") == len(
-            emitted
-        ) + len(others)
+        ended: int = await conn.fetchval("SELECT count(*) FROM webhooks.delivery_outcomes")
+        return ended == len(emitted) + len(others)
 
     await wait_until(all_ended, timeout_s=120, what="every delivery recorded")
     assert await conn.fetchval("SELECT count(*) FROM webhooks.deliveries") == 0
