@@ -60,12 +60,18 @@ async def erase(store: Store, args: argparse.Namespace) -> int:
 async def retention(store: Store, args: argparse.Namespace) -> int:
     keep = None if args.follow_global else args.keep
     await store.set_account_retention(args.account, keep)
-    what = "the global retention" if keep is None else f"{keep.total_seconds() / 3600:g}h"
+    what = "the global retention" if keep is None else _human(keep)
     if args.json:
         print(json.dumps({"account_id": args.account, "retention_s": _seconds(keep)}))
         return 0
     print(f"account {args.account} keeps its history for {what}")
     return 0
+
+
+def _human(keep: timedelta) -> str:
+    if keep.seconds == keep.microseconds == 0:
+        return f"{keep.days}d"
+    return f"{keep.total_seconds() / 3600:g}h"
 
 
 def _seconds(keep: timedelta | None) -> float | None:
