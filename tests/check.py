@@ -12,6 +12,7 @@ run that collected no tests, exits non-zero.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -27,9 +28,30 @@ PYTEST_NO_TESTS = 5
 COVERAGE_FLOOR = 92
 
 
+# Runtimes of the README's receivers (tests/e2e/test_receivers.py): executable -> Debian package.
+RECEIVER_RUNTIMES = {"node": "nodejs", "php": "php-cli", "ruby": "ruby", "go": "golang-go"}
+
+
 def run(*args: str | Path, env: dict[str, str] | None = None) -> int:
     print("+", " ".join(str(a) for a in args), flush=True)
     return subprocess.call([str(a) for a in args], cwd=ROOT, env=env)
+
+
+def install_receiver_runtimes() -> int:
+    """apt-get install the receivers' runtimes that are missing (once per machine: later runs
+    find them). Without root or apt-get it names what to install; those tests fail naming it."""
+    missing = [pkg for exe, pkg in RECEIVER_RUNTIMES.items() if shutil.which(exe) is None]
+    if not missing:
+        return 0
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        print(f"check: install {' '.join(missing)} for the receiver tests", file=sys.stderr)
+        return 1
+    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
+    install = ("apt-get", "install", "-y", "-q", "--no-install-recommends", *missing)
+    # Package lists may be missing or stale on a fresh machine: refresh them once, then retry.
+    return run(*install, env=env) and (
+        run("apt-get", "update", "-q", env=env) or run(*install, env=env)
+    )
 
 
 def main(pytest_args: list[str]) -> int:
@@ -44,6 +66,7 @@ def main(pytest_args: list[str]) -> int:
     steps.append(("ruff format", run(python, "-m", "ruff", "format", "--check", ".")))
     steps.append(("mypy --strict", run(python, "-m", "mypy", "--strict")))
     steps.append(("lint-imports", run(VENV / "bin" / "lint-imports")))
+    steps.append(("receiver runtimes", install_receiver_runtimes()))
     # A selection (-k, a path) covers only part of the engine: the floor is for whole runs.
     coverage = [] if pytest_args else ["--cov", f"--cov-fail-under={COVERAGE_FLOOR}"]
 
