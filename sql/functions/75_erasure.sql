@@ -83,11 +83,22 @@ $$;
 -- not read for matches, let alone changed. Idempotency keys that hold the address are deleted
 -- rather than rewritten (two keys that differ only in the address would collide): an emit
 -- repeating such a key afterwards stores a new event.
+-- Returns a table spelt out rather than the erasures row type, so that this file can be applied
+-- to a schema without that table (tests rebuild earlier releases from today's function files).
 CREATE OR REPLACE FUNCTION webhooks.erase_recipient_v1(p_account_id text, p_email text)
-RETURNS webhooks.erasures LANGUAGE plpgsql
+RETURNS TABLE (
+    id               bigint,
+    account_id       text,
+    erased_at        timestamptz,
+    events           bigint,
+    deliveries       bigint,
+    attempts         bigint,
+    outcomes         bigint,
+    idempotency_keys bigint)
+LANGUAGE plpgsql
 SET enable_seqscan = off AS $$
+#variable_conflict use_column
 DECLARE
-    v_row        webhooks.erasures;
     v_re         text[];
     v_endpoints  uuid[];
     v_cutoff     timestamptz;
@@ -179,10 +190,17 @@ BEGIN
     )
     SELECT count(*) INTO v_keys FROM gone;
 
-    INSERT INTO webhooks.erasures (account_id, events, deliveries, attempts, outcomes, idempotency_keys)
+    INSERT INTO webhooks.erasures AS x
+           (account_id, events, deliveries, attempts, outcomes, idempotency_keys)
     VALUES (p_account_id, v_events, v_deliveries, v_attempts, v_outcomes, v_keys)
-    RETURNING * INTO v_row;
-    RETURN v_row;
+    RETURNING x.id, x.erased_at INTO id, erased_at;
+    account_id := p_account_id;
+    events := v_events;
+    deliveries := v_deliveries;
+    attempts := v_attempts;
+    outcomes := v_outcomes;
+    idempotency_keys := v_keys;
+    RETURN NEXT;
 END $$;
 
 -- The public call: the number of events changed. erase_recipient_v1 does the work.
