@@ -36,10 +36,11 @@ RETURNS text[] LANGUAGE plpgsql AS $$
 DECLARE
     v_local  text;
     v_domain text;
-    -- Not preceded by a character that would make it the tail of a longer local part; not
-    -- followed by one that would make it the head of a longer domain (a sentence's final dot is
-    -- not part of the domain).
-    v_before CONSTANT text := '(?<![[:alnum:]._+-])';
+    -- Not preceded by a character that would make it the tail of a longer local part (but a
+    -- JSON escape such as \n before it, as payloads are matched in their JSON text, is a
+    -- boundary); not followed by one that would make it the head of a longer domain (a
+    -- sentence's final dot is not part of the domain).
+    v_before CONSTANT text := '(?:(?<![[:alnum:]._+-])|(?<=\\[nrtbf]))';
     v_after  CONSTANT text := '(?![[:alnum:]_-]|\.[[:alnum:]])';
 BEGIN
     IF p_email IS NULL OR p_email = '' THEN
