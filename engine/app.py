@@ -41,8 +41,8 @@ from engine.delivery.http import Sender
 from engine.delivery.idle_vacuum import IdleVacuum
 from engine.delivery.listener import Listener
 from engine.delivery.writer import ResultWriter
-from engine.metrics import Metrics
 from engine.errors import ConfigError
+from engine.metrics import Metrics
 from engine.models import AttemptOutcome, Outcome, Policy, Recorded
 
 log = structlog.get_logger("engine.app")

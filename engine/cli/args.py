@@ -95,5 +95,5 @@ def header(text: str) -> tuple[str, str]:
 
 
 def durations(text: str) -> tuple[timedelta, ...]:
-    """A comma-separated retry schedule of durations (1m,10m,1h); empty for no retries."""
+    """A comma-separated retry schedule of durations as :func:`duration` reads them; empty for no retries."""
     return tuple(duration(w) for w in words(text))
