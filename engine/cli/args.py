@@ -95,5 +95,6 @@ def header(text: str) -> tuple[str, str]:
 
 
 def durations(text: str) -> tuple[timedelta, ...]:
-    """A comma-separated retry schedule of durations as :func:`duration` reads them; empty for no retries."""
+    """A comma-separated retry schedule, each delay as :func:`duration` reads it; empty for no
+    retries."""
     return tuple(duration(w) for w in words(text))
