@@ -233,8 +233,8 @@ BEGIN
         v_size := v_size + octet_length(v_name) + octet_length(v_value #>> '{}');
     END LOOP;
     IF v_size > 4096 THEN
-        PERFORM webhooks.invalid('headers', format('names and values must be at most 4096 bytes in all, got %s',
-                                                   v_size));
+        PERFORM webhooks.invalid('headers', format(
+            'names and values are %s bytes in all, over the limit of 4096 bytes', v_size));
     END IF;
     RETURN p_headers;
 END $$;
