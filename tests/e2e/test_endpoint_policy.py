@@ -14,6 +14,9 @@ import pytest
 
 from engine.errors import ConfigError
 from tests.e2e.test_admin_api import TOKEN, Api, assert_error
+from tests.e2e.test_cli import assert_error as cli_error
+from tests.e2e.test_cli import cli
+from tests.e2e.test_cli import ok as cli_ok
 from tests.support.engines import RunningEngine, create_endpoint, wait_until
 from tests.support.receiver import Receiver, Reply
 
@@ -203,3 +206,33 @@ async def test_a_filter_delivers_exactly_the_matching_events(
 
 async def _count_le(conn: asyncpg.Connection, sql: str, most: int) -> bool:
     return await _count(conn, sql) <= most
+
+
+async def test_cli_sets_the_policy_and_masks_header_values(db_url: str) -> None:
+    """The CLI sets headers, filter, schedule and timeout; a header value is printed only by add
+    and show --reveal-secret; --reset puts policies back; a reserved name is one error line."""
+    add = await cli_ok(
+        db_url, "endpoints", "add", "https://example.com/hook", "--account", "acct_1",
+        "--header", "X-Api-Key: s3cr3t-value", "--filter", '$.bounce_type == "hard"',
+        "--retry-schedule", "1m,1h", "--timeout", "20",
+    )  # fmt: skip
+    endpoint_id = add.out.splitlines()[0].removeprefix("created endpoint ")
+    assert "X-Api-Key: s3cr3t-value" in add.out
+    shown = await cli_ok(db_url, "endpoints", "show", endpoint_id)
+    assert "X-Api-Key: ***" in shown.out
+    assert '($."bounce_type" == "hard")' in shown.out
+    assert "60s, 3600s" in shown.out
+    assert "20 s" in shown.out
+    shown_json = (await cli_ok(db_url, "endpoints", "show", endpoint_id, "--json")).json()
+    assert shown_json["headers"] == {"X-Api-Key": "***"}
+    assert "s3cr3t-value" not in shown.out + shown.err
+    revealed = await cli_ok(db_url, "endpoints", "show", endpoint_id, "--reveal-secret", "--json")
+    assert revealed.json()["headers"] == {"X-Api-Key": "s3cr3t-value"}
+
+    updated = await cli_ok(
+        db_url, "endpoints", "update", endpoint_id, "--reset", "filter", "--reset", "timeout_s",
+        "--json",
+    )  # fmt: skip
+    assert (updated.json()["filter"], updated.json()["timeout_s"]) == (None, None)
+    refused = await cli(db_url, "endpoints", "update", endpoint_id, "--header", "Content-Type: x")
+    cli_error(refused, 2, "headers:", "cannot be overridden")
