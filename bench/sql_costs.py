@@ -139,9 +139,11 @@ async def _results(
         for statement in cpu_s:
             before, taken = _backend_cpu_s(pid), 0
             while taken < count // ROUNDS:
-                batch = await conn.fetch(statement, CLAIM_BATCH)
+                batch = await conn.fetch(statement, min(CLAIM_BATCH, count // ROUNDS - taken))
                 if not batch:
-                    raise BenchError(f"claimed {len(claimed)} of {count} deliveries, then nothing")
+                    raise BenchError(
+                        f"claimed {len(claimed)} of {2 * count} deliveries, then nothing"
+                    )
                 claimed += batch
                 taken += len(batch)
             cpu_s[statement] += _backend_cpu_s(pid) - before
