@@ -19,6 +19,7 @@ from engine.models import (
     MAX_HEADERS,
     RESERVED_HEADER_NAMES,
     RESERVED_HEADER_PREFIXES,
+    RESETTABLE,
     TIMEOUT_S_BOUNDS,
 )
 from tests.support.db import error_of
@@ -166,8 +167,12 @@ async def test_update_replaces_headers_and_reset_removes_them(conn: asyncpg.Conn
 
 
 async def test_reset_names_only_policies_and_not_a_new_value(conn: asyncpg.Connection) -> None:
-    """p_reset refuses an unknown name, and a policy given a new value in the same call."""
+    """p_reset takes every name of RESETTABLE (what the API and the CLI offer), and refuses an
+    unknown name, and a policy given a new value in the same call."""
     endpoint_id = await create(conn)
+    await conn.execute(
+        "SELECT webhooks.update_endpoint($1, p_reset => $2)", endpoint_id, list(RESETTABLE)
+    )
     for call in (
         conn.fetchval("SELECT webhooks.update_endpoint($1, p_reset => '{url}')", endpoint_id),
         conn.fetchval(
