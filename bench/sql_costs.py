@@ -10,8 +10,10 @@ machine) is read before and after a run of calls.
   ``webhooks.subscribed``), with the same trigger calling ``webhooks.emit`` unguarded, and with a
   trigger that does nothing (Postgres's cost of firing a row trigger at all).
 - Results: ``webhooks.record_attempts_v1`` recording 2xx results in batches of 100 (the engine's
-  common case), per result; claimed first with ``webhooks.claim_v1`` in batches of 180 (W1's mean),
-  per delivery. No engine runs meanwhile.
+  common case), per result; claimed first in batches of 180 (W1's mean), per delivery, in
+  interleaved rounds with ``webhooks.claim_v1`` and with ``webhooks.claim_with_policy_v1`` (the
+  engine's call since migration 0008: claim_v1 plus each endpoint's headers and timeout). No
+  engine runs meanwhile.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ RECORD = (
     " $9::double precision[])"
 )
 CLAIM = "SELECT delivery_id, lease_token FROM webhooks.claim_v1('{}', '{}', 1000000, $1)"
+CLAIM_WITH_POLICY = (
+    "SELECT delivery_id, lease_token, headers, timeout_s"
+    " FROM webhooks.claim_with_policy_v1('{}', '{}', 1000000, $1)"
+)
 EMIT_SUBSCRIBED = """
 SELECT count(webhooks.emit('acct_' || (g % 20), 'email.sent',
                            jsonb_build_object('n', g, 'padding', repeat('x', 1000))))
@@ -74,7 +80,7 @@ async def sql_costs(suite: Suite, commits: int, results: int) -> None:
         finally:
             await suite.conn.execute(DROP_TRIGGER)
             await suite.conn.execute(CREATE_TRIGGER.format(function="email_event_webhook"))
-        claim_us, record_us = await _results(suite, conn, pid, results)
+        claim_us, policy_us, record_us = await _results(suite, conn, pid, results)
     finally:
         await conn.close()
     suite.add(
@@ -84,6 +90,8 @@ async def sql_costs(suite: Suite, commits: int, results: int) -> None:
         Row("S  app commit, trigger without the guard", bare, "us CPU", bare / none, "S none"),
         Row("S  app commit, trigger that does nothing", empty, "us CPU", empty / none, "S none"),
         Row("S  claim_v1, batches of 180", claim_us, "us CPU/delivery"),
+        Row("S  claim_with_policy_v1, batches of 180", policy_us, "us CPU/delivery",
+            policy_us / claim_us, "S claim_v1"),
         Row("S  record_attempts_v1, 2xx, batches of 100", record_us, "us CPU/result"),
     )  # fmt: skip
 
@@ -118,20 +126,30 @@ async def _commit_costs(
 
 async def _results(
     suite: Suite, conn: asyncpg.Connection, pid: int, count: int
-) -> tuple[float, float]:
-    """Server CPU µs per delivery claimed, then per 2xx result recorded."""
-    progress(f"S: {count:,} deliveries claimed, then recorded as 2xx")
+) -> tuple[float, float, float]:
+    """Server CPU µs per delivery claimed with claim_v1 and with claim_with_policy_v1 (``count``
+    each, in ROUNDS interleaved pairs), then per 2xx result recorded."""
+    progress(f"S: {count:,} deliveries claimed by each claim, then recorded as 2xx")
     await suite.clear()
-    await conn.fetchval(EMIT_SUBSCRIBED, count, timeout=DB_TIMEOUT_S)
+    await conn.fetchval(EMIT_SUBSCRIBED, 2 * count, timeout=DB_TIMEOUT_S)
     await conn.execute("VACUUM ANALYZE webhooks.deliveries")
-    before = _backend_cpu_s(pid)
     claimed: list[asyncpg.Record] = []
-    while len(claimed) < count:
-        batch = await conn.fetch(CLAIM, CLAIM_BATCH)
-        if not batch:
-            raise BenchError(f"claimed {len(claimed)} of {count} deliveries, then nothing")
-        claimed += batch
-    claim_us = (_backend_cpu_s(pid) - before) * 1e6 / len(claimed)
+    cpu_s = {CLAIM: 0.0, CLAIM_WITH_POLICY: 0.0}
+    for _ in range(ROUNDS):
+        for statement in cpu_s:
+            before, taken = _backend_cpu_s(pid), 0
+            while taken < count // ROUNDS:
+                batch = await conn.fetch(statement, min(CLAIM_BATCH, count // ROUNDS - taken))
+                if not batch:
+                    raise BenchError(
+                        f"claimed {len(claimed)} of {2 * count} deliveries, then nothing"
+                    )
+                claimed += batch
+                taken += len(batch)
+            cpu_s[statement] += _backend_cpu_s(pid) - before
+    per_claim = len(claimed) / 2
+    claim_us = cpu_s[CLAIM] * 1e6 / per_claim
+    policy_us = cpu_s[CLAIM_WITH_POLICY] * 1e6 / per_claim
     now = datetime.now(UTC)
     before = _backend_cpu_s(pid)
     for start in range(0, len(claimed), RECORD_BATCH):
@@ -145,4 +163,4 @@ async def _results(
             raise BenchError(f"record_attempts_v1 did not deliver: {outcomes}")
     record_us = (_backend_cpu_s(pid) - before) * 1e6 / len(claimed)
     await suite.clear()
-    return claim_us, record_us
+    return claim_us, policy_us, record_us

@@ -28,7 +28,7 @@ from engine.config import Settings
 from engine.db.migrate import check_current, migrate
 from engine.db.pool import open_engine_pool
 from engine.db.store import Store
-from engine.delivery.actor import ActorDeps
+from engine.delivery.actor import LEASE_MARGIN_S, ActorDeps
 from engine.delivery.dispatcher import Dispatcher
 from engine.delivery.housekeeping import (
     OutageLog,
@@ -41,10 +41,27 @@ from engine.delivery.http import Sender
 from engine.delivery.idle_vacuum import IdleVacuum
 from engine.delivery.listener import Listener
 from engine.delivery.writer import ResultWriter
+from engine.errors import ConfigError
 from engine.metrics import Metrics
 from engine.models import AttemptOutcome, Outcome, Policy, Recorded
 
 log = structlog.get_logger("engine.app")
+
+
+def check_lease(policy: Policy) -> None:
+    """Refuse to start on a lease that lets no attempt start (every claim skipped, forever).
+
+    SQL refuses such a change when it is made (webhooks.check_lease); this catches a database left
+    so before that check existed, or with its triggers disabled.
+    """
+    if policy.lease_duration_s <= policy.longest_timeout_s + LEASE_MARGIN_S:
+        raise ConfigError(
+            f"webhooks.settings.lease_duration ({policy.lease_duration_s:g} s) must exceed the"
+            f" longest request timeout in force ({policy.longest_timeout_s:g} s) plus a margin of"
+            f" {LEASE_MARGIN_S:g} s, or the engine would deliver nothing; raise lease_duration or"
+            " lower the timeouts (settings.request_timeout_s, endpoints' timeout_s)",
+            field="lease_duration",
+        )
 
 
 class Engine:
@@ -83,6 +100,14 @@ class Engine:
                     await check_current(conn)
             self.store = store = Store(pool)
             policy = await store.policy()
+            check_lease(policy)
+            if s.request_timeout_s is not None:
+                log.warning(
+                    "config_deprecated",
+                    field="WEBHOOKS_REQUEST_TIMEOUT_S",
+                    detail="it only bounds attempts now; set webhooks.settings.request_timeout_s"
+                    " or an endpoint's timeout_s instead",
+                )
             sender = Sender(
                 timeout_s=s.request_timeout_s,
                 allow_http=policy.allow_http,

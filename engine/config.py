@@ -31,6 +31,10 @@ class Settings:
     ``Authorization: Bearer <token>``; without one, ``admin_host`` must be a loopback address, so
     an unauthenticated admin server is never reachable from another machine.
     ``metrics_refresh_s`` is how often the queue-depth gauges are re-counted in SQL.
+    ``request_timeout_s`` is deprecated: request timeouts are
+    ``webhooks.settings.request_timeout_s`` and each endpoint's ``timeout_s``, which SQL checks
+    against the lease. When set, it only bounds every attempt's timeout from above (it can
+    shorten one, never lengthen it).
     ``vacuum_dead_rows``: when idle, the engine vacuums the hot table once the statistics count
     that many more dead rows than its last vacuum left (see engine.delivery.idle_vacuum); 0
     leaves it all to autovacuum. ``vacuum_check_s`` spaces those reads of the statistics.
@@ -39,7 +43,7 @@ class Settings:
     database_url: str | None = None
     migrate: bool = True
     listen: bool = True  # false: no LISTEN; the poll alone finds work (e.g. behind PgBouncer)
-    request_timeout_s: float = 10.0
+    request_timeout_s: float | None = None  # deprecated; see the docstring
     max_connections: int = 512
     poll_interval_s: float = 1.0
     claim_batch: int = 1000
@@ -65,7 +69,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         positive = (
-            "request_timeout_s",
+            "request_timeout_s",  # or None
             "max_connections",
             "poll_interval_s",
             "claim_batch",
@@ -83,9 +87,10 @@ class Settings:
             "vacuum_check_s",
         )
         for name in positive:
-            if getattr(self, name) <= 0:
+            value = getattr(self, name)
+            if value is not None and value <= 0:
                 raise ConfigError(f"{_env(name)} must be positive", field=name)
-        if self.shutdown_grace_s < self.request_timeout_s:
+        if self.request_timeout_s is not None and self.shutdown_grace_s < self.request_timeout_s:
             raise ConfigError(
                 f"{_env('shutdown_grace_s')} ({self.shutdown_grace_s}) must be at least "
                 f"{_env('request_timeout_s')} ({self.request_timeout_s}), or in-flight attempts "

@@ -33,7 +33,7 @@ from engine.models import AttemptOutcome, Delivery, Outcome, QueueDepths, Record
 
 PREFIX = "misar_webhooks_"
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "transport_error", "other")
-# Attempts are bounded by the request timeout (WEBHOOKS_REQUEST_TIMEOUT_S).
+# Attempts are bounded by their request timeout (an endpoint's timeout_s, within TIMEOUT_S_BOUNDS).
 ATTEMPT_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # From the app's commit to the first attempt: milliseconds when idle, minutes under a backlog.
 LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0, 1800.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,6 +32,38 @@ class AttemptOutcome(enum.StrEnum):
 # actor for yet by it. tests/integration/test_catalogue.py holds it equal to the column default.
 DEFAULT_MAX_IN_FLIGHT = 8
 MAX_IN_FLIGHT_BOUNDS = (1, 256)  # what the endpoints table's CHECK allows
+# An endpoint's own request timeout (endpoints.timeout_s, settings.request_timeout_s), in seconds.
+TIMEOUT_S_BOUNDS = (1, 30)
+DEFAULT_TIMEOUT_S = 10  # settings.request_timeout_s's column default (test_catalogue)
+# Custom headers: at most this many, and this many bytes of names and values in all
+# (webhooks.check_headers; tests/integration/test_endpoint_policy_sql.py holds them equal).
+MAX_HEADERS = 10
+MAX_HEADER_BYTES = 4096
+MAX_RETRY_DELAYS = 20  # settings.retry_schedule's CHECK, and an endpoint's
+# The header names the engine sets on every attempt (engine/delivery/request.py builds them) and
+# those whose framing aiohttp owns, lower-cased: a custom header may take none of them. SQL states
+# the same lists (webhooks.reserved_header_names/_prefixes, refused by webhooks.check_headers);
+# tests/integration/test_catalogue.py holds them equal, and tests/unit/test_request.py checks
+# that every header request.py sets is reserved.
+RESERVED_HEADER_NAMES = (
+    "content-type",
+    "content-length",
+    "host",
+    "user-agent",
+    "transfer-encoding",
+    "connection",
+)
+RESERVED_HEADER_PREFIXES = ("webhook-", "x-misarmail-")
+
+
+def is_reserved_header(name: str) -> bool:
+    """Whether a custom header may not be called ``name`` (any case)."""
+    lowered = name.lower()
+    return lowered in RESERVED_HEADER_NAMES or lowered.startswith(RESERVED_HEADER_PREFIXES)
+
+
+# What update_endpoint can put back to its default (webhooks.update_endpoint's p_reset).
+RESETTABLE = ("headers", "filter", "retry_schedule", "timeout_s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,13 +71,23 @@ class EndpointOptions:
     """An endpoint's settings besides its account, URL and secret, as the admin API, the CLI and
     the store pass them. A field left None is not given: a new endpoint takes the default of
     :data:`ENDPOINT_DEFAULTS`, an update leaves the setting as it is. ``rate_limit_per_s`` 0 means
-    no limit (how an update removes one)."""
+    no limit (how an update removes one).
+
+    The per-endpoint policy: ``headers`` are sent with every attempt (their values are secrets:
+    never logged, masked in reads); ``filter`` is a SQL/JSON path predicate on the payload (only
+    matching events are delivered); ``retry_schedule`` and ``timeout_s`` override the settings'.
+    An update replaces all headers at once; :data:`RESETTABLE` names what an update can put back
+    to its default."""
 
     description: str | None = None
     event_types: tuple[str, ...] | None = None
     max_in_flight: int | None = None
     ordering: Ordering | None = None
     rate_limit_per_s: float | None = None
+    headers: Mapping[str, str] | None = None
+    filter: str | None = None
+    retry_schedule: tuple[timedelta, ...] | None = None
+    timeout_s: int | None = None
 
     def given(self) -> dict[str, Any]:
         """The settings given, by name."""
@@ -65,6 +108,10 @@ ENDPOINT_DEFAULTS = EndpointOptions(
     max_in_flight=DEFAULT_MAX_IN_FLIGHT,
     ordering=Ordering.DISPATCH,
     rate_limit_per_s=None,  # no limit
+    headers={},
+    filter=None,  # every event
+    retry_schedule=None,  # settings.retry_schedule
+    timeout_s=None,  # settings.request_timeout_s
 )
 
 # How long a rotated-out secret keeps signing: webhooks.rotate_secret's default and its limit.
@@ -100,6 +147,11 @@ class EndpointConfig:
     max_in_flight: int
     ordering: Ordering
     rate_limit_per_s: float | None
+    # Sent with every attempt; the values are secrets (never logged).
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False)
+    timeout_s: float = (
+        DEFAULT_TIMEOUT_S  # the request timeout in force: the endpoint's, else the settings'
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +204,8 @@ class Policy:
     allow_private_networks: bool
     lease_duration_s: float
     max_payload_bytes: int  # the admin API sizes its request-body limit from it
+    request_timeout_s: float = DEFAULT_TIMEOUT_S  # for endpoints without a timeout of their own
+    longest_timeout_s: float = DEFAULT_TIMEOUT_S  # the longest in force, endpoints' included
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,7 @@
 -- Each is one call of a function in sql/functions/, so the logic stays in SQL and is tested there.
 
 -- name: claim
-SELECT * FROM webhooks.claim_v1($1::uuid[], $2::integer[], $3::integer, $4::integer, $5::uuid);
+SELECT * FROM webhooks.claim_with_policy_v1($1::uuid[], $2::integer[], $3::integer, $4::integer, $5::uuid);
 
 -- name: record_attempts
 SELECT * FROM webhooks.record_attempts_v1($1::bigint[], $2::uuid[], $3::timestamptz[], $4::integer[],
@@ -40,7 +40,8 @@ SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'webhooks.deliveries'::
 VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) webhooks.deliveries;
 
 -- name: settings
-SELECT allow_http, allow_private_networks, retry_schedule, max_payload_bytes, retention, lease_duration
+SELECT allow_http, allow_private_networks, retry_schedule, max_payload_bytes, retention, lease_duration,
+       request_timeout_s, webhooks.longest_timeout_s(request_timeout_s) AS longest_timeout_s
   FROM webhooks.settings;
 
 -- name: maintain
@@ -54,11 +55,13 @@ SELECT webhooks.emit($1::text, $2::text, $3::jsonb, $4::text);
 
 -- name: create_endpoint
 SELECT id, secret FROM webhooks.create_endpoint($1::text, $2::text, $3::text[], $4::text, $5::text,
-    $6::integer, $7::text, $8::double precision);
+    $6::integer, $7::text, $8::double precision, $9::jsonb, webhooks.parse_filter($10::text),
+    $11::interval[], $12::integer);
 
 -- name: update_endpoint
 SELECT id FROM webhooks.update_endpoint($1::uuid, $2::text, $3::text[], $4::text, $5::integer, $6::text,
-    $7::double precision);
+    $7::double precision, $8::jsonb, webhooks.parse_filter($9::text), $10::interval[], $11::integer,
+    $12::text[]);
 
 -- name: disable_endpoint
 SELECT id FROM webhooks.disable_endpoint($1::uuid, $2::text);

@@ -14,7 +14,7 @@ import json
 import math
 import re
 from collections.abc import Collection, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -267,6 +267,43 @@ class Body:
             elif isinstance(item, list):
                 stack.extend(item)
         return value
+
+    def is_null(self, name: str) -> bool:
+        """Whether ``name`` is given as JSON null."""
+        return name in self._data and self._data[name] is None
+
+    def string_map(self, name: str, *, max_items: int) -> dict[str, str] | None:
+        """An object of strings (custom headers), at most ``max_items`` of them; the database
+        checks the names and values themselves."""
+        value = self._get(name, "an object")
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise invalid(name, f"must be an object, not {_type(value)}")
+        if len(value) > max_items:
+            raise invalid(name, f"must have at most {max_items} entries")
+        for key, item in value.items():
+            if not isinstance(item, str):
+                raise invalid(name, f"values must be strings, not {_type(item)}")
+            check_text(key, name)
+            check_text(item, name)
+        return value
+
+    def durations(self, name: str, *, max_items: int, max_s: float) -> tuple[timedelta, ...] | None:
+        """An array of durations in seconds, each from 0 to ``max_s``."""
+        value = self._get(name, "an array of numbers")
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            raise invalid(name, f"must be an array of numbers, not {_type(value)}")
+        if len(value) > max_items:
+            raise invalid(name, f"must have at most {max_items} items")
+        for item in value:
+            if not isinstance(item, int | float) or isinstance(item, bool):
+                raise invalid(name, f"must be an array of numbers, not of {_type(item)}")
+            if not 0 <= item <= max_s:
+                raise invalid(name, f"items must be between 0 and {max_s:g} seconds")
+        return tuple(timedelta(seconds=item) for item in value)
 
     def time(self, name: str) -> datetime | None:
         value = self._get(name, "a date-time string")

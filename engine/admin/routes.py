@@ -49,8 +49,12 @@ from engine.errors import (
 )
 from engine.models import (
     DEFAULT_ROTATION_GRACE,
+    MAX_HEADERS,
     MAX_IN_FLIGHT_BOUNDS,
+    MAX_RETRY_DELAYS,
     MAX_ROTATION_GRACE,
+    RESETTABLE,
+    TIMEOUT_S_BOUNDS,
     EndpointOptions,
     Ordering,
 )
@@ -62,6 +66,8 @@ routes = web.RouteTableDef()
 ORDERINGS = tuple(o.value for o in Ordering)
 STATUSES = tuple(s.value for s in DeliveryStatus)
 MAX_RATE_PER_S = 1e6
+MAX_FILTER = 2000  # characters, as webhooks.check_filter allows
+MAX_DELAY_S = 30 * 86400.0  # one delay of a retry schedule: the API's bound (SQL has none)
 ENDPOINT_OPTIONS = tuple(f.name for f in dataclasses.fields(EndpointOptions))
 # "whsec_" and the standard base64 of a 24 to 64 byte key (what webhooks.check_secret accepts).
 SECRET = re.compile(
@@ -154,7 +160,8 @@ def _secret(body: Body) -> str | None:
 
 def _endpoint_options(body: Body) -> EndpointOptions:
     """The endpoint settings given in ``body``, checked one by one in this order (the first bad
-    one is the answer); ``rate_limit_per_s: null`` is 0 (none)."""
+    one is the answer); ``rate_limit_per_s: null`` is 0 (none). A per-endpoint policy given as
+    null is not a setting (see :func:`_resets`)."""
     description = body.text("description", max_len=1000)
     event_types = body.texts("event_types", max_items=100, max_len=200)
     max_in_flight = body.integer("max_in_flight", *MAX_IN_FLIGHT_BOUNDS)
@@ -162,13 +169,26 @@ def _endpoint_options(body: Body) -> EndpointOptions:
     rate_limit_per_s = body.number("rate_limit_per_s", 0, MAX_RATE_PER_S, nullable=True)
     if body.has("rate_limit_per_s") and rate_limit_per_s is None:
         rate_limit_per_s = 0.0
+    resets = _resets(body)
     return EndpointOptions(
         description=description,
         event_types=tuple(event_types) if event_types is not None else None,
         max_in_flight=max_in_flight,
         ordering=Ordering(ordering) if ordering is not None else None,
         rate_limit_per_s=rate_limit_per_s,
+        headers=None if "headers" in resets else body.string_map("headers", max_items=MAX_HEADERS),
+        filter=None if "filter" in resets else body.text("filter", min_len=1, max_len=MAX_FILTER),
+        retry_schedule=None
+        if "retry_schedule" in resets
+        else body.durations("retry_schedule", max_items=MAX_RETRY_DELAYS, max_s=MAX_DELAY_S),
+        timeout_s=None if "timeout_s" in resets else body.integer("timeout_s", *TIMEOUT_S_BOUNDS),
     )
+
+
+def _resets(body: Body) -> tuple[str, ...]:
+    """The per-endpoint policies given as null: an update puts them back to their defaults (no
+    headers, no filter, the settings' schedule and timeout); a create takes the defaults anyway."""
+    return tuple(name for name in RESETTABLE if body.is_null(name))
 
 
 @routes.post("/v1/endpoints")
@@ -222,7 +242,7 @@ async def update_endpoint(request: web.Request) -> web.Response:
     options = _endpoint_options(body)
     store = _store(request)
     with store_errors(endpoint_id="id"):
-        await store.update_endpoint(the_id, options, url=url)
+        await store.update_endpoint(the_id, options, url=url, reset=_resets(body))
         endpoint = await store.get_endpoint(the_id)
     return _json(endpoint)
 

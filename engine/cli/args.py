@@ -82,3 +82,19 @@ def seconds(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
     return value
+
+
+def header(text: str) -> tuple[str, str]:
+    """``Name: value`` (or ``Name=value``): one custom header. The database checks both."""
+    name, sep, value = text.partition(":")
+    if not sep:
+        name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError("is not a header (use 'Name: value')")
+    return name.strip(), value.strip()
+
+
+def durations(text: str) -> tuple[timedelta, ...]:
+    """A comma-separated retry schedule, each delay as :func:`duration` reads it; empty for no
+    retries."""
+    return tuple(duration(w) for w in words(text))

@@ -15,7 +15,8 @@ import contextlib
 import json
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import timedelta
 from typing import Any
 
 from engine.cli import render as tables
@@ -101,12 +102,14 @@ async def endpoints_show(store: Store, args: argparse.Namespace) -> int:
 
 async def endpoints_update(store: Store, args: argparse.Namespace) -> int:
     changes = _endpoint_options(args)
-    if args.url is None and not changes.given():
+    reset = tuple(args.reset or ())
+    if args.url is None and not changes.given() and not reset:
         raise InvalidInput(
             "nothing to update: pass at least one of --url, --events, --description, "
-            "--max-in-flight, --ordering, --rate-limit"
+            "--max-in-flight, --ordering, --rate-limit, --header, --filter, --retry-schedule, "
+            "--timeout, --reset"
         )
-    await store.update_endpoint(args.endpoint, changes, url=args.url)
+    await store.update_endpoint(args.endpoint, changes, url=args.url, reset=reset)
     return await _print_endpoint(store, args, "updated")
 
 
@@ -154,6 +157,10 @@ def _endpoint_options(args: argparse.Namespace) -> EndpointOptions:
         max_in_flight=args.max_in_flight,
         ordering=Ordering(args.ordering) if args.ordering is not None else None,
         rate_limit_per_s=args.rate_limit,
+        headers=dict(args.header) if args.header is not None else None,
+        filter=args.filter,
+        retry_schedule=args.retry_schedule,
+        timeout_s=args.timeout,
     )
 
 
@@ -164,6 +171,14 @@ async def _print_endpoint(store: Store, args: argparse.Namespace, done: str) -> 
     print(f"{done} endpoint {endpoint.id}")
     print(_endpoint_fields(endpoint))
     return 0
+
+
+def _schedule(schedule: Sequence[timedelta] | None) -> str:
+    if schedule is None:
+        return "the settings'"
+    if not schedule:
+        return "no retries"
+    return ", ".join(f"{d.total_seconds():g}s" for d in schedule)
 
 
 def _endpoint_fields(e: EndpointView) -> str:
@@ -183,6 +198,11 @@ def _endpoint_fields(e: EndpointView) -> str:
     limit = f"{e.rate_limit_per_s:g}/s" if e.rate_limit_per_s else "none"
     pairs += [
         ("ordering", f"{e.ordering}, at most {e.max_in_flight} in flight, rate limit {limit}"),
+        # Values come masked from the database unless revealed with the secret.
+        ("headers", ", ".join(f"{k}: {v}" for k, v in e.headers.items()) or "none"),
+        ("filter", e.filter or "none (every event)"),
+        ("retry schedule", _schedule(e.retry_schedule)),
+        ("timeout", f"{e.timeout_s} s" if e.timeout_s is not None else "the settings'"),
         ("last success", tables.when(e.last_success_at)),
         ("failing since", tables.when(e.failing_since)),
         ("created", tables.when(e.created_at)),

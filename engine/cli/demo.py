@@ -152,7 +152,6 @@ async def _with_services(url: str, port: int, receiver: DemoReceiver, settings: 
         await _prepare(conn, port, receiver)
         engine_settings = settings.replace(
             migrate=False,
-            request_timeout_s=5.0,
             shutdown_grace_s=6.0,
             poll_interval_s=0.25,
             admin_port=0,
@@ -185,7 +184,7 @@ async def _prepare(conn: asyncpg.Connection, port: int, receiver: DemoReceiver) 
     # The receiver is on loopback over plain http: allowed here explicitly, refused by default.
     await conn.execute(
         "UPDATE webhooks.settings SET allow_http = true, allow_private_networks = true,"
-        " retry_schedule = '{1 second, 2 seconds, 4 seconds}'"
+        " retry_schedule = '{1 second, 2 seconds, 4 seconds}', request_timeout_s = 5"
     )
     await conn.execute((sql_root() / "examples" / "misarmail_app.sql").read_text())
     endpoints = [

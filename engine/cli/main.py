@@ -26,7 +26,17 @@ import uvloop
 from engine import logs
 from engine.cli import commands as cmd
 from engine.cli import erasure
-from engine.cli.args import delivery_id, duration, endpoint_id, page_size, seconds, since, words
+from engine.cli.args import (
+    delivery_id,
+    duration,
+    durations,
+    endpoint_id,
+    header,
+    page_size,
+    seconds,
+    since,
+    words,
+)
 from engine.cli.embedded_postgres import EmbeddedPostgres
 from engine.config import LOG_FORMATS, LOG_LEVELS, Settings
 from engine.db.keys import DEFAULT_PAGE
@@ -38,6 +48,8 @@ from engine.models import (
     DEFAULT_ROTATION_GRACE,
     ENDPOINT_DEFAULTS,
     MAX_IN_FLIGHT_BOUNDS,
+    RESETTABLE,
+    TIMEOUT_S_BOUNDS,
     Ordering,
 )
 
@@ -160,6 +172,31 @@ def _parser() -> argparse.ArgumentParser:
             help=f"add: default {ENDPOINT_DEFAULTS.ordering}",
         )
         p.add_argument("--rate-limit", type=float, metavar="PER_S", help="0 removes the limit")
+        p.add_argument(
+            "--header",
+            type=header,
+            action="append",
+            metavar="'NAME: VALUE'",
+            help="a custom header sent with every attempt (repeatable; update: replaces them all)",
+        )
+        p.add_argument(
+            "--filter",
+            metavar="PATH",
+            help="deliver only events whose payload matches, e.g. '$.bounce_type == \"hard\"'",
+        )
+        p.add_argument(
+            "--retry-schedule",
+            type=durations,
+            metavar="DELAYS",
+            help="this endpoint's retry delays, e.g. 1m,10m,1h (default: the settings')",
+        )
+        low, high = TIMEOUT_S_BOUNDS
+        p.add_argument(
+            "--timeout",
+            type=int,
+            metavar="S",
+            help=f"request timeout, {low}..{high} s (default: the settings', usually 10)",
+        )
 
     endpoints = sub.add_parser("endpoints", help="register and manage endpoints")
     esub = endpoints.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -180,6 +217,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("endpoint", type=endpoint_id, metavar="ENDPOINT")
     p.add_argument("--url")
     endpoint_options(p)
+    p.add_argument(
+        "--reset",
+        choices=RESETTABLE,
+        action="append",
+        help="put a policy back to its default: no headers or filter, the settings' schedule or"
+        " timeout (repeatable)",
+    )
     p = command(esub, "disable", cmd.endpoints_disable, "stop deliveries; cancels live ones")
     p.add_argument("endpoint", type=endpoint_id, metavar="ENDPOINT")
     p.add_argument("--reason", default="disabled by operator")

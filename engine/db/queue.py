@@ -67,6 +67,8 @@ class DeliveryQueue(Gateway):
                     max_in_flight=r["max_in_flight"],
                     ordering=Ordering(r["ordering"]),
                     rate_limit_per_s=r["rate_limit_per_s"],
+                    headers=json.loads(r["headers"]),
+                    timeout_s=r["timeout_s"],
                 )
             delivery = Delivery(
                 id=r["delivery_id"],
@@ -173,6 +175,8 @@ class DeliveryQueue(Gateway):
             allow_private_networks=row["allow_private_networks"],
             lease_duration_s=lease.total_seconds(),
             max_payload_bytes=row["max_payload_bytes"],
+            request_timeout_s=row["request_timeout_s"],
+            longest_timeout_s=row["longest_timeout_s"],
         )
 
     async def maintain(self) -> dict[str, list[str]]:

@@ -10,7 +10,7 @@ import dataclasses
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
@@ -61,6 +61,10 @@ class EndpointView:
     failing_since: datetime | None
     created_at: datetime
     updated_at: datetime
+    headers: Mapping[str, str]  # values masked ('***') unless revealed, like the secret
+    filter: str | None
+    retry_schedule: tuple[timedelta, ...] | None  # None: the settings'
+    timeout_s: int | None  # None: the settings'
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,13 +126,16 @@ class RecentAttempt:
 
 
 def jsonable(value: Any) -> Any:
-    """Plain JSON values of views: datetimes as ISO 8601, UUIDs as strings, tuples as lists."""
+    """Plain JSON values of views: datetimes as ISO 8601, UUIDs as strings, tuples as lists,
+    durations as seconds."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, UUID):
         return str(value)
+    if isinstance(value, timedelta):
+        return value.total_seconds()
     if isinstance(value, Mapping):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

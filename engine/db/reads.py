@@ -163,6 +163,10 @@ def _endpoint(r: asyncpg.Record) -> EndpointView:
         failing_since=r["failing_since"],
         created_at=r["created_at"],
         updated_at=r["updated_at"],
+        headers=json.loads(r["headers"]),
+        filter=r["filter"],
+        retry_schedule=tuple(r["retry_schedule"]) if r["retry_schedule"] is not None else None,
+        timeout_s=r["timeout_s"],
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -70,13 +70,20 @@ class AdminWrites(Gateway):
             full.max_in_flight,
             full.ordering,
             full.rate_limit_per_s,
+            *_policy(full),
         )
         return rows[0]["id"], rows[0]["secret"]
 
     async def update_endpoint(
-        self, endpoint_id: UUID, changes: EndpointOptions, *, url: str | None = None
+        self,
+        endpoint_id: UUID,
+        changes: EndpointOptions,
+        *,
+        url: str | None = None,
+        reset: Collection[str] = (),
     ) -> None:
-        """Change the URL if given and the settings ``changes`` gives; the rest stays."""
+        """Change the URL if given and the settings ``changes`` gives; put the policies named in
+        ``reset`` (of :data:`~engine.models.RESETTABLE`) back to their defaults; the rest stays."""
         await self._fetchval(
             "update_endpoint",
             endpoint_id,
@@ -86,6 +93,8 @@ class AdminWrites(Gateway):
             changes.max_in_flight,
             changes.ordering,
             changes.rate_limit_per_s,
+            *_policy(changes),
+            list(reset) or None,
         )
 
     async def disable_endpoint(self, endpoint_id: UUID, reason: str | None = None) -> None:
@@ -116,3 +125,17 @@ def _text_array(items: Sequence[str] | None) -> list[str] | None:
     """The list asyncpg sends as a text[]; from an untyped caller's string, a list of letters
     (which SQL refuses as unknown event types), as from any other sequence."""
     return list(items) if items is not None else None
+
+
+def _policy(
+    options: EndpointOptions,
+) -> tuple[str | None, str | None, list[timedelta] | None, int | None]:
+    """The per-endpoint policy as create_endpoint's and update_endpoint's last four parameters:
+    headers as JSON text, the filter as text (SQL parses it, naming the field when it is not a
+    path), the schedule as a list of intervals."""
+    return (
+        json.dumps(dict(options.headers)) if options.headers is not None else None,
+        options.filter,
+        list(options.retry_schedule) if options.retry_schedule is not None else None,
+        options.timeout_s,
+    )

@@ -36,7 +36,9 @@ class ActorDeps:
 
     sender: Sender
     writer: ResultWriter
-    request_timeout_s: float
+    # An upper bound on every attempt's timeout, or None: the deprecated WEBHOOKS_REQUEST_TIMEOUT_S.
+    # Each endpoint's own timeout (EndpointConfig.timeout_s) applies otherwise.
+    request_timeout_s: float | None
     queue_per_in_flight: int
     idle_s: float
     lease_s: Callable[[], float]
@@ -83,6 +85,12 @@ class EndpointActor:
         if self.config.rate_limit_per_s is not None:
             cap = min(cap, max(1, int(self.config.rate_limit_per_s * self._deps.lease_s() / 4)))
         return max(cap, self.limit)
+
+    @property
+    def timeout_s(self) -> float:
+        """The request timeout of this endpoint's attempts: its own, within the process's bound."""
+        cap = self._deps.request_timeout_s
+        return self.config.timeout_s if cap is None else min(self.config.timeout_s, cap)
 
     @property
     def in_flight(self) -> int:
@@ -152,7 +160,7 @@ class EndpointActor:
     def _start(self, item: Queued) -> bool:
         """Start the attempt as a task holding one of ``slots``; False if it was skipped."""
         lease_left = item.claimed_at + self._deps.lease_s() - time.monotonic()
-        if lease_left < self._deps.request_timeout_s + LEASE_MARGIN_S:
+        if lease_left < self.timeout_s + LEASE_MARGIN_S:
             log.warning(
                 "attempt_skipped_lease_expiring",
                 endpoint_id=self.endpoint_id,
@@ -183,7 +191,9 @@ class EndpointActor:
         self._deps.on_started(delivery, started_at)
         try:
             request = prepare_request(delivery, config, timestamp=int(time.time()))
-            result = await self._deps.sender.send(request.url, request.body, request.headers)
+            result = await self._deps.sender.send(
+                request.url, request.body, request.headers, timeout_s=request.timeout_s
+            )
         except asyncio.CancelledError:
             stopped = SendResult.failed(ErrorKind.SHUTDOWN, "engine stopped during the attempt")
             self._deps.writer.submit(_outcome(delivery, started_at, started, stopped))

@@ -21,7 +21,7 @@ from yarl import URL
 
 from engine.delivery.retry_after import parse_retry_after
 from engine.delivery.ssrf import BlockedAddressError, GuardedResolver, check_literal_host
-from engine.models import ErrorKind
+from engine.models import DEFAULT_TIMEOUT_S, ErrorKind
 
 __all__ = ["InsecureUrlError", "InvalidUrlError", "SendResult", "Sender"]
 
@@ -108,7 +108,7 @@ class Sender:
     def __init__(
         self,
         *,
-        timeout_s: float = 10.0,
+        timeout_s: float | None = None,
         allow_http: bool = False,
         allow_private_networks: bool = False,
         max_connections: int = 256,
@@ -149,8 +149,17 @@ class Sender:
         self._allow_http = allow_http
         self._allow_private = allow_private_networks
 
-    async def send(self, url: str, body: bytes, headers: Mapping[str, str]) -> SendResult:
-        """POST ``body`` with ``headers`` to ``url`` once and describe what came back.
+    async def send(
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        timeout_s: float | None = None,
+    ) -> SendResult:
+        """POST ``body`` with ``headers`` to ``url`` once and describe what came back, within
+        ``timeout_s`` (the endpoint's) or the sender's ``timeout_s``, whichever is shorter
+        (:data:`~engine.models.DEFAULT_TIMEOUT_S` when neither is given).
 
         Redirects are not followed. Once the status line has arrived it decides the result; a
         failure while reading the body excerpt (deadline, dropped connection) only shortens the
@@ -160,7 +169,9 @@ class Sender:
         client.in_flight += 1
         try:
             target = self._vet_url(url)
-            return await self._exchange(client.session, target, body, headers)
+            given = [t for t in (timeout_s, self._timeout_s) if t is not None]
+            deadline_s = min(given, default=DEFAULT_TIMEOUT_S)
+            return await self._exchange(client.session, target, body, headers, deadline_s)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a result (DESIGN §5)
             return SendResult.failed(*_classify(exc))
         finally:
@@ -227,6 +238,7 @@ class Sender:
         target: URL,
         data: bytes,
         headers: Mapping[str, str],
+        timeout_s: float,
     ) -> SendResult:
         """The status, body excerpt, Location and Retry-After of one POST, classified."""
         resp: aiohttp.ClientResponse | None = None
@@ -234,7 +246,7 @@ class Sender:
         try:
             try:
                 # One deadline for connect, TLS, sending, the status line and the excerpt.
-                async with asyncio.timeout(self._timeout_s):
+                async with asyncio.timeout(timeout_s):
                     resp = await session.post(
                         target, data=data, headers=headers, allow_redirects=False
                     )

@@ -8,9 +8,9 @@ is passed in.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from engine.models import Delivery, EndpointConfig
+from engine.models import DEFAULT_TIMEOUT_S, Delivery, EndpointConfig
 from engine.signing import sign
 
 __all__ = ["USER_AGENT", "PreparedRequest", "prepare_request"]
@@ -24,13 +24,15 @@ class PreparedRequest:
 
     url: str
     body: bytes
-    headers: Mapping[str, str]
+    headers: Mapping[str, str] = field(repr=False)  # custom header values are secrets
+    timeout_s: float = DEFAULT_TIMEOUT_S
 
 
 def prepare_request(
     delivery: Delivery, endpoint: EndpointConfig, *, timestamp: int
 ) -> PreparedRequest:
-    """The request of ``delivery``'s current attempt to ``endpoint``, signed at ``timestamp``.
+    """The request of ``delivery``'s current attempt to ``endpoint``, signed at ``timestamp``,
+    with the endpoint's custom headers and its request timeout.
 
     ``timestamp`` (unix seconds) is fresh on every attempt, so a retry is not refused as a replay;
     the signatures cover ``delivery.body`` exactly, which is sent unchanged. Raises ValueError when
@@ -39,7 +41,10 @@ def prepare_request(
     signature_headers = sign(
         endpoint.secrets, delivery.body, webhook_id=delivery.webhook_id, timestamp=timestamp
     )
+    # Custom headers first: SQL refuses the names set here (models.RESERVED_HEADER_NAMES), and
+    # ours are written over them anyway.
     headers = {
+        **endpoint.headers,
         **signature_headers,
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
@@ -47,4 +52,4 @@ def prepare_request(
         "X-MisarMail-Delivery": str(delivery.id),
         "X-MisarMail-Attempt": str(delivery.attempt),
     }
-    return PreparedRequest(endpoint.url, delivery.body, headers)
+    return PreparedRequest(endpoint.url, delivery.body, headers, endpoint.timeout_s)

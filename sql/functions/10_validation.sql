@@ -162,3 +162,168 @@ BEGIN
         PERFORM webhooks.invalid('idempotency_key', 'must be 1 to 255 characters');
     END IF;
 END $$;
+
+-- Per-endpoint policy (migration 0008) -------------------------------------------------------------
+
+-- The header names the engine sets on every attempt (engine/delivery/request.py builds them), and
+-- those whose framing aiohttp owns: a custom header may take none of them, case-insensitively.
+-- tests/integration/test_catalogue.py holds these lists equal to request.py's.
+CREATE OR REPLACE FUNCTION webhooks.reserved_header_names()
+RETURNS text[] LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT '{content-type,content-length,host,user-agent,transfer-encoding,connection}'::text[]
+$$;
+
+CREATE OR REPLACE FUNCTION webhooks.reserved_header_prefixes()
+RETURNS text[] LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT '{webhook-,x-misarmail-}'::text[]
+$$;
+
+CREATE OR REPLACE FUNCTION webhooks.is_reserved_header(p_name text)
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT lower(p_name) = ANY (webhooks.reserved_header_names())
+        OR EXISTS (SELECT 1 FROM unnest(webhooks.reserved_header_prefixes()) p
+                    WHERE starts_with(lower(p_name), p))
+$$;
+
+-- Custom headers: a JSON object of name -> string value. Names are HTTP tokens (RFC 9110 tchar),
+-- values visible ASCII with inner spaces or tabs (no CR, LF, NUL or other control character, no
+-- leading or trailing whitespace, which HTTP would strip). At most 10, and 4096 bytes of names and
+-- values in all. Error messages name the header but never quote a value: values are secrets.
+CREATE OR REPLACE FUNCTION webhooks.check_headers(p_headers jsonb)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    v_name  text;
+    v_value jsonb;
+    v_size  integer := 0;
+    v_seen  text[] := '{}';
+BEGIN
+    IF p_headers IS NULL OR jsonb_typeof(p_headers) <> 'object' THEN
+        PERFORM webhooks.invalid('headers', format('must be a JSON object of name -> value, got %s',
+                                                   coalesce(jsonb_typeof(p_headers), 'NULL')));
+    END IF;
+    IF (SELECT count(*) FROM jsonb_object_keys(p_headers)) > 10 THEN
+        PERFORM webhooks.invalid('headers', 'at most 10 headers are allowed');
+    END IF;
+    FOR v_name, v_value IN SELECT key, value FROM jsonb_each(p_headers) LOOP
+        IF v_name !~ '^[!#$%&''*+.^_`|~0-9A-Za-z-]+$' THEN
+            PERFORM webhooks.invalid('headers', format('%s is not a valid HTTP header name',
+                                                       quote_literal(left(v_name, 100))));
+        END IF;
+        IF webhooks.is_reserved_header(v_name) THEN
+            PERFORM webhooks.invalid('headers', format(
+                '%s is set by the engine and cannot be overridden (reserved: %s, %s*)',
+                quote_literal(v_name), array_to_string(webhooks.reserved_header_names(), ', '),
+                array_to_string(webhooks.reserved_header_prefixes(), '*, ')));
+        END IF;
+        IF lower(v_name) = ANY (v_seen) THEN
+            PERFORM webhooks.invalid('headers', format('%s is given twice (names are case-insensitive)',
+                                                       quote_literal(v_name)));
+        END IF;
+        v_seen := v_seen || lower(v_name);
+        IF jsonb_typeof(v_value) <> 'string' THEN
+            PERFORM webhooks.invalid('headers', format('the value of %s must be a string, not %s',
+                                                       quote_literal(v_name), jsonb_typeof(v_value)));
+        END IF;
+        IF (v_value #>> '{}') !~ '^([!-~]([ \t]*[!-~])*)?$' THEN
+            PERFORM webhooks.invalid('headers', format(
+                'the value of %s must be visible ASCII characters with inner spaces or tabs only'
+                ' (no CR, LF, NUL or other control characters, no leading or trailing whitespace)',
+                quote_literal(v_name)));
+        END IF;
+        v_size := v_size + octet_length(v_name) + octet_length(v_value #>> '{}');
+    END LOOP;
+    IF v_size > 4096 THEN
+        PERFORM webhooks.invalid('headers', format(
+            'names and values are %s bytes in all, over the limit of 4096 bytes', v_size));
+    END IF;
+    RETURN p_headers;
+END $$;
+
+-- A filter's text as jsonpath, with a WH001 naming the field instead of Postgres's syntax error, for
+-- callers that send text (the admin API and the CLI).
+CREATE OR REPLACE FUNCTION webhooks.parse_filter(p_filter text)
+RETURNS jsonpath LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    RETURN p_filter::jsonpath;
+EXCEPTION WHEN syntax_error OR invalid_text_representation OR invalid_regular_expression THEN
+    RAISE EXCEPTION 'filter: %s is not a valid JSON path (%)', quote_literal(left(p_filter, 200)), SQLERRM
+        USING ERRCODE = 'WH001', COLUMN = 'filter';
+END $$;
+
+-- A payload filter must be a predicate (true or false for a payload, like $.bounce_type == "hard"):
+-- emit delivers where payload @@ filter is true, and a path that yields no boolean would match no
+-- event at all. Probed on an empty payload: a predicate gives true, false or unknown (JSON null);
+-- a plain path gives nothing or a non-boolean value.
+CREATE OR REPLACE FUNCTION webhooks.check_filter(p_filter jsonpath)
+RETURNS jsonpath LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    v_probe jsonb;
+BEGIN
+    IF length(p_filter::text) > 2000 THEN
+        PERFORM webhooks.invalid('filter', 'must be at most 2000 characters');
+    END IF;
+    v_probe := jsonb_path_query_first('{}'::jsonb, p_filter, silent => true);
+    IF v_probe IS NULL OR jsonb_typeof(v_probe) NOT IN ('boolean', 'null') THEN
+        PERFORM webhooks.invalid('filter', format(
+            '%s is not a predicate; write a condition such as $.bounce_type == "hard"',
+            quote_literal(left(p_filter::text, 200))));
+    END IF;
+    RETURN p_filter;
+END $$;
+
+-- A retry schedule, the endpoints' or the settings': the same rule as settings.retry_schedule's
+-- CHECK, with a message naming what is wrong.
+CREATE OR REPLACE FUNCTION webhooks.check_retry_schedule(p_schedule interval[])
+RETURNS interval[] LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_schedule IS NULL OR cardinality(p_schedule) > 20 THEN
+        PERFORM webhooks.invalid('retry_schedule', 'must have 0 to 20 delays');
+    END IF;
+    IF array_position(p_schedule, NULL) IS NOT NULL THEN
+        PERFORM webhooks.invalid('retry_schedule', 'must not contain null');
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(p_schedule) x WHERE x < '0') THEN
+        PERFORM webhooks.invalid('retry_schedule', 'delays must not be negative');
+    END IF;
+    RETURN p_schedule;
+END $$;
+
+CREATE OR REPLACE FUNCTION webhooks.check_timeout_s(p_timeout_s integer)
+RETURNS integer LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_timeout_s IS NOT NULL AND p_timeout_s NOT BETWEEN 1 AND 30 THEN
+        PERFORM webhooks.invalid('timeout_s', 'must be between 1 and 30 seconds');
+    END IF;
+    RETURN p_timeout_s;
+END $$;
+
+-- Lease and request timeout ------------------------------------------------------------------------
+
+-- An attempt starts only while its lease outlives the request timeout by this margin
+-- (engine/delivery/actor.py's LEASE_MARGIN_S; tests/integration/test_catalogue.py holds them equal).
+CREATE OR REPLACE FUNCTION webhooks.lease_margin_s()
+RETURNS integer LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT 5
+$$;
+
+-- The longest request timeout in force: the settings' default and every live endpoint's own.
+CREATE OR REPLACE FUNCTION webhooks.longest_timeout_s(p_default_s integer)
+RETURNS integer LANGUAGE sql STABLE AS $$
+    SELECT greatest(p_default_s, (SELECT max(e.timeout_s) FROM webhooks.endpoints e
+                                   WHERE e.deleted_at IS NULL AND e.timeout_s IS NOT NULL))
+$$;
+
+-- A lease shorter than the longest timeout plus the margin lets no attempt start: the engine would
+-- claim, skip and let the lease expire forever. Raised as WH001 on the field being changed, naming
+-- both values.
+CREATE OR REPLACE FUNCTION webhooks.check_lease(p_lease interval, p_timeout_s integer, p_field text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_lease <= make_interval(secs => p_timeout_s + webhooks.lease_margin_s()) THEN
+        PERFORM webhooks.invalid(p_field, format(
+            'lease_duration (%s) must exceed the longest request timeout in force (%s s) plus a'
+            ' margin of %s s; raise webhooks.settings.lease_duration above %s or lower the timeout',
+            p_lease, p_timeout_s, webhooks.lease_margin_s(),
+            make_interval(secs => p_timeout_s + webhooks.lease_margin_s())));
+    END IF;
+END $$;

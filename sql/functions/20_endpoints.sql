@@ -39,6 +39,17 @@ RETURNS integer LANGUAGE sql AS $$
     SELECT count(*)::integer FROM logged
 $$;
 
+-- The signatures before the per-endpoint policy (migration 0008): dropped in the same transaction
+-- that creates the new ones, so that a call naming only the old arguments has one function to
+-- match. Callers that pass the old arguments by position reach the new functions unchanged.
+DROP FUNCTION IF EXISTS webhooks.create_endpoint(text, text, text[], text, text, integer, text,
+                                                 double precision);
+DROP FUNCTION IF EXISTS webhooks.update_endpoint(uuid, text, text[], text, integer, text,
+                                                 double precision);
+
+-- p_headers: sent with every attempt (webhooks.check_headers); p_filter: only events whose payload
+-- matches it are delivered (webhooks.check_filter); p_retry_schedule and p_timeout_s override
+-- settings.retry_schedule and settings.request_timeout_s for this endpoint (NULL: the settings').
 CREATE OR REPLACE FUNCTION webhooks.create_endpoint(
     p_account_id       text,
     p_url              text,
@@ -48,6 +59,10 @@ CREATE OR REPLACE FUNCTION webhooks.create_endpoint(
     p_max_in_flight    integer DEFAULT 8,
     p_ordering         text DEFAULT 'dispatch',
     p_rate_limit_per_s double precision DEFAULT NULL,
+    p_headers          jsonb DEFAULT NULL,
+    p_filter           jsonpath DEFAULT NULL,
+    p_retry_schedule   interval[] DEFAULT NULL,
+    p_timeout_s        integer DEFAULT NULL,
     OUT id uuid,
     OUT secret text)
 LANGUAGE plpgsql AS $$
@@ -66,15 +81,39 @@ BEGIN
     IF length(coalesce(p_description, '')) > 1000 THEN
         PERFORM webhooks.invalid('description', 'must be at most 1000 characters');
     END IF;
+    PERFORM webhooks.check_policy(p_headers, p_filter, p_retry_schedule, p_timeout_s);
     INSERT INTO webhooks.endpoints AS e
-        (account_id, url, description, event_types, secret, max_in_flight, ordering, rate_limit_per_s)
+        (account_id, url, description, event_types, secret, max_in_flight, ordering, rate_limit_per_s,
+         headers, filter, retry_schedule, timeout_s)
     VALUES (p_account_id, p_url, coalesce(p_description, ''), v_types,
             coalesce(p_secret, webhooks.new_secret()), coalesce(p_max_in_flight, 8),
-            coalesce(p_ordering, 'dispatch'), nullif(p_rate_limit_per_s, 0))
+            coalesce(p_ordering, 'dispatch'), nullif(p_rate_limit_per_s, 0),
+            coalesce(p_headers, '{}'), p_filter, p_retry_schedule, p_timeout_s)
     RETURNING e.id, e.secret INTO id, secret;
 END $$;
 
--- NULL arguments leave a field unchanged; p_rate_limit_per_s = 0 removes the rate limit.
+-- Checks the per-endpoint policy arguments that are given (not NULL). A timeout longer than the
+-- lease allows is refused by the endpoints' trigger (90_triggers.sql), for any writer.
+CREATE OR REPLACE FUNCTION webhooks.check_policy(
+    p_headers jsonb, p_filter jsonpath, p_retry_schedule interval[], p_timeout_s integer)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_headers IS NOT NULL THEN
+        PERFORM webhooks.check_headers(p_headers);
+    END IF;
+    IF p_filter IS NOT NULL THEN
+        PERFORM webhooks.check_filter(p_filter);
+    END IF;
+    IF p_retry_schedule IS NOT NULL THEN
+        PERFORM webhooks.check_retry_schedule(p_retry_schedule);
+    END IF;
+    PERFORM webhooks.check_timeout_s(p_timeout_s);
+END $$;
+
+-- NULL arguments leave a field unchanged; p_rate_limit_per_s = 0 removes the rate limit; p_headers
+-- replaces every custom header ('{}' removes them). p_reset names the per-endpoint policies to put
+-- back to their defaults: 'filter' (deliver every event), 'retry_schedule' and 'timeout_s' (the
+-- settings'), 'headers' (none).
 CREATE OR REPLACE FUNCTION webhooks.update_endpoint(
     p_endpoint_id      uuid,
     p_url              text DEFAULT NULL,
@@ -82,11 +121,18 @@ CREATE OR REPLACE FUNCTION webhooks.update_endpoint(
     p_description      text DEFAULT NULL,
     p_max_in_flight    integer DEFAULT NULL,
     p_ordering         text DEFAULT NULL,
-    p_rate_limit_per_s double precision DEFAULT NULL)
+    p_rate_limit_per_s double precision DEFAULT NULL,
+    p_headers          jsonb DEFAULT NULL,
+    p_filter           jsonpath DEFAULT NULL,
+    p_retry_schedule   interval[] DEFAULT NULL,
+    p_timeout_s        integer DEFAULT NULL,
+    p_reset            text[] DEFAULT NULL)
 RETURNS webhooks.endpoints LANGUAGE plpgsql AS $$
 DECLARE
     v_row   webhooks.endpoints;
     v_types text[];
+    v_reset text[] := coalesce(p_reset, '{}');
+    v_name  text;
 BEGIN
     v_row := webhooks.lock_endpoint(p_endpoint_id);
     IF p_url IS NOT NULL THEN
@@ -99,6 +145,20 @@ BEGIN
     IF length(coalesce(p_description, '')) > 1000 THEN
         PERFORM webhooks.invalid('description', 'must be at most 1000 characters');
     END IF;
+    PERFORM webhooks.check_policy(p_headers, p_filter, p_retry_schedule, p_timeout_s);
+    FOREACH v_name IN ARRAY v_reset LOOP
+        IF v_name IS NULL OR v_name NOT IN ('headers', 'filter', 'retry_schedule', 'timeout_s') THEN
+            PERFORM webhooks.invalid('reset', format(
+                '%s cannot be reset; name headers, filter, retry_schedule or timeout_s',
+                coalesce(quote_literal(left(v_name, 100)), 'NULL')));
+        END IF;
+    END LOOP;
+    IF 'headers' = ANY (v_reset) AND p_headers IS NOT NULL
+       OR 'filter' = ANY (v_reset) AND p_filter IS NOT NULL
+       OR 'retry_schedule' = ANY (v_reset) AND p_retry_schedule IS NOT NULL
+       OR 'timeout_s' = ANY (v_reset) AND p_timeout_s IS NOT NULL THEN
+        PERFORM webhooks.invalid('reset', 'names a setting that is also given a new value');
+    END IF;
     UPDATE webhooks.endpoints e SET
         url              = coalesce(p_url, e.url),
         event_types      = coalesce(v_types, e.event_types),
@@ -107,6 +167,14 @@ BEGIN
         ordering         = coalesce(p_ordering, e.ordering),
         rate_limit_per_s = CASE WHEN p_rate_limit_per_s IS NULL THEN e.rate_limit_per_s
                                 ELSE nullif(p_rate_limit_per_s, 0) END,
+        headers          = CASE WHEN 'headers' = ANY (v_reset) THEN '{}'
+                                ELSE coalesce(p_headers, e.headers) END,
+        filter           = CASE WHEN 'filter' = ANY (v_reset) THEN NULL
+                                ELSE coalesce(p_filter, e.filter) END,
+        retry_schedule   = CASE WHEN 'retry_schedule' = ANY (v_reset) THEN NULL
+                                ELSE coalesce(p_retry_schedule, e.retry_schedule) END,
+        timeout_s        = CASE WHEN 'timeout_s' = ANY (v_reset) THEN NULL
+                                ELSE coalesce(p_timeout_s, e.timeout_s) END,
         updated_at       = now()
      WHERE e.id = p_endpoint_id
     RETURNING e.* INTO v_row;

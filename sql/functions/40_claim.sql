@@ -235,3 +235,43 @@ RETURNS timestamptz LANGUAGE sql STABLE AS $$
                  (SELECT d.due_at FROM webhooks.deliveries d
                    WHERE d.ready ORDER BY d.endpoint_id, d.id LIMIT 1))
 $$;
+
+-- claim_v1's rows with the per-endpoint policy an attempt needs (migration 0008): the custom
+-- headers and the request timeout in force (the endpoint's, else the settings'). A wrapper, so that
+-- claim_v1's result stays what engines of the previous version read beside this schema during an
+-- upgrade. The rows keep claim_v1's order (grouped by endpoint). Sequential scans off for the
+-- endpoints' lookups by id, as in claim_v1.
+CREATE OR REPLACE FUNCTION webhooks.claim_with_policy_v1(
+    p_room_ids     uuid[],
+    p_rooms        integer[],
+    p_default_room integer,
+    p_max_rows     integer,
+    p_after        uuid DEFAULT NULL)
+RETURNS TABLE (
+    delivery_id      bigint,
+    lease_token      uuid,
+    attempt          integer,
+    endpoint_id      uuid,
+    event_id         bigint,
+    event_type       text,
+    body             text,
+    url              text,
+    secrets          text[],
+    max_in_flight    integer,
+    ordering         text,
+    rate_limit_per_s double precision,
+    created_at       timestamptz,
+    headers          jsonb,
+    timeout_s        integer)
+LANGUAGE sql VOLATILE
+SET enable_seqscan = off
+SET jit = off AS $$
+    SELECT c.delivery_id, c.lease_token, c.attempt, c.endpoint_id, c.event_id, c.event_type, c.body,
+           c.url, c.secrets, c.max_in_flight, c.ordering, c.rate_limit_per_s, c.created_at,
+           e.headers, coalesce(e.timeout_s, s.request_timeout_s)
+      FROM webhooks.claim_v1(p_room_ids, p_rooms, p_default_room, p_max_rows, p_after)
+           WITH ORDINALITY AS c
+      JOIN webhooks.endpoints e ON e.id = c.endpoint_id
+     CROSS JOIN webhooks.settings s
+     ORDER BY c.ordinality
+$$;

@@ -1,7 +1,7 @@
 -- Records a batch of attempt results (parallel arrays, one element per attempt) and moves each
 -- delivery on: delivered and failed-for-good deliveries leave the hot table for delivery_outcomes;
--- the others get their next due time from settings.retry_schedule, computed here so that SQL and
--- every engine agree on it.
+-- the others get their next due time from the endpoint's retry_schedule, or else from
+-- settings.retry_schedule, computed here so that SQL and every engine agree on it.
 --
 -- Fenced by the lease: a result whose delivery is gone or was re-leased (the engine was presumed
 -- dead and another claim took it) still gets its attempt row, marked 'stale', but changes nothing.
@@ -43,6 +43,7 @@ SET jit = off AS $$
 #variable_conflict use_column
 DECLARE
     v_set        webhooks.settings;
+    v_schedule   interval[];
     v_d          webhooks.deliveries;
     v_ep         webhooks.endpoints;
     v_n          integer;
@@ -158,11 +159,14 @@ BEGIN
         -- A failure: a 2xx under the current lease was recorded by the set-based statement above.
         v_n := v_d.attempts + 1;
         v_next := NULL;
-        IF v_status = 410 OR v_n > cardinality(v_set.retry_schedule) THEN
+        -- The endpoint's own schedule when it has one (migration 0008), else the settings'.
+        SELECT coalesce(e.retry_schedule, v_set.retry_schedule) INTO v_schedule
+          FROM webhooks.endpoints e WHERE e.id = v_d.endpoint_id;
+        IF v_status = 410 OR v_n > cardinality(v_schedule) THEN
             v_outcome := 'failed';
         ELSE
             v_outcome := 'retry';
-            v_delay := v_set.retry_schedule[v_n] * (1 + v_set.retry_jitter * (2 * random() - 1));
+            v_delay := v_schedule[v_n] * (1 + v_set.retry_jitter * (2 * random() - 1));
             IF v_status IN (429, 503) AND p_retry_after_s[i] IS NOT NULL THEN
                 v_delay := least(greatest(make_interval(secs => p_retry_after_s[i]), v_delay), 2 * v_delay);
             END IF;

@@ -11,12 +11,26 @@ RETURNS text LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE WHEN p_secret IS NOT NULL THEN left(p_secret, 10) || '…' END
 $$;
 
+-- Custom header values are secrets (API keys, tokens): shown as '***' unless revealed, like secrets.
+CREATE OR REPLACE FUNCTION webhooks.mask_headers(p_headers jsonb)
+RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
+    SELECT coalesce(jsonb_object_agg(h.key, '***'), '{}') FROM jsonb_each(p_headers) h
+$$;
+
+-- The per-endpoint policy (migration 0008) added columns to the endpoint reads. A function's result
+-- type cannot be replaced, so they are dropped and created again in this file's one transaction
+-- (no caller sees them missing); the engine reads their columns by name.
+DROP FUNCTION IF EXISTS webhooks.get_endpoint_v1(uuid, boolean);
+DROP FUNCTION IF EXISTS webhooks.list_endpoints_v1(text, boolean, timestamptz, uuid, integer);
+DROP FUNCTION IF EXISTS webhooks.endpoint_view(webhooks.endpoints, boolean);
+
 CREATE OR REPLACE FUNCTION webhooks.endpoint_view(p_endpoint webhooks.endpoints, p_reveal_secret boolean)
 RETURNS TABLE (id uuid, account_id text, url text, description text, event_types text[], secret text,
                previous_secret text, previous_secret_expires_at timestamptz, enabled boolean,
                disabled_at timestamptz, disabled_reason text, max_in_flight integer, ordering text,
                rate_limit_per_s double precision, last_success_at timestamptz,
-               failing_since timestamptz, created_at timestamptz, updated_at timestamptz)
+               failing_since timestamptz, created_at timestamptz, updated_at timestamptz,
+               headers jsonb, filter text, retry_schedule interval[], timeout_s integer)
 LANGUAGE sql STABLE AS $$
     SELECT (p_endpoint).id, (p_endpoint).account_id, (p_endpoint).url, (p_endpoint).description,
            (p_endpoint).event_types,
@@ -30,7 +44,10 @@ LANGUAGE sql STABLE AS $$
            (p_endpoint).enabled, (p_endpoint).disabled_at, (p_endpoint).disabled_reason,
            (p_endpoint).max_in_flight, (p_endpoint).ordering, (p_endpoint).rate_limit_per_s,
            (p_endpoint).last_success_at, (p_endpoint).failing_since, (p_endpoint).created_at,
-           (p_endpoint).updated_at
+           (p_endpoint).updated_at,
+           CASE WHEN p_reveal_secret THEN (p_endpoint).headers
+                ELSE webhooks.mask_headers((p_endpoint).headers) END,
+           (p_endpoint).filter::text, (p_endpoint).retry_schedule, (p_endpoint).timeout_s
 $$;
 
 CREATE OR REPLACE FUNCTION webhooks.get_endpoint_v1(p_endpoint_id uuid, p_reveal_secret boolean DEFAULT false)
@@ -38,7 +55,8 @@ RETURNS TABLE (id uuid, account_id text, url text, description text, event_types
                previous_secret text, previous_secret_expires_at timestamptz, enabled boolean,
                disabled_at timestamptz, disabled_reason text, max_in_flight integer, ordering text,
                rate_limit_per_s double precision, last_success_at timestamptz,
-               failing_since timestamptz, created_at timestamptz, updated_at timestamptz)
+               failing_since timestamptz, created_at timestamptz, updated_at timestamptz,
+               headers jsonb, filter text, retry_schedule interval[], timeout_s integer)
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN QUERY SELECT v.* FROM webhooks.endpoints e
@@ -57,7 +75,8 @@ RETURNS TABLE (id uuid, account_id text, url text, description text, event_types
                previous_secret text, previous_secret_expires_at timestamptz, enabled boolean,
                disabled_at timestamptz, disabled_reason text, max_in_flight integer, ordering text,
                rate_limit_per_s double precision, last_success_at timestamptz,
-               failing_since timestamptz, created_at timestamptz, updated_at timestamptz)
+               failing_since timestamptz, created_at timestamptz, updated_at timestamptz,
+               headers jsonb, filter text, retry_schedule interval[], timeout_s integer)
 LANGUAGE plpgsql STABLE SET plan_cache_mode = force_custom_plan AS $$
 BEGIN
     RETURN QUERY

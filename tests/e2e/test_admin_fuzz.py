@@ -107,6 +107,10 @@ STATE_DEPENDENT: tuple[tuple[str | None, int, str, str, str | None], ...] = (
     ("listDeliveries", 400, "invalid_field", "cursor", None),
     ("recoverEndpoint", 400, "invalid_field", "since", "must not be in the future"),
     ("rotateEndpointSecret", 400, "invalid_field", "secret", "must differ from the current secret"),
+    # What the document cannot describe, only the database checks: a filter's JSON path grammar,
+    # and custom headers' total size (each header alone is within the document's bounds).
+    (None, 400, "invalid_field", "filter", None),
+    (None, 400, "invalid_field", "headers", "over the limit of 4096 bytes"),
 )
 # The authority of an absolute URL as the database's webhooks.check_url reads it: scheme, optional
 # userinfo, host (bracketed IPv6, or a name or IPv4 of letters, digits, dots and dashes), port.

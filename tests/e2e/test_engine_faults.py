@@ -196,7 +196,9 @@ async def test_sigkill_mid_burst_then_restart_delivers_all_duplicating_only_leas
     """After SIGKILL mid-burst a restart delivers all; only deliveries leased at the kill repeat."""
     # A short lease so the killed engine's deliveries are due again soon. The actor starts an
     # attempt only while the lease outlives the request timeout (3 s) by LEASE_MARGIN_S (5 s).
-    await conn.execute("UPDATE webhooks.settings SET lease_duration = '10 seconds'")
+    await conn.execute(
+        "UPDATE webhooks.settings SET request_timeout_s = 3, lease_duration = '10 seconds'"
+    )
     paths = [f"/ep{i}" for i in range(5)]
     events: dict[str, list[int]] = {}
     for i, path in enumerate(paths):

@@ -102,6 +102,8 @@ async def test_slow_endpoint_does_not_slow_the_others(
     receiver.script("/slow", Reply(until=release))
     await create_endpoint(conn, receiver.url("/slow"), account="slow", max_in_flight=1)
     await create_endpoint(conn, receiver.url("/fast"), account="fast")
+    # Held requests must not time out while the test runs: the longest timeout there is.
+    await conn.execute("UPDATE webhooks.settings SET request_timeout_s = 30")
     await start_engine(request_timeout_s=100.0, shutdown_grace_s=100.0)
     await _emit(conn, 5, account="slow")
     await _emit(conn, 60, account="fast")
@@ -198,6 +200,7 @@ async def test_claimed_work_is_capped_across_all_endpoints(
     for i in range(5):
         receiver.script(f"/q{i}", Reply(until=release))
         await create_endpoint(conn, receiver.url(f"/q{i}"), account=f"q{i}")
+    await conn.execute("UPDATE webhooks.settings SET request_timeout_s = 30")
     await start_engine(
         max_connections=max_connections,
         queue_per_in_flight=queue_per_in_flight,

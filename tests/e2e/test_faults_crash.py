@@ -50,7 +50,9 @@ async def test_sigkill_at_random_moments_loses_nothing(
     rng = random.Random(seed)
     # A short lease, so a killed engine's deliveries are due again soon; an attempt starts only
     # while its lease outlives the request timeout (3 s) by the actor's margin (5 s).
-    await conn.execute("UPDATE webhooks.settings SET lease_duration = '12 seconds'")
+    await conn.execute(
+        "UPDATE webhooks.settings SET request_timeout_s = 3, lease_duration = '12 seconds'"
+    )
     # About 200 deliveries a second (30 endpoints, 2 in flight each, 0.3 s per request): the
     # load takes about 15 s, so there are moments to kill it at.
     load = await make_load(

@@ -140,8 +140,11 @@ async def test_database_refusing_connections_does_not_stop_the_engine(
     """Regression: a server that refuses new connections (ALLOW_CONNECTIONS false, as during
     maintenance) made the dispatcher's reconnect raise a Postgres error that stopped the engine;
     now the engine waits it out, not ready, and finishes the load afterwards."""
-    # A claim cut off by the termination may still commit: its leases must run out soon.
-    await conn.execute("UPDATE webhooks.settings SET lease_duration = '15 seconds'")
+    # A claim cut off by the termination may still commit: its leases must run out soon (the
+    # lease must outlast the request timeout by the actor's margin).
+    await conn.execute(
+        "UPDATE webhooks.settings SET request_timeout_s = 2, lease_duration = '15 seconds'"
+    )
     load = await make_load(
         conn, receiver, endpoints=10, events_per_endpoint=50, reply=Reply(delay_s=0.2)
     )

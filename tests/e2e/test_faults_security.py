@@ -184,7 +184,9 @@ async def test_secrets_never_appear_in_logs_metrics_probes_errors_or_cli_output(
     database password or admin token shows in the engine's log, /metrics, /readyz, refusal
     messages or the output of the CLI's read commands."""
     # A claim in flight at the cut may still commit on the server: its leases must run out soon.
-    await conn.execute("UPDATE webhooks.settings SET lease_duration = '15 seconds'")
+    await conn.execute(
+        "UPDATE webhooks.settings SET request_timeout_s = 3, lease_duration = '15 seconds'"
+    )
     receiver.script("/fail", Reply(status=500, body=b"nope"))
     receiver.script("/reset", Reply(reset=True))
     secrets: list[str] = []

@@ -21,15 +21,23 @@ import pytest
 from engine.admin.routes import openapi_document
 from engine.db import keys
 from engine.db.read_models import DeliveryStatus
+from engine.delivery.actor import LEASE_MARGIN_S
 from engine.models import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_ROTATION_GRACE,
+    DEFAULT_TIMEOUT_S,
     ENDPOINT_DEFAULTS,
+    MAX_HEADERS,
     MAX_IN_FLIGHT_BOUNDS,
+    MAX_RETRY_DELAYS,
     MAX_ROTATION_GRACE,
+    RESERVED_HEADER_NAMES,
+    RESERVED_HEADER_PREFIXES,
+    TIMEOUT_S_BOUNDS,
     AttemptOutcome,
     EndpointOptions,
     Ordering,
+    is_reserved_header,
 )
 from tests.support.db import error_of
 
@@ -94,8 +102,8 @@ async def test_sql_create_endpoint_defaults_are_pythons(conn: asyncpg.Connection
         "SELECT id FROM webhooks.create_endpoint('acct_1', 'https://example.com/h', ARRAY['*'])"
     )
     row = await conn.fetchrow(
-        "SELECT description, max_in_flight, ordering, rate_limit_per_s FROM webhooks.endpoints"
-        " WHERE id = $1",
+        "SELECT description, max_in_flight, ordering, rate_limit_per_s, headers::text,"
+        " filter::text, retry_schedule, timeout_s FROM webhooks.endpoints WHERE id = $1",
         endpoint_id,
     )
     assert row is not None
@@ -104,6 +112,10 @@ async def test_sql_create_endpoint_defaults_are_pythons(conn: asyncpg.Connection
         ENDPOINT_DEFAULTS.max_in_flight,
         ENDPOINT_DEFAULTS.ordering,
         ENDPOINT_DEFAULTS.rate_limit_per_s,
+        json.dumps(ENDPOINT_DEFAULTS.headers),
+        ENDPOINT_DEFAULTS.filter,
+        ENDPOINT_DEFAULTS.retry_schedule,
+        ENDPOINT_DEFAULTS.timeout_s,
     )
 
 
@@ -253,3 +265,60 @@ def test_document_paging_and_ids_are_the_keys() -> None:
     )
     delivery_id = DOC["components"]["parameters"]["DeliveryId"]["schema"]
     assert (delivery_id["minimum"], delivery_id["maximum"]) == (1, keys.MAX_BIGINT)
+
+
+async def test_reserved_headers_are_the_same_in_sql_and_python(conn: asyncpg.Connection) -> None:
+    """webhooks.check_headers refuses exactly the names and prefixes models.py reserves (which
+    request.py's headers are checked against in tests/unit/test_request.py)."""
+    names = await conn.fetchval("SELECT webhooks.reserved_header_names()")
+    prefixes = await conn.fetchval("SELECT webhooks.reserved_header_prefixes()")
+    assert (tuple(names), tuple(prefixes)) == (RESERVED_HEADER_NAMES, RESERVED_HEADER_PREFIXES)
+    for name in ("Content-Type", "X-MisarMail-Signature", "webhook-id", "X-Tenant", "Hosts"):
+        assert await conn.fetchval("SELECT webhooks.is_reserved_header($1)", name) == (
+            is_reserved_header(name)
+        ), name
+
+
+def test_document_reserved_header_pattern_is_pythons() -> None:
+    """The document refuses, in any case, exactly the header names models.py reserves."""
+    for schema in ("EndpointCreate", "EndpointUpdate"):
+        headers = SCHEMAS[schema]["properties"]["headers"]
+        reserved = re.compile(headers["propertyNames"]["not"]["pattern"])
+        token = re.compile(headers["propertyNames"]["pattern"])
+        assert headers["maxProperties"] == MAX_HEADERS
+        for name in (
+            *RESERVED_HEADER_NAMES,
+            *(n.upper() for n in RESERVED_HEADER_NAMES),
+            *(p + "x" for p in RESERVED_HEADER_PREFIXES),
+            *(p.title() + "X" for p in RESERVED_HEADER_PREFIXES),
+        ):
+            assert reserved.search(name), name
+            assert is_reserved_header(name), name
+        for name in ("X-Tenant", "Hosts", "Content-Types", "Webhook", "X-MisarMailer"):
+            assert token.search(name), name
+            assert not reserved.search(name), name
+            assert not is_reserved_header(name), name
+
+
+async def test_timeouts_and_lease_margin_are_the_same_in_sql_and_python(
+    conn: asyncpg.Connection,
+) -> None:
+    """The settings' default timeout, the timeout bounds, the retry schedule's length and the lease
+    margin SQL checks are models.py's and the actor's; the document states the same bounds."""
+    assert await column_default(conn, "settings", "request_timeout_s") == str(DEFAULT_TIMEOUT_S)
+    assert await conn.fetchval("SELECT webhooks.lease_margin_s()") == LEASE_MARGIN_S
+    checks = await conn.fetch(
+        "SELECT pg_get_constraintdef(c.oid) AS def FROM pg_constraint c"
+        " WHERE c.conrelid IN ('webhooks.endpoints'::regclass, 'webhooks.settings'::regclass)"
+        " AND c.contype = 'c' AND pg_get_constraintdef(c.oid) LIKE '%timeout_s%'"
+    )
+    low, high = TIMEOUT_S_BOUNDS
+    assert len(checks) == 2
+    for check in checks:
+        assert f">= {low}" in check["def"], check["def"]
+        assert f"<= {high}" in check["def"], check["def"]
+    for schema in ("Endpoint", "EndpointCreate", "EndpointUpdate"):
+        timeout = SCHEMAS[schema]["properties"]["timeout_s"]
+        assert (timeout["minimum"], timeout["maximum"]) == TIMEOUT_S_BOUNDS, schema
+    for schema in ("EndpointCreate", "EndpointUpdate"):
+        assert SCHEMAS[schema]["properties"]["retry_schedule"]["maxItems"] == MAX_RETRY_DELAYS

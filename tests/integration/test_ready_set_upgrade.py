@@ -24,6 +24,7 @@ from engine.db.migrate import migrate
 from engine.db.store import Store
 from engine.models import Delivery, EndpointOptions, Ordering
 from tests.support.factories import outcome
+from tests.support.previous_release import FUNCTIONS_BEFORE_0008, store_before_0008
 
 PREVIOUS = Path(__file__).parent / "sql_before_0004"
 # emit did not change from before 0004 until 0005, whose column it reads.
@@ -36,6 +37,9 @@ def tree(root: Path, *, with_ready_set: bool) -> Path:
     """A copy of the shipped sql/ tree with the previous release's claim and record functions,
     and migration 0004 (and any later one) only if asked for."""
     shutil.copytree(sqlfiles.sql_root(), root)
+    # The function files as they were until migration 0008, which later ones need.
+    for path in FUNCTIONS_BEFORE_0008.iterdir():
+        shutil.copy(path, root / "functions" / path.name)
     for path in (root / "migrations").iterdir():
         if int(path.name[:4]) >= 4 and not (with_ready_set and path.name == READY_SET):
             path.unlink()
@@ -68,7 +72,7 @@ async def store(empty_db_url: str, old_db: asyncpg.Connection) -> AsyncIterator[
     functions by name, whatever bodies they have at the time)."""
     pool = await asyncpg.create_pool(empty_db_url, min_size=1, max_size=2)
     try:
-        yield Store(pool)
+        yield store_before_0008(pool)
     finally:
         await pool.close()
 
@@ -129,7 +133,9 @@ async def test_migration_classifies_live_rows_and_new_bodies_carry_on(
 
     report = await migrate(conn)
     assert report.applied[0] == READY_SET  # and the migrations after it
-    assert set(report.functions) == {p.name for p in PREVIOUS_FILES}
+    assert set(report.functions) == {p.name for p in PREVIOUS_FILES} | {
+        p.name for p in FUNCTIONS_BEFORE_0008.iterdir()
+    }
 
     assert await ready(conn) == {
         pending: True,
@@ -182,7 +188,9 @@ async def test_old_bodies_between_migration_and_function_files_lease_nothing_twi
     assert (await ready(conn))[in_window.id] is True  # the old claim did not clear it
 
     report = await migrate(conn)
-    assert set(report.functions) == {p.name for p in PREVIOUS_FILES}
+    assert set(report.functions) == {p.name for p in PREVIOUS_FILES} | {
+        p.name for p in FUNCTIONS_BEFORE_0008.iterdir()
+    }
     claimed = [d for d, _ in await store.claim({}, default_room=8, max_rows=100)]
     assert [d.id for d in claimed] == [before.id]
     assert strict_next not in [d.id for d in claimed]

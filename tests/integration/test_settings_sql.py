@@ -204,14 +204,17 @@ async def test_retention_is_the_cutoff_of_partitions_rows_and_idempotency_keys(
 # -- lease_duration --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("lease", [timedelta(seconds=1), timedelta(minutes=10)])
+@pytest.mark.parametrize("lease", [timedelta(seconds=7), timedelta(minutes=10)])
 async def test_lease_duration_is_how_long_a_claim_holds_its_rows(
     conn: asyncpg.Connection, lease: timedelta
 ) -> None:
     """A claim moves each leased row's due_at to exactly its transaction's now() plus
-    lease_duration, at the minimum the column allows and well above the default."""
+    lease_duration, near the shortest the lease check allows (a 1 s timeout plus the 5 s margin)
+    and well above the default."""
     await sql_endpoint(conn, ["email.sent"])
-    await conn.execute("UPDATE webhooks.settings SET lease_duration = $1", lease)
+    await conn.execute(
+        "UPDATE webhooks.settings SET request_timeout_s = 1, lease_duration = $1", lease
+    )
     await emit(conn, 2)
     async with conn.transaction():
         assert len(await conn.fetch(CLAIM_SQL, 8)) == 2

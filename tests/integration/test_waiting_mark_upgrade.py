@@ -22,6 +22,7 @@ from engine.db import sqlfiles
 from engine.db.migrate import migrate
 from engine.db.store import Store
 from tests.support.db import Listener, listening, sql_endpoint
+from tests.support.previous_release import FUNCTIONS_BEFORE_0008, store_before_0008
 
 PREVIOUS = Path(__file__).parent / "sql_before_0005"
 EXPIRY = "0005_waiting_expiry.sql"
@@ -32,6 +33,9 @@ def tree(root: Path, *, with_expiry: bool, new_functions: bool) -> Path:
     """A copy of the shipped sql/ tree, migration 0005 (and any later one) only if asked for, and
     the previous release's emit and claim functions unless ``new_functions``."""
     shutil.copytree(sqlfiles.sql_root(), root)
+    # The function files as they were until migration 0008, which later ones need.
+    for path in FUNCTIONS_BEFORE_0008.iterdir():
+        shutil.copy(path, root / "functions" / path.name)
     for path in (root / "migrations").iterdir():
         if int(path.name[:4]) >= 5 and not (with_expiry and path.name == EXPIRY):
             path.unlink()
@@ -58,7 +62,7 @@ async def old_engine(empty_db_url: str, old_db: asyncpg.Connection) -> AsyncIter
     """The old engine's calls, through a pool as it makes them."""
     pool = await asyncpg.create_pool(empty_db_url, min_size=1, max_size=2)
     try:
-        yield Store(pool)
+        yield store_before_0008(pool)
     finally:
         await pool.close()
 

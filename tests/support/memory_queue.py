@@ -27,6 +27,7 @@ from uuid import UUID
 
 from engine.db.pool import DatabaseUnavailable
 from engine.models import (
+    DEFAULT_TIMEOUT_S,
     AttemptOutcome,
     Delivery,
     EndpointConfig,
@@ -44,6 +45,7 @@ def endpoint_config(
     max_in_flight: int = 8,
     ordering: Ordering = Ordering.DISPATCH,
     rate_limit_per_s: float | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> EndpointConfig:
     """An endpoint as a claim returns it, with a valid signing secret."""
     return EndpointConfig(
@@ -53,6 +55,7 @@ def endpoint_config(
         max_in_flight=max_in_flight,
         ordering=ordering,
         rate_limit_per_s=rate_limit_per_s,
+        timeout_s=timeout_s,
     )
 
 

@@ -121,14 +121,19 @@ async def test_rate_limit_spaces_starts(
     assert [started for _, started in seen] == started_when_each_ran
 
 
-@pytest.mark.parametrize(("lease_over_margin_s", "sent"), [(-1.0, False), (60.0, True)])
+@pytest.mark.parametrize(
+    ("timeout_s", "lease_over_margin_s", "sent"),
+    [(3.0, -1.0, False), (3.0, 60.0, True), (25.0, -1.0, False), (25.0, 1.0, True)],
+)
 async def test_attempt_whose_lease_is_about_to_expire_is_skipped(
-    stage: Stage, lease_over_margin_s: float, sent: bool
+    stage: Stage, timeout_s: float, lease_over_margin_s: float, sent: bool
 ) -> None:
-    """An attempt starts only if its lease outlives the request timeout by LEASE_MARGIN_S."""
-    endpoint = endpoint_config(stage.receiver.url("/hook"))
+    """An attempt starts only if its lease outlives the endpoint's request timeout by
+    LEASE_MARGIN_S."""
+    endpoint = endpoint_config(stage.receiver.url("/hook"), timeout_s=timeout_s)
     [delivery] = await claim_all(stage, endpoint, 1)
-    lease_s = REQUEST_TIMEOUT_S + LEASE_MARGIN_S + lease_over_margin_s
+    assert timeout_s < REQUEST_TIMEOUT_S  # the stage's bound on every attempt is not the one
+    lease_s = timeout_s + LEASE_MARGIN_S + lease_over_margin_s
     actor = EndpointActor(endpoint, stage.deps(lease_s=lease_s, idle_s=0.05))
     actor.offer(delivery)
     await actor.run()  # returns once idle: the attempt was skipped, or done

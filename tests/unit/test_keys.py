@@ -119,6 +119,7 @@ def test_endpoint_options_not_given_take_the_defaults() -> None:
         max_in_flight=3,
         ordering=Ordering.DISPATCH,
         rate_limit_per_s=0.0,
+        headers={},
     )
     assert EndpointOptions().with_defaults() == ENDPOINT_DEFAULTS
     assert ENDPOINT_DEFAULTS.max_in_flight == DEFAULT_MAX_IN_FLIGHT

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import uuid
@@ -11,7 +12,7 @@ from datetime import UTC, datetime
 import pytest
 
 from engine.delivery.request import prepare_request
-from engine.models import Delivery, EndpointConfig, Ordering
+from engine.models import Delivery, EndpointConfig, Ordering, is_reserved_header
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # noqa: S105 - Standard Webhooks test vector
 OLD_SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
@@ -111,3 +112,27 @@ def test_an_endpoint_without_a_usable_secret_cannot_be_prepared() -> None:
     """A corrupt secret raises ValueError, which the actor records as an internal failure."""
     with pytest.raises(ValueError, match="whsec_"):
         prepare_request(_delivery(attempt=1), _endpoint("not-a-secret"), timestamp=T)
+
+
+def test_every_header_we_set_is_reserved() -> None:
+    """No header an attempt carries of its own can be taken by an endpoint's custom headers: each
+    is in models.RESERVED_HEADER_NAMES or under one of its prefixes (which SQL refuses)."""
+    prepared = prepare_request(_delivery(attempt=1), _endpoint(SECRET, OLD_SECRET), timestamp=T)
+    assert [name for name in prepared.headers if not is_reserved_header(name)] == []
+
+
+def test_custom_headers_come_first_and_the_timeout_is_the_endpoints() -> None:
+    """An endpoint's custom headers are sent as given, before ours, which they cannot replace; the
+    request carries the endpoint's timeout."""
+    endpoint = dataclasses.replace(
+        _endpoint(SECRET),
+        headers={"Authorization": "Bearer k", "Content-Type": "text/plain"},
+        timeout_s=3,
+    )
+    prepared = prepare_request(_delivery(attempt=1), endpoint, timestamp=T)
+    assert next(iter(prepared.headers)) == "Authorization"
+    assert prepared.headers["Authorization"] == "Bearer k"
+    assert prepared.headers["Content-Type"] == "application/json"
+    assert prepared.timeout_s == 3
+    assert "Bearer k" not in repr(prepared)
+    assert "Bearer k" not in repr(endpoint)

@@ -1,0 +1,122 @@
+"""Migration 0008 (the per-endpoint policy) upgrades a live database under an engine of the
+previous release, with deliveries leased and waiting for their retry.
+
+The previous release is rebuilt from the shipped tree: every migration before 0008, with the
+function files 0008 changed as they were (``sql_before_0008/``); its engine's calls are
+:func:`tests.support.previous_release.store_before_0008`'s. Between the migration's commit and the
+re-applied function files that engine runs its old bodies against the new columns; after them it
+runs the new bodies, beside an engine of this release.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from engine.app import check_lease
+from engine.db import sqlfiles
+from engine.db.migrate import migrate
+from engine.db.store import Store
+from engine.errors import ConfigError
+from engine.models import AttemptOutcome, EndpointOptions
+from tests.support.factories import outcome
+from tests.support.previous_release import FUNCTIONS_BEFORE_0008, store_before_0008
+
+POLICY = 8  # the migration under test
+
+
+def tree(root: Path, *, with_policy: bool, new_functions: bool) -> Path:
+    """A copy of the shipped sql/ tree, migration 0008 (and any later one) only if asked for, and
+    the function files as they were before it unless ``new_functions``."""
+    shutil.copytree(sqlfiles.sql_root(), root)
+    for path in (root / "migrations").iterdir():
+        if int(path.name[:4]) > POLICY or (int(path.name[:4]) == POLICY and not with_policy):
+            path.unlink()
+    if not new_functions:
+        for path in FUNCTIONS_BEFORE_0008.iterdir():
+            shutil.copy(path, root / "functions" / path.name)
+    return root
+
+
+@pytest.fixture
+async def old_db(empty_db_url: str, tmp_path: Path) -> AsyncIterator[asyncpg.Connection]:
+    """A database migrated by the release before 0008."""
+    conn = await asyncpg.connect(empty_db_url)
+    try:
+        await migrate(conn, root=tree(tmp_path / "old", with_policy=False, new_functions=False))
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def pool(empty_db_url: str, old_db: asyncpg.Connection) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(empty_db_url, min_size=1, max_size=2)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def emit(conn: asyncpg.Connection, n: int) -> None:
+    await conn.execute(
+        "SELECT webhooks.emit('acct_1', 'email.sent', '{}') FROM generate_series(1, $1)", n
+    )
+
+
+async def test_old_engine_carries_on_through_the_upgrade_beside_a_new_one(
+    old_db: asyncpg.Connection, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """Leases and retries taken before 0008 are recorded under the old bodies on the new columns
+    and under the new bodies after; the new engine's claim gives the defaults of the policy (no
+    headers, the settings' timeout), and endpoints with a policy can be created at once."""
+    old = store_before_0008(pool)
+    await old.create_endpoint("acct_1", "https://example.com/hook", EndpointOptions())
+    await old_db.execute("UPDATE webhooks.settings SET retry_schedule = '{1 hour}'")
+    await emit(old_db, 4)
+    first = await old.claim({}, default_room=2, max_rows=2)
+    assert len(first) == 2
+    [retried] = await old.record([outcome(first[0][0], 500)])
+    assert retried.outcome is AttemptOutcome.RETRY
+
+    # The migration is committed; the function files are not yet re-applied.
+    await migrate(old_db, root=tree(tmp_path / "mid", with_policy=True, new_functions=False))
+    await emit(old_db, 1)
+    second = await old.claim({}, default_room=2, max_rows=2)
+    assert len(second) == 2
+    [delivered] = await old.record([outcome(first[1][0], 200)])
+    assert delivered.outcome is AttemptOutcome.DELIVERED
+
+    report = await migrate(old_db)
+    assert set(report.functions) >= {p.name for p in FUNCTIONS_BEFORE_0008.iterdir()}
+    results = await old.record([outcome(d, 200) for d, _ in second])
+    assert [r.outcome for r in results] == [AttemptOutcome.DELIVERED] * 2
+    new = Store(pool)
+    [(last, config)] = await new.claim({}, default_room=8, max_rows=8)
+    assert (dict(config.headers), config.timeout_s) == ({}, 10)
+    [done] = await new.record([outcome(last, 200)])
+    assert done.outcome is AttemptOutcome.DELIVERED
+    await new.create_endpoint(
+        "acct_1",
+        "https://example.com/other",
+        EndpointOptions(headers={"X-Key": "k"}, filter="$.a == 1", timeout_s=20),
+    )
+    assert await old_db.fetchval("SELECT count(*) FROM webhooks.deliveries") == 1  # the retry
+
+
+async def test_a_lease_left_too_short_is_caught_at_engine_start(
+    old_db: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    """A lease the previous release accepted but that no attempt fits in upgrades without
+    failing; the engine's start check then refuses it, naming both values, and the fix passes."""
+    await old_db.execute("UPDATE webhooks.settings SET lease_duration = '12 seconds'")
+    await migrate(old_db)
+    new = Store(pool)
+    with pytest.raises(ConfigError, match=r"lease_duration \(12 s\).*\(10 s\)"):
+        check_lease(await new.policy())
+    await old_db.execute("UPDATE webhooks.settings SET request_timeout_s = 5")
+    check_lease(await new.policy())
