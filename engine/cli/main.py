@@ -1,4 +1,5 @@
-"""``misar-webhooks``: migrate | run | demo | endpoints | deliveries | recover | check-config.
+"""``misar-webhooks``: migrate | run | demo | endpoints | deliveries | recover | event-types |
+portal-access | check-config.
 
 Configuration comes from ``WEBHOOKS_*`` variables; flags override them. Tables are for people,
 ``--json`` for scripts. Whatever goes wrong ends with one line, ``misar-webhooks: error: ...``,
@@ -16,6 +17,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -25,7 +27,17 @@ import uvloop
 
 from engine import logs
 from engine.cli import commands as cmd
-from engine.cli.args import delivery_id, duration, endpoint_id, page_size, seconds, since, words
+from engine.cli import portal_commands as portal
+from engine.cli.args import (
+    delivery_id,
+    duration,
+    endpoint_id,
+    page_size,
+    portal_ttl,
+    seconds,
+    since,
+    words,
+)
 from engine.cli.embedded_postgres import EmbeddedPostgres
 from engine.config import LOG_FORMATS, LOG_LEVELS, Settings
 from engine.db.keys import DEFAULT_PAGE
@@ -39,6 +51,7 @@ from engine.models import (
     MAX_IN_FLIGHT_BOUNDS,
     Ordering,
 )
+from engine.portal_tokens import DEFAULT_TTL, MAX_TTL, MIN_TTL
 
 T = TypeVar("T")
 log = structlog.get_logger("engine.cli.main")
@@ -197,6 +210,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     p = command(esub, "delete", cmd.endpoints_delete, "delete an endpoint; cancels live deliveries")
     p.add_argument("endpoint", type=endpoint_id, metavar="ENDPOINT")
+    p = command(esub, "test", portal.endpoints_test, "send the catalogue's example as a test event")
+    p.add_argument("endpoint", type=endpoint_id, metavar="ENDPOINT")
+    p.add_argument("--event", required=True, metavar="TYPE", help="an event type (see event-types)")
+
+    p = command(sub, "event-types", portal.event_types, "the event catalogue")
+    p.add_argument("--examples", action="store_true", help="print each type's example data")
+
+    p = sub.add_parser(
+        "portal-access",
+        help="print a portal URL for one account (signed with WEBHOOKS_PORTAL_KEY)",
+        description="print a portal URL for one account (signed with WEBHOOKS_PORTAL_KEY)",
+    )
+    p.add_argument("account", metavar="ACCOUNT")
+    p.add_argument(
+        "--ttl",
+        type=portal_ttl,
+        default=DEFAULT_TTL,
+        help=f"how long it is valid, {_hours(MIN_TTL)} to {_hours(MAX_TTL)} (default 1h)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.set_defaults(handler=portal.portal_access)
 
     deliveries = sub.add_parser("deliveries", help="inspect and re-send deliveries")
     dsub = deliveries.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -230,6 +264,10 @@ def _parser() -> argparse.ArgumentParser:
         help="ISO 8601 (UTC unless an offset is given) or 15m, 2h, 1d",
     )
     return parser
+
+
+def _hours(value: timedelta) -> str:
+    return f"{value.total_seconds() / 3600:g}h"
 
 
 def _paging(p: argparse.ArgumentParser) -> None:
