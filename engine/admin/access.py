@@ -42,7 +42,6 @@ PORTAL_ROUTES = frozenset(
 CORS_METHODS = "GET, POST, PATCH, DELETE"
 CORS_HEADERS = "Authorization, Content-Type"
 CORS_MAX_AGE_S = 600
-_PRINCIPAL = "misar_webhooks.principal"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +53,7 @@ class Principal:
 
 
 OPERATOR = Principal(None)
+_PRINCIPAL = web.RequestKey("principal", Principal)
 
 
 class Unauthenticated(Exception):
@@ -105,8 +105,8 @@ def remember(request: web.Request, principal: Principal) -> None:
 
 def principal_of(request: web.Request) -> Principal:
     """The request's principal (the operator on the public routes, which nobody authenticates)."""
-    principal = request.get(_PRINCIPAL)
-    return principal if isinstance(principal, Principal) else OPERATOR
+    principal: Principal = request.get(_PRINCIPAL, OPERATOR)
+    return principal
 
 
 def scope_of(request: web.Request) -> str | None:
