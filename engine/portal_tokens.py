@@ -27,11 +27,11 @@ MAX_ACCOUNT_CHARS = 200  # webhooks.check_account_id's limit
 
 
 class TokenRefused(EngineError):
-    """The portal token is not valid."""
+    """the portal token is not valid"""
 
 
 class TokenExpired(TokenRefused):
-    """The portal token has expired."""
+    """the portal token has expired"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +94,10 @@ def verify(key: str, token: str) -> PortalToken:
     except jwt.ExpiredSignatureError as exc:
         raise TokenExpired() from exc
     except jwt.PyJWTError as exc:
-        raise TokenRefused(f"The portal token is not valid: {exc}") from exc
+        raise TokenRefused(f"the portal token is not valid ({exc})") from exc
     account_id = claims["sub"]
     if not isinstance(account_id, str) or not account_id.strip():
-        raise TokenRefused("The portal token names no account.")
+        raise TokenRefused("the portal token names no account")
     return PortalToken(token, account_id, datetime.fromtimestamp(claims["exp"], UTC))
 
 

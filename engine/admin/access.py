@@ -88,7 +88,7 @@ def authenticate(
             token = verify(portal_key, given)
         except TokenRefused as exc:
             code = "token_expired" if isinstance(exc, TokenExpired) else "unauthorized"
-            raise Unauthenticated(code, f"{exc}; ask for a new portal URL") from exc
+            raise Unauthenticated(code, f"Authorization: {exc}; ask for a new portal URL") from exc
         return Principal(token.account_id, token.expires_at)
     if operator_token is None:
         return OPERATOR

@@ -245,8 +245,8 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise ApiError(
             403,
             "forbidden",
-            f"{request.method} {request.path} takes the operator token; a portal token reaches "
-            "only its own account's endpoints, deliveries and event types",
+            f"Authorization: {request.method} {request.path} takes the operator token; a portal "
+            "token reaches only its own account's endpoints, deliveries and event types",
             field="Authorization",
         )
     remember(request, principal)
