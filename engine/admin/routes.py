@@ -213,7 +213,9 @@ async def create_endpoint(request: web.Request) -> web.Response:
             "account_id: a portal token creates endpoints in its own account only",
             field="account_id",
         )
-    account_id = need(given if scope is None else scope, "account_id")
+    if scope is None and given is None:
+        raise invalid("account_id", "is required with the operator token")
+    account_id = given if scope is None else scope
     url = need(body.text("url", min_len=1, max_len=2048), "url")
     secret = _secret(body)
     options = _endpoint_options(body)
