@@ -38,6 +38,7 @@ from engine.admin.parsing import (
     no_query,
 )
 from engine.admin.server import CONTEXT, ApiError
+from engine.db import keys
 from engine.db.pool import DatabaseUnavailable
 from engine.db.read_models import DeliveryStatus, Page, jsonable
 from engine.db.store import Store
@@ -213,9 +214,12 @@ async def create_endpoint(request: web.Request) -> web.Response:
             "account_id: a portal token creates endpoints in its own account only",
             field="account_id",
         )
-    if scope is None and given is None:
+    if scope is not None:
+        account_id = scope
+    elif given is None:
         raise invalid("account_id", "is required with the operator token")
-    account_id = given if scope is None else scope
+    else:
+        account_id = given
     url = need(body.text("url", min_len=1, max_len=2048), "url")
     secret = _secret(body)
     options = _endpoint_options(body)
@@ -233,6 +237,9 @@ async def list_endpoints(request: web.Request) -> web.Response:
     visible, account_id = _account_filter(request, query.text("account_id", max_len=200))
     enabled, limit, cursor = query.boolean("enabled"), query.limit(), query.cursor()
     if not visible:
+        if cursor is not None:  # a bad cursor is refused as for the token's own account
+            with store_errors():
+                keys.decode_endpoint_cursor(cursor)
         return _page(Page((), None))
     with store_errors():
         page = await _store(request).list_endpoints(
@@ -378,6 +385,9 @@ async def list_deliveries(request: web.Request) -> web.Response:
     since, limit, cursor = query.time("since"), query.limit(), query.cursor()
     visible, account_id = _account_filter(request, query.text("account_id", max_len=200))
     if not visible:
+        if cursor is not None:
+            with store_errors():
+                keys.decode_delivery_cursor(cursor)
         return _page(Page((), None))
     with store_errors():
         page = await _store(request).list_deliveries(
