@@ -185,6 +185,7 @@ class Run:
     config: SchemathesisConfig
     refusals: tuple[tuple[str | None, int, str, str, str | None], ...]
     check: Callable[[Response], str | None] | None = None
+    max_examples: int = MAX_EXAMPLES  # per operation and mode
 
 
 OPERATOR_RUN = Run(AUTH, CONFIG, STATE_DEPENDENT)
@@ -343,7 +344,7 @@ def fuzz_operation(
     )
 
     @settings(
-        max_examples=MAX_EXAMPLES,
+        max_examples=run.max_examples,
         deadline=None,
         derandomize=True,
         database=None,
