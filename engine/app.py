@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import structlog
 from aiohttp import web
 
+from engine.admin import account_routes as account_api
 from engine.admin import routes as api
 from engine.admin.server import AdminContext, AdminServer, create_app
 from engine.config import Settings
@@ -181,10 +182,16 @@ class Engine:
             (lambda: listener.connected) if s.listen else None,
             stop,
             s.admin_token,
+            portal_key=s.portal_key,
+            public_url=s.public_url,
+            cors_origins=s.allowed_origins,
         )
         # Sized once from the policy at start: a body limit raised later applies after a restart.
         self.admin_app = create_app(
-            context, api.routes, client_max_size=api.body_limit(policy.current.max_payload_bytes)
+            context,
+            api.routes,
+            account_api.routes,
+            client_max_size=api.body_limit(policy.current.max_payload_bytes),
         )
         admin = AdminServer(self.admin_app, s.admin_host, s.admin_port)
         self.admin_url = await admin.start()

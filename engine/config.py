@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -15,10 +16,17 @@ from typing import Any
 from engine.errors import ConfigError
 
 ENV_PREFIX = "WEBHOOKS_"
-SECRET_FIELDS = frozenset({"database_url", "admin_token"})
+SECRET_FIELDS = frozenset({"database_url", "admin_token", "portal_key"})
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MIN_ADMIN_TOKEN_CHARS = 16
+# = engine.portal_tokens.MIN_KEY_CHARS (config imports none of the package; a test holds them equal)
+MIN_PORTAL_KEY_CHARS = 32
+# An origin as browsers send it: scheme, host (a name, or a bracketed IPv6), optional port; no path.
+ORIGIN = re.compile(r"^https?://(?:[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
+# The portal's public base URL: an absolute http(s) URL, optionally with a path, without a query
+# or fragment (the portal URL appends /portal#token=...).
+PUBLIC_URL = re.compile(r"^https?://[^/?#\s]+(?:/[^?#\s]*)?$")
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,13 @@ class Settings:
     vacuum_dead_rows: int = 10_000
     vacuum_check_s: float = 5.0
     data_dir: str | None = None
+    # The customer portal (README "The customer's portal"): the key that signs account-scoped
+    # tokens (none: portal access is off, and POST /v1/accounts/{id}/portal-access answers 503
+    # naming this setting), the base URL the portal's links start with (none: the admin server's
+    # own address), and the origins whose scripts may call /v1 with such a token (CORS).
+    portal_key: str | None = None
+    public_url: str | None = None
+    cors_origins: str | None = None
 
     def __post_init__(self) -> None:
         positive = (
@@ -117,6 +132,37 @@ class Settings:
         if not 0 <= self.admin_port <= 65535:
             raise ConfigError(f"{_env('admin_port')} must be 0..65535", field="admin_port")
         self._check_admin_access()
+        self._check_portal()
+
+    def _check_portal(self) -> None:
+        if self.portal_key is not None and (
+            len(self.portal_key) < MIN_PORTAL_KEY_CHARS or any(c.isspace() for c in self.portal_key)
+        ):
+            raise ConfigError(
+                f"{_env('portal_key')} must be at least {MIN_PORTAL_KEY_CHARS} characters "
+                "without spaces (e.g. from `openssl rand -hex 32`)",
+                field="portal_key",
+            )
+        if self.public_url is not None and PUBLIC_URL.match(self.public_url) is None:
+            raise ConfigError(
+                f"{_env('public_url')}={self.public_url!r} is not an absolute http(s) URL without "
+                "a query or fragment (e.g. https://webhooks.example.com)",
+                field="public_url",
+            )
+        for origin in self.allowed_origins:
+            if ORIGIN.match(origin) is None:
+                raise ConfigError(
+                    f"{_env('cors_origins')}: {origin!r} is not an origin like "
+                    "https://app.example.com (scheme, host and port only; comma-separated)",
+                    field="cors_origins",
+                )
+
+    @property
+    def allowed_origins(self) -> frozenset[str]:
+        """The origins of WEBHOOKS_CORS_ORIGINS (comma-separated), trailing slashes dropped."""
+        if not self.cors_origins:
+            return frozenset()
+        return frozenset(o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip())
 
     def _check_admin_access(self) -> None:
         """A token, if any, must be strong; without one the admin server stays on loopback."""

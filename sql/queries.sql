@@ -81,6 +81,12 @@ SELECT webhooks.redeliver($1::bigint);
 -- name: recover
 SELECT webhooks.recover($1::uuid, $2::timestamptz);
 
+-- name: send_test
+SELECT webhooks.send_test($1::uuid, $2::text);
+
+-- name: list_event_types
+SELECT * FROM webhooks.list_event_types_v1($1::text);
+
 -- name: get_endpoint
 SELECT * FROM webhooks.get_endpoint_v1($1::uuid, $2::boolean);
 
@@ -88,13 +94,13 @@ SELECT * FROM webhooks.get_endpoint_v1($1::uuid, $2::boolean);
 SELECT * FROM webhooks.list_endpoints_v1($1::text, $2::boolean, $3::timestamptz, $4::uuid, $5::integer);
 
 -- name: get_delivery
-SELECT * FROM webhooks.get_delivery_v1($1::bigint);
+SELECT * FROM webhooks.get_delivery_v2($1::bigint);
 
 -- name: delivery_attempts
 SELECT * FROM webhooks.delivery_attempts_v1($1::bigint);
 
 -- name: list_deliveries
-SELECT * FROM webhooks.list_deliveries_v1($1::text, $2::uuid, $3::text, $4::timestamptz, $5::text,
+SELECT * FROM webhooks.list_deliveries_v2($1::text, $2::uuid, $3::text, $4::timestamptz, $5::text,
     $6::timestamptz, $7::bigint, $8::integer);
 
 -- name: attempts_after

@@ -21,10 +21,12 @@ from contextlib import contextmanager
 from datetime import timedelta
 from importlib import resources
 from typing import Any
+from uuid import UUID
 
 import structlog
 from aiohttp import web
 
+from engine.admin.access import scope_of
 from engine.admin.parsing import (
     Body,
     Query,
@@ -36,6 +38,7 @@ from engine.admin.parsing import (
     no_query,
 )
 from engine.admin.server import CONTEXT, ApiError
+from engine.db import keys
 from engine.db.pool import DatabaseUnavailable
 from engine.db.read_models import DeliveryStatus, Page, jsonable
 from engine.db.store import Store
@@ -189,14 +192,52 @@ def _resets(body: Body) -> tuple[str, ...]:
     """The per-endpoint policies given as null: an update puts them back to their defaults (no
     headers, no filter, the settings' schedule and timeout); a create takes the defaults anyway."""
     return tuple(name for name in RESETTABLE if body.is_null(name))
+def _account_filter(request: web.Request, given: str | None) -> tuple[bool, str | None]:
+    """The account a list is confined to: the query's, or a portal token's own. False when a
+    portal token asks for another account's, whose list is then empty (as if it had none)."""
+    scope = scope_of(request)
+    if scope is None:
+        return True, given
+    return given is None or given == scope, scope
+
+
+async def confine_endpoint(request: web.Request, the_id: UUID) -> None:
+    """404 for a portal token unless the endpoint is its account's; nothing for the operator.
+    An endpoint's account never changes, so the check holds for the call that follows."""
+    scope = scope_of(request)
+    if scope is not None:
+        with store_errors(endpoint_id="id"):
+            await _store(request).get_endpoint(the_id, account_id=scope)
+
+
+async def _confine_delivery(request: web.Request, the_id: int) -> None:
+    scope = scope_of(request)
+    if scope is not None:
+        with store_errors(delivery_id="id"):
+            await _store(request).get_delivery(the_id, account_id=scope)
 
 
 @routes.post("/v1/endpoints")
 async def create_endpoint(request: web.Request) -> web.Response:
-    """Register an endpoint; 201 with the endpoint, its secret shown this once."""
+    """Register an endpoint; 201 with the endpoint, its secret shown this once. A portal token
+    creates it in its own account (account_id may be left out, or must be that account)."""
     no_query(request)
     body = await json_body(request, ("account_id", "url", "secret", *ENDPOINT_OPTIONS))
-    account_id = need(body.text("account_id", min_len=1, max_len=200), "account_id")
+    given = body.text("account_id", min_len=1, max_len=200)
+    scope = scope_of(request)
+    if scope is not None and given not in (None, scope):
+        raise ApiError(
+            403,
+            "forbidden",
+            "account_id: a portal token creates endpoints in its own account only",
+            field="account_id",
+        )
+    if scope is not None:
+        account_id = scope
+    elif given is None:
+        raise invalid("account_id", "is required with the operator token")
+    else:
+        account_id = given
     url = need(body.text("url", min_len=1, max_len=2048), "url")
     secret = _secret(body)
     options = _endpoint_options(body)
@@ -211,12 +252,16 @@ async def create_endpoint(request: web.Request) -> web.Response:
 async def list_endpoints(request: web.Request) -> web.Response:
     """Endpoints oldest first, secrets masked, filtered by account and state."""
     query = Query(request, ("account_id", "enabled", "limit", "cursor"))
+    visible, account_id = _account_filter(request, query.text("account_id", max_len=200))
+    enabled, limit, cursor = query.boolean("enabled"), query.limit(), query.cursor()
+    if not visible:
+        if cursor is not None:  # a bad cursor is refused as for the token's own account
+            with store_errors():
+                keys.decode_endpoint_cursor(cursor)
+        return _page(Page((), None))
     with store_errors():
         page = await _store(request).list_endpoints(
-            account_id=query.text("account_id", max_len=200),
-            enabled=query.boolean("enabled"),
-            limit=query.limit(),
-            cursor=query.cursor(),
+            account_id=account_id, enabled=enabled, limit=limit, cursor=cursor
         )
     return _page(page)
 
@@ -226,7 +271,9 @@ async def show_endpoint(request: web.Request) -> web.Response:
     """One endpoint; its secrets masked unless ``reveal_secret=true``."""
     reveal = Query(request, ("reveal_secret",)).boolean("reveal_secret") or False
     with store_errors(endpoint_id="id"):
-        endpoint = await _store(request).get_endpoint(endpoint_id(request), reveal_secret=reveal)
+        endpoint = await _store(request).get_endpoint(
+            endpoint_id(request), reveal_secret=reveal, account_id=scope_of(request)
+        )
     return _json(endpoint)
 
 
@@ -235,6 +282,7 @@ async def update_endpoint(request: web.Request) -> web.Response:
     """Change the given settings of an endpoint; 200 with the endpoint."""
     no_query(request)
     the_id = endpoint_id(request)
+    await confine_endpoint(request, the_id)
     body = await json_body(request, ("url", *ENDPOINT_OPTIONS))
     if not len(body):
         raise invalid("body", f"nothing to update; give one of url, {', '.join(ENDPOINT_OPTIONS)}")
@@ -252,6 +300,7 @@ async def delete_endpoint(request: web.Request) -> web.Response:
     """Delete an endpoint (its live deliveries are cancelled); 204."""
     no_query(request)
     the_id = endpoint_id(request)
+    await confine_endpoint(request, the_id)
     with store_errors(endpoint_id="id"):
         await _store(request).delete_endpoint(the_id)
     return web.Response(status=204)
@@ -262,6 +311,7 @@ async def disable_endpoint(request: web.Request) -> web.Response:
     """Disable an endpoint, cancelling its live deliveries; 200 with the endpoint."""
     no_query(request)
     the_id = endpoint_id(request)
+    await confine_endpoint(request, the_id)
     body = await json_body(request, ("reason",), optional=True)
     reason = body.text("reason", max_len=1000)
     store = _store(request)
@@ -276,6 +326,7 @@ async def enable_endpoint(request: web.Request) -> web.Response:
     """Enable an endpoint, re-queueing what the disable cancelled; 200 with the endpoint."""
     no_query(request)
     the_id = endpoint_id(request)
+    await confine_endpoint(request, the_id)
     await json_body(request, (), optional=True)
     store = _store(request)
     with store_errors(endpoint_id="id"):
@@ -289,6 +340,7 @@ async def rotate_secret(request: web.Request) -> web.Response:
     """Give an endpoint a new secret, shown this once; the old one signs too for the grace."""
     no_query(request)
     the_id = endpoint_id(request)
+    await confine_endpoint(request, the_id)
     body = await json_body(request, ("grace_seconds", "secret"), optional=True)
     grace_s = body.integer("grace_seconds", 0, int(MAX_ROTATION_GRACE.total_seconds()))
     new_secret = _secret(body)
@@ -314,6 +366,7 @@ async def recover(request: web.Request) -> web.Response:
     """Re-send what failed or was cancelled for an endpoint since a time; 200 with the count."""
     no_query(request)
     the_id = endpoint_id(request)
+    await confine_endpoint(request, the_id)
     body = await json_body(request, ("since",))
     since = need(body.time("since"), "since")
     with store_errors(endpoint_id="id"):
@@ -346,15 +399,23 @@ async def list_deliveries(request: web.Request) -> web.Response:
         ("status", "endpoint_id", "event_type", "account_id", "since", "limit", "cursor"),
     )
     status = query.choice("status", STATUSES)
+    the_endpoint, event_type = query.uuid("endpoint_id"), query.text("event_type", max_len=200)
+    since, limit, cursor = query.time("since"), query.limit(), query.cursor()
+    visible, account_id = _account_filter(request, query.text("account_id", max_len=200))
+    if not visible:
+        if cursor is not None:
+            with store_errors():
+                keys.decode_delivery_cursor(cursor)
+        return _page(Page((), None))
     with store_errors():
         page = await _store(request).list_deliveries(
             status=DeliveryStatus(status) if status is not None else None,
-            endpoint_id=query.uuid("endpoint_id"),
-            event_type=query.text("event_type", max_len=200),
-            since=query.time("since"),
-            account_id=query.text("account_id", max_len=200),
-            limit=query.limit(),
-            cursor=query.cursor(),
+            endpoint_id=the_endpoint,
+            event_type=event_type,
+            since=since,
+            account_id=account_id,
+            limit=limit,
+            cursor=cursor,
         )
     return _page(page)
 
@@ -365,7 +426,7 @@ async def show_delivery(request: web.Request) -> web.Response:
     no_query(request)
     the_id = delivery_id(request)
     with store_errors(delivery_id="id"):
-        detail = await _store(request).get_delivery(the_id)
+        detail = await _store(request).get_delivery(the_id, account_id=scope_of(request))
     return _json(detail)
 
 
@@ -374,6 +435,7 @@ async def redeliver(request: web.Request) -> web.Response:
     """Send a delivery's event to its endpoint again as a new delivery; 201 with its id."""
     no_query(request)
     the_id = delivery_id(request)
+    await _confine_delivery(request, the_id)
     await json_body(request, (), optional=True)
     with store_errors(delivery_id="id"):
         new_id = await _store(request).redeliver(the_id)

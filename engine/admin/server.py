@@ -14,16 +14,17 @@ module adds routes without touching this one::
 
 and the app passes that table: ``create_app(context, api.routes)``.
 
-Every route except those in :data:`PUBLIC_PATHS` requires ``Authorization: Bearer <token>`` when
-a token is configured (a new route is protected by default). Errors, including unknown paths and
-methods, are JSON: ``{"error": {"status": ..., "code": ..., "message": ..., "field": ...}}`` (see
-:func:`json_error`); a handler raises :class:`ApiError` to produce one.
+Every route except those in :data:`PUBLIC_PATHS` and under ``/portal`` requires
+``Authorization: Bearer <token>`` when a token is configured (a new route is protected by
+default); a portal token (:mod:`engine.admin.access`) reaches only the routes listed for it.
+Errors, including unknown paths and methods, are JSON:
+``{"error": {"status": ..., "code": ..., "message": ..., "field": ...}}`` (see :func:`json_error`);
+a handler raises :class:`ApiError` to produce one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -33,6 +34,14 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from engine.admin.access import (
+    Unauthenticated,
+    authenticate,
+    cors_headers,
+    portal_may_call,
+    preflight,
+    remember,
+)
 from engine.db.store import Store
 from engine.errors import ConfigError
 from engine.metrics import Metrics
@@ -42,6 +51,9 @@ log = structlog.get_logger("engine.admin.server")
 # Probes answer without a token: an orchestrator's health check has none, and they reveal nothing.
 # Nor does the OpenAPI document, which is the file checked into the repository.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
+# The portal page and its files: the page reads its token from the URL fragment and sends it to
+# /v1 itself, so fetching the page carries no credential.
+PUBLIC_PREFIX = "/portal"
 READY_TIMEOUT_S = 2.0  # the database checks of /readyz together
 SHUTDOWN_TIMEOUT_S = 2.0  # for requests still open when the server stops
 
@@ -62,6 +74,9 @@ class AdminContext:
     listener_connected: Callable[[], bool] | None
     stopping: asyncio.Event
     token: str | None
+    portal_key: str | None = None  # signs portal tokens; None: portal access is off
+    public_url: str | None = None  # the portal URL's base; None: the admin server's own
+    cors_origins: frozenset[str] = frozenset()  # origins whose scripts may call the API
 
 
 CONTEXT = web.AppKey("context", AdminContext)
@@ -116,7 +131,7 @@ def create_app(
 
     ``client_max_size`` bounds a request body in bytes; a larger one is refused with 413.
     """
-    app = web.Application(middlewares=[_errors, _auth], client_max_size=client_max_size)
+    app = web.Application(middlewares=[_cors, _errors, _auth], client_max_size=client_max_size)
     app[CONTEXT] = context
     app.add_routes(
         [
@@ -188,21 +203,53 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return json_error(500, "internal", "internal error; see the engine's log")
 
 
+def is_public(path: str) -> bool:
+    """Whether a path answers without a credential."""
+    return path in PUBLIC_PATHS or path == PUBLIC_PREFIX or path.startswith(PUBLIC_PREFIX + "/")
+
+
+@web.middleware
+async def _cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """CORS for the API, for the origins in WEBHOOKS_CORS_ORIGINS: preflights answered here
+    (they carry no credential), and the allowed origin named on every answer, errors included,
+    so a page's script can read them."""
+    origin = request.headers.get("Origin")
+    if origin is None or not request.path.startswith("/v1/"):
+        return await handler(request)
+    allowed = request.app[CONTEXT].cors_origins
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        return preflight(origin, allowed)
+    response = await handler(request)
+    response.headers.update(cors_headers(origin, allowed))
+    return response
+
+
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    token = request.app[CONTEXT].token
-    if token is not None and request.path not in PUBLIC_PATHS:
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), token.encode()
-        ):
-            raise ApiError(
-                401,
-                "unauthorized",
-                "missing or wrong bearer token: send Authorization: Bearer <WEBHOOKS_ADMIN_TOKEN>",
-                field="Authorization",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+    context = request.app[CONTEXT]
+    if is_public(request.path):
+        return await handler(request)
+    try:
+        principal = authenticate(
+            request.headers.get("Authorization", ""), context.token, context.portal_key
+        )
+    except Unauthenticated as exc:
+        raise ApiError(
+            401,
+            exc.code,
+            exc.message,
+            field="Authorization",
+            headers={"WWW-Authenticate": "Bearer"},
+        ) from exc
+    if principal.account_id is not None and not portal_may_call(request):
+        raise ApiError(
+            403,
+            "forbidden",
+            f"Authorization: {request.method} {request.path} takes the operator token; a portal "
+            "token reaches only its own account's endpoints, deliveries and event types",
+            field="Authorization",
+        )
+    remember(request, principal)
     return await handler(request)
 
 

@@ -9,6 +9,7 @@ from uuid import UUID
 
 from engine.db import keys
 from engine.errors import InvalidInput
+from engine.portal_tokens import check_ttl
 
 RELATIVE_TIME = re.compile(r"^\s*(\d{1,9})\s*([smhdw])\s*$")
 UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -50,6 +51,14 @@ def duration(text: str) -> timedelta:
         return timedelta(seconds=int(match[1]) * UNIT_S[match[2]])
     except OverflowError:  # argparse reports ValueError, not this: it would be a traceback
         raise argparse.ArgumentTypeError(f"{text!r} is too long a duration") from None
+
+
+def portal_ttl(text: str) -> timedelta:
+    """A portal token's lifetime: a duration within the bounds of engine.portal_tokens."""
+    try:
+        return check_ttl(duration(text))
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {str(exc).removeprefix('ttl: ')}") from None
 
 
 def since(text: str) -> datetime:

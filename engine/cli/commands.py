@@ -235,7 +235,7 @@ def _delivery_row(d: DeliveryView) -> list[str]:
     return [
         str(d.delivery_id),
         tables.when(d.created_at),
-        d.event_type,
+        d.event_type + (" (test)" if d.test else ""),
         d.status.value,
         str(d.attempts),
         _status_text(d.last_status_code),
@@ -252,7 +252,7 @@ async def deliveries_show(store: Store, args: argparse.Namespace) -> int:
         tables.fields(
             [
                 ("delivery", str(d.delivery_id)),
-                ("event", f"evt_{d.event_id} {d.event_type}"),
+                ("event", f"evt_{d.event_id} {d.event_type}" + (" (test)" if d.test else "")),
                 ("endpoint", f"{d.endpoint_id} {d.endpoint_url}"),
                 ("account", d.account_id),
                 ("status", d.status.value),

@@ -1,4 +1,5 @@
-"""``misar-webhooks``: migrate | run | demo | endpoints | deliveries | recover | check-config.
+"""``misar-webhooks``: migrate | run | demo | endpoints | deliveries | recover | event-types |
+portal-access | check-config.
 
 Configuration comes from ``WEBHOOKS_*`` variables; flags override them. Tables are for people,
 ``--json`` for scripts. Whatever goes wrong ends with one line, ``misar-webhooks: error: ...``,
@@ -16,6 +17,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -26,6 +28,7 @@ import uvloop
 from engine import logs
 from engine.cli import commands as cmd
 from engine.cli import erasure
+from engine.cli import portal_commands as portal
 from engine.cli.args import (
     delivery_id,
     duration,
@@ -33,6 +36,7 @@ from engine.cli.args import (
     endpoint_id,
     header,
     page_size,
+    portal_ttl,
     seconds,
     since,
     words,
@@ -52,6 +56,7 @@ from engine.models import (
     TIMEOUT_S_BOUNDS,
     Ordering,
 )
+from engine.portal_tokens import DEFAULT_TTL, MAX_TTL, MIN_TTL
 
 T = TypeVar("T")
 log = structlog.get_logger("engine.cli.main")
@@ -242,6 +247,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     p = command(esub, "delete", cmd.endpoints_delete, "delete an endpoint; cancels live deliveries")
     p.add_argument("endpoint", type=endpoint_id, metavar="ENDPOINT")
+    p = command(esub, "test", portal.endpoints_test, "send the catalogue's example as a test event")
+    p.add_argument("endpoint", type=endpoint_id, metavar="ENDPOINT")
+    p.add_argument("--event", required=True, metavar="TYPE", help="an event type (see event-types)")
+
+    p = command(sub, "event-types", portal.event_types, "the event catalogue")
+    p.add_argument("--examples", action="store_true", help="print each type's example data")
+
+    p = sub.add_parser(
+        "portal-access",
+        help="print a portal URL for one account (signed with WEBHOOKS_PORTAL_KEY)",
+        description="print a portal URL for one account (signed with WEBHOOKS_PORTAL_KEY)",
+    )
+    p.add_argument("account", metavar="ACCOUNT")
+    p.add_argument(
+        "--ttl",
+        type=portal_ttl,
+        default=DEFAULT_TTL,
+        help=f"how long it is valid, {_hours(MIN_TTL)} to {_hours(MAX_TTL)} (default 1h)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.set_defaults(handler=portal.portal_access)
 
     deliveries = sub.add_parser("deliveries", help="inspect and re-send deliveries")
     dsub = deliveries.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -277,6 +303,10 @@ def _parser() -> argparse.ArgumentParser:
 
     erasure.add_commands(sub, command)
     return parser
+
+
+def _hours(value: timedelta) -> str:
+    return f"{value.total_seconds() / 3600:g}h"
 
 
 def _paging(p: argparse.ArgumentParser) -> None:

@@ -85,6 +85,7 @@ class DeliveryView:
     last_attempt_at: datetime | None
     next_attempt_at: datetime | None
     ended_at: datetime | None
+    test: bool  # a test event's delivery (webhooks.send_test)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +114,19 @@ class DeliveryDetail:
     delivery: DeliveryView
     attempts: tuple[AttemptView, ...]
     payload: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class EventTypeView:
+    """One entry of the event catalogue: ``schema`` is the JSON Schema of the event's ``data``,
+    ``example`` a ``data`` that matches it (what a test event sends). ``operational`` types go to
+    the operator's account only (endpoint trouble), never to a customer's."""
+
+    name: str
+    description: str
+    schema: Mapping[str, Any]
+    example: Mapping[str, Any]
+    operational: bool
 
 
 @dataclass(frozen=True, slots=True)

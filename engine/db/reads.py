@@ -24,21 +24,28 @@ from engine.db.read_models import (
     DeliveryStatus,
     DeliveryView,
     EndpointView,
+    EventTypeView,
     Page,
     RecentAttempt,
 )
-from engine.errors import UnknownDelivery
+from engine.errors import UnknownDelivery, UnknownEndpoint
 from engine.models import AttemptOutcome, Ordering
 
 
 class DeliveryLogReads(Gateway):
     """Endpoints, deliveries and attempts, as pages of read models."""
 
-    async def get_endpoint(self, endpoint_id: UUID, *, reveal_secret: bool = False) -> EndpointView:
+    async def get_endpoint(
+        self, endpoint_id: UUID, *, reveal_secret: bool = False, account_id: str | None = None
+    ) -> EndpointView:
         """One endpoint; its secrets stay masked unless ``reveal_secret``. UnknownEndpoint if it
-        does not exist or was deleted."""
+        does not exist, was deleted, or (with ``account_id``) belongs to another account: the
+        same answer, so that a scoped caller cannot learn that another account's id exists."""
         rows = await self._fetch("get_endpoint", endpoint_id, reveal_secret)
-        return _endpoint(rows[0])
+        endpoint = _endpoint(rows[0])
+        if account_id is not None and endpoint.account_id != account_id:
+            raise UnknownEndpoint(f"endpoint_id: no endpoint {endpoint_id}", field="endpoint_id")
+        return endpoint
 
     async def list_endpoints(
         self,
@@ -64,8 +71,11 @@ class DeliveryLogReads(Gateway):
         last = items[-1] if len(rows) > limit else None
         return Page(items, encode_cursor(ENDPOINTS, last.created_at, last.id) if last else None)
 
-    async def get_delivery(self, delivery_id: int) -> DeliveryDetail:
-        """A delivery-log row, every attempt and the event's payload; UnknownDelivery if none."""
+    async def get_delivery(
+        self, delivery_id: int, *, account_id: str | None = None
+    ) -> DeliveryDetail:
+        """A delivery-log row, every attempt and the event's payload; UnknownDelivery if none, or
+        (with ``account_id``) if it is another account's, as :meth:`get_endpoint` does."""
         with mapped_errors():
             async with self._conn() as conn:
                 row = await conn.fetchrow(
@@ -74,7 +84,8 @@ class DeliveryLogReads(Gateway):
                 attempts = await conn.fetch(
                     self._q["delivery_attempts"], delivery_id, timeout=QUERY_TIMEOUT_S
                 )
-        if row is None:  # get_delivery_v1 raises WH005 instead; this keeps the types honest
+        if row is None or (account_id is not None and row["account_id"] != account_id):
+            # get_delivery_v2 raises WH005 for a missing row; None keeps the types honest.
             raise UnknownDelivery(f"delivery_id: no delivery {delivery_id}", field="delivery_id")
         payload = json.loads(row["payload"]) if row["payload"] is not None else None
         return DeliveryDetail(_delivery(row), tuple(_attempt(a) for a in attempts), payload)
@@ -137,6 +148,20 @@ class DeliveryLogReads(Gateway):
             for r in rows
         ]
 
+    async def list_event_types(self, *, account_id: str | None = None) -> list[EventTypeView]:
+        """The event catalogue; with ``account_id``, the types that account can receive."""
+        rows = await self._fetch("list_event_types", account_id)
+        return [
+            EventTypeView(
+                name=r["name"],
+                description=r["description"],
+                schema=json.loads(r["schema"]),
+                example=json.loads(r["example"]),
+                operational=r["operational"],
+            )
+            for r in rows
+        ]
+
     async def last_attempt_id(self) -> int:
         """The highest attempt id so far (0 when there is none): where a ``tail`` starts."""
         value: int = await self._fetchval("last_attempt_id")
@@ -186,6 +211,7 @@ def _delivery(r: asyncpg.Record) -> DeliveryView:
         last_attempt_at=r["last_attempt_at"],
         next_attempt_at=r["next_attempt_at"],
         ended_at=r["ended_at"],
+        test=r["test"],
     )
 
 

@@ -120,6 +120,12 @@ class AdminWrites(Gateway):
         count: int = await self._fetchval("recover", endpoint_id, since)
         return count
 
+    async def send_test(self, endpoint_id: UUID, event_type: str) -> int:
+        """Send the catalogue's example of ``event_type`` to one endpoint as a test event;
+        returns the new delivery's id."""
+        new_id: int = await self._fetchval("send_test", endpoint_id, event_type)
+        return new_id
+
 
 def _text_array(items: Sequence[str] | None) -> list[str] | None:
     """The list asyncpg sends as a text[]; from an untyped caller's string, a list of letters

@@ -131,7 +131,7 @@ CREATE OR REPLACE FUNCTION webhooks.is_event_type(p_event_type text)
 RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT coalesce(p_event_type = ANY ('{email.sent,email.opened,email.clicked,email.bounced,
         email.unsubscribed,email.spam_complaint,automation.triggered,contact.created,
-        contact.updated}'::text[]), false)
+        contact.updated,endpoint.disabled,delivery.failed,endpoint.recovered}'::text[]), false)
 $$;
 
 -- Whether emit's and subscribed's account and event type pass every check (what

@@ -162,7 +162,8 @@ BEGIN
            || ',"created_at":' || to_json(to_char(ev.created_at AT TIME ZONE 'UTC',
                                                   'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))::text
            || ',"account_id":' || to_json(ev.account_id)::text
-           || ',"data":' || ev.payload::text || '}',
+           || ',"data":' || ev.payload::text
+           || CASE WHEN ev.test THEN ',"test":true}' ELSE '}' END,
            e.url, webhooks.signing_secrets(e), e.max_in_flight, e.ordering, e.rate_limit_per_s,
            l.created_at
       FROM leased l

@@ -209,11 +209,18 @@ BEGIN
             PERFORM webhooks.disable_endpoint(v_d.endpoint_id,
                 format('no successful delivery for %s', v_set.disable_after));
         END IF;
+        IF v_set.operational_account IS NOT NULL THEN  -- operational events: 55_operational.sql
+            PERFORM webhooks.operational_after_failure_v1(v_set.operational_account, v_d, v_outcome,
+                                                          v_n, v_status, v_error, v_ep.enabled);
+        END IF;
 
         delivery_id := v_d.id; outcome := v_outcome; attempt := v_n; next_attempt_at := v_next;
         RETURN NEXT;
     END LOOP;
 
+    IF v_set.operational_account IS NOT NULL AND cardinality(v_successes) > 0 THEN
+        PERFORM webhooks.operational_recovered_v1(v_set.operational_account, v_successes);
+    END IF;
     -- One write per endpoint per batch, and only when something changes or the stamp is old, so a
     -- busy endpoint does not churn its row.
     UPDATE webhooks.endpoints e SET last_success_at = now(), failing_since = NULL

@@ -1,4 +1,5 @@
--- What operators query (README "Delivery log"). One row per delivery, live or ended.
+-- What operators query (README "Delivery log"). One row per delivery, live or ended; test is true
+-- for a test event's delivery (65_test_events.sql).
 CREATE OR REPLACE VIEW webhooks.delivery_log AS
 SELECT d.id                AS delivery_id,
        d.event_id,
@@ -15,7 +16,9 @@ SELECT d.id                AS delivery_id,
        d.created_at,
        d.last_attempt_at,
        CASE WHEN d.lease_token IS NULL OR d.due_at <= now() THEN d.due_at END AS next_attempt_at,
-       NULL::timestamptz   AS ended_at
+       NULL::timestamptz   AS ended_at,
+       coalesce((SELECT ev.test FROM webhooks.events ev
+                  WHERE ev.id = d.event_id AND ev.created_at = d.event_created_at), false) AS test
   FROM webhooks.deliveries d
   JOIN webhooks.endpoints e ON e.id = d.endpoint_id
  WHERE d.attempts >= 0  -- true of every row; lets a filter on endpoint_id use its index (0003)
@@ -33,7 +36,9 @@ SELECT o.delivery_id,
        o.created_at,
        CASE WHEN o.attempts > 0 THEN o.ended_at END,
        NULL::timestamptz,
-       o.ended_at
+       o.ended_at,
+       coalesce((SELECT ev.test FROM webhooks.events ev
+                  WHERE ev.id = o.event_id AND ev.created_at = o.event_created_at), false)
   FROM webhooks.delivery_outcomes o
   JOIN webhooks.endpoints e ON e.id = o.endpoint_id;
 

@@ -92,28 +92,33 @@ BEGIN
 END $$;
 
 -- The rows of webhooks.delivery_log (80_views.sql; the status rule must stay the same), newest first,
--- before (p_before_created, p_before_id) when given. Each half of the log is cut to one page by its
--- own index before the halves are merged. p_since also bounds ended_at (an outcome ends after it was
--- created), which skips whole partitions of delivery_outcomes.
-CREATE OR REPLACE FUNCTION webhooks.list_deliveries_v1(
+-- before (p_before_created, p_before_id) when given, each with whether its event is a test
+-- (65_test_events.sql). Each half of the log is cut to one page by its own index before the halves
+-- are merged; only that page's events are read. p_since also bounds ended_at (an outcome ends after
+-- it was created), which skips whole partitions of delivery_outcomes. p_account_id confines the
+-- log to one account (a portal token's, or the operator's filter).
+CREATE OR REPLACE FUNCTION webhooks.list_deliveries_v2(
     p_status text, p_endpoint_id uuid, p_event_type text, p_since timestamptz, p_account_id text,
     p_before_created timestamptz, p_before_id bigint, p_limit integer)
 RETURNS TABLE (delivery_id bigint, event_id bigint, event_type text, endpoint_id uuid, account_id text,
                endpoint_url text, status text, attempts integer, last_status_code integer,
                last_error text, created_at timestamptz, last_attempt_at timestamptz,
-               next_attempt_at timestamptz, ended_at timestamptz)
+               next_attempt_at timestamptz, ended_at timestamptz, test boolean)
 LANGUAGE plpgsql STABLE SET plan_cache_mode = force_custom_plan AS $$
 BEGIN
     RETURN QUERY
-    SELECT x.* FROM (
+    SELECT x.id, x.event_id, x.event_type, x.endpoint_id, x.account_id, x.url, x.status, x.attempts,
+           x.last_status, x.last_error, x.created_at, x.last_attempt_at, x.next_attempt_at,
+           x.ended_at, coalesce(ev.test, false)
+      FROM (
         (SELECT l.* FROM (
-            SELECT d.id, d.event_id, d.event_type, d.endpoint_id, e.account_id, e.url,
+            SELECT d.id, d.event_id, d.event_created_at, d.event_type, d.endpoint_id, e.account_id, e.url,
                    CASE WHEN d.lease_token IS NOT NULL AND d.due_at > now() THEN 'in_flight'
                         WHEN d.attempts = 0 THEN 'pending'
                         ELSE 'retrying' END AS status,
                    d.attempts, d.last_status, d.last_error, d.created_at, d.last_attempt_at,
-                   CASE WHEN d.lease_token IS NULL OR d.due_at <= now() THEN d.due_at END,
-                   NULL::timestamptz
+                   CASE WHEN d.lease_token IS NULL OR d.due_at <= now() THEN d.due_at END AS next_attempt_at,
+                   NULL::timestamptz AS ended_at
               FROM webhooks.deliveries d
               JOIN webhooks.endpoints e ON e.id = d.endpoint_id
              WHERE (p_status IS NULL OR p_status IN ('pending', 'in_flight', 'retrying'))
@@ -128,8 +133,8 @@ BEGIN
           ORDER BY l.created_at DESC, l.id DESC
           LIMIT p_limit)
         UNION ALL
-        (SELECT o.delivery_id, o.event_id, o.event_type, o.endpoint_id, e.account_id, e.url, o.status,
-                o.attempts, o.last_status, o.last_error, o.created_at,
+        (SELECT o.delivery_id, o.event_id, o.event_created_at, o.event_type, o.endpoint_id, e.account_id,
+                e.url, o.status, o.attempts, o.last_status, o.last_error, o.created_at,
                 CASE WHEN o.attempts > 0 THEN o.ended_at END, NULL::timestamptz, o.ended_at
            FROM webhooks.delivery_outcomes o
            JOIN webhooks.endpoints e ON e.id = o.endpoint_id
@@ -141,23 +146,43 @@ BEGIN
             AND (p_before_id IS NULL OR (o.created_at, o.delivery_id) < (p_before_created, p_before_id))
           ORDER BY o.created_at DESC, o.delivery_id DESC
           LIMIT p_limit)
+        ORDER BY 12 DESC, 1 DESC
+        LIMIT p_limit
     ) x
-    ORDER BY x.created_at DESC, x.id DESC
-    LIMIT p_limit;
+      LEFT JOIN webhooks.events ev ON ev.id = x.event_id AND ev.created_at = x.event_created_at
+     ORDER BY x.created_at DESC, x.id DESC;
 END $$;
 
--- One delivery as webhooks.delivery_log shows it, plus its event's payload (NULL once the event has
--- passed retention).
-CREATE OR REPLACE FUNCTION webhooks.get_delivery_v1(p_delivery_id bigint)
+-- The previous version's shape, for an engine of that version running during an upgrade.
+CREATE OR REPLACE FUNCTION webhooks.list_deliveries_v1(
+    p_status text, p_endpoint_id uuid, p_event_type text, p_since timestamptz, p_account_id text,
+    p_before_created timestamptz, p_before_id bigint, p_limit integer)
 RETURNS TABLE (delivery_id bigint, event_id bigint, event_type text, endpoint_id uuid, account_id text,
                endpoint_url text, status text, attempts integer, last_status_code integer,
                last_error text, created_at timestamptz, last_attempt_at timestamptz,
-               next_attempt_at timestamptz, ended_at timestamptz, payload jsonb)
+               next_attempt_at timestamptz, ended_at timestamptz)
+LANGUAGE sql STABLE AS $$
+    SELECT l.delivery_id, l.event_id, l.event_type, l.endpoint_id, l.account_id, l.endpoint_url,
+           l.status, l.attempts, l.last_status_code, l.last_error, l.created_at, l.last_attempt_at,
+           l.next_attempt_at, l.ended_at
+      FROM webhooks.list_deliveries_v2(p_status, p_endpoint_id, p_event_type, p_since, p_account_id,
+                                       p_before_created, p_before_id, p_limit) l
+$$;
+
+-- One delivery as webhooks.delivery_log shows it, plus its event's payload (NULL once the event has
+-- passed retention) and whether the event is a test.
+CREATE OR REPLACE FUNCTION webhooks.get_delivery_v2(p_delivery_id bigint)
+RETURNS TABLE (delivery_id bigint, event_id bigint, event_type text, endpoint_id uuid, account_id text,
+               endpoint_url text, status text, attempts integer, last_status_code integer,
+               last_error text, created_at timestamptz, last_attempt_at timestamptz,
+               next_attempt_at timestamptz, ended_at timestamptz, payload jsonb, test boolean)
 LANGUAGE plpgsql STABLE AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
-    SELECT l.*, ev.payload
+    SELECT l.delivery_id, l.event_id, l.event_type, l.endpoint_id, l.account_id, l.endpoint_url,
+           l.status, l.attempts, l.last_status_code, l.last_error, l.created_at, l.last_attempt_at,
+           l.next_attempt_at, l.ended_at, ev.payload, coalesce(ev.test, false)
       FROM webhooks.delivery_log l
       LEFT JOIN LATERAL (
           SELECT coalesce(
@@ -174,6 +199,32 @@ BEGIN
             USING ERRCODE = 'WH005', COLUMN = 'delivery_id';
     END IF;
 END $$;
+
+-- The previous version's shape, for an engine of that version running during an upgrade.
+CREATE OR REPLACE FUNCTION webhooks.get_delivery_v1(p_delivery_id bigint)
+RETURNS TABLE (delivery_id bigint, event_id bigint, event_type text, endpoint_id uuid, account_id text,
+               endpoint_url text, status text, attempts integer, last_status_code integer,
+               last_error text, created_at timestamptz, last_attempt_at timestamptz,
+               next_attempt_at timestamptz, ended_at timestamptz, payload jsonb)
+LANGUAGE sql STABLE AS $$
+    SELECT g.delivery_id, g.event_id, g.event_type, g.endpoint_id, g.account_id, g.endpoint_url,
+           g.status, g.attempts, g.last_status_code, g.last_error, g.created_at, g.last_attempt_at,
+           g.next_attempt_at, g.ended_at, g.payload
+      FROM webhooks.get_delivery_v2(p_delivery_id) g
+$$;
+
+-- The event catalogue: every type with its description, the JSON Schema of its data and an
+-- example. Operational types (55_operational.sql) are listed for the operator (p_account_id NULL)
+-- and the operational account only: a customer never receives them.
+CREATE OR REPLACE FUNCTION webhooks.list_event_types_v1(p_account_id text)
+RETURNS TABLE (name text, description text, schema jsonb, example jsonb, operational boolean)
+LANGUAGE sql STABLE AS $$
+    SELECT t.name, t.description, t.schema, t.example, t.operational
+      FROM webhooks.event_types t
+     WHERE NOT t.operational OR p_account_id IS NULL
+        OR p_account_id = (SELECT s.operational_account FROM webhooks.settings s)
+     ORDER BY t.operational, t.name
+$$;
 
 -- Every attempt of one delivery, in order (attempts_delivery_idx).
 CREATE OR REPLACE FUNCTION webhooks.delivery_attempts_v1(p_delivery_id bigint)

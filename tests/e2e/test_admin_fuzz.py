@@ -111,7 +111,11 @@ STATE_DEPENDENT: tuple[tuple[str | None, int, str, str, str | None], ...] = (
     # and custom headers' total size (each header alone is within the document's bounds).
     (None, 400, "invalid_field", "filter", None),
     (None, 400, "invalid_field", "headers", "over the limit of 4096 bytes"),
+    ("sendTestEvent", 409, "conflict", "id", "enable it first"),  # the endpoint is disabled
+    # The document cannot say that account_id is required with one token and not the other.
+    ("createEndpoint", 400, "invalid_field", "account_id", "is required with the operator token"),
 )
+PORTAL_KEY = "p" * 32  # portal access is on, so that createPortalAccess answers 201
 # The authority of an absolute URL as the database's webhooks.check_url reads it: scheme, optional
 # userinfo, host (bracketed IPv6, or a name or IPv4 of letters, digits, dots and dashes), port.
 URL_AUTHORITY = re.compile(
@@ -174,6 +178,21 @@ def fence(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(Sender, "_vet_url", fenced)
     return refused
+
+
+@dataclass(frozen=True)
+class Run:
+    """Who fuzzes: the headers every request carries, the configuration, the refusals of valid
+    requests that are expected, and an extra check of each answer (None: it passes)."""
+
+    headers: dict[str, str]
+    config: SchemathesisConfig
+    refusals: tuple[tuple[str | None, int, str, str, str | None], ...]
+    check: Callable[[Response], str | None] | None = None
+    max_examples: int = MAX_EXAMPLES  # per operation and mode
+
+
+OPERATOR_RUN = Run(AUTH, CONFIG, STATE_DEPENDENT)
 
 
 @dataclass
@@ -248,8 +267,9 @@ def names_the_problem(response: Response) -> str | None:
     return None
 
 
-def state_dependent(operation: Operation, response: Response) -> bool:
-    """Whether a refusal of a schema-valid request is one of :data:`STATE_DEPENDENT`."""
+def state_dependent(operation: Operation, response: Response, run: Run) -> bool:
+    """Whether a refusal of a schema-valid request is one of the run's (:data:`STATE_DEPENDENT`
+    for the operator's)."""
     error = error_of(response) or {}
     message = str(error.get("message", ""))
     return any(
@@ -258,29 +278,31 @@ def state_dependent(operation: Operation, response: Response) -> bool:
         and code == error.get("code")
         and name == error.get("field")
         and (ending is None or message.endswith(ending))
-        for op, status, code, name, ending in STATE_DEPENDENT
+        for op, status, code, name, ending in run.refusals
     )
 
 
-def judge(case: AnyCase, response: Response, mode: GenerationMode, tally: Tally) -> None:
+def judge(case: AnyCase, response: Response, mode: GenerationMode, tally: Tally, run: Run) -> None:
     """Run schemathesis's checks and ours on one answer; record each problem with a curl line."""
     label = case.operation.label
     problems: list[str] = []
     try:
-        case.validate_response(response, checks=CHECKS, headers=AUTH)
+        case.validate_response(response, checks=CHECKS, headers=run.headers)
     except FailureGroup as group:
         problems.extend(f"{failure.title}: {failure.message}" for failure in group.exceptions)
     status = response.status_code
     if 400 <= status < 500 and (why := names_the_problem(response)) is not None:
         problems.append(why)
+    if run.check is not None and (why := run.check(response)) is not None:
+        problems.append(why)
     if mode is GenerationMode.POSITIVE and not 200 <= status < 300:
-        if state_dependent(case.operation, response):
+        if state_dependent(case.operation, response, run):
             error = error_of(response) or {}
             tally.state_dependent[(label, status, str(error.get("field")))] += 1
         else:
             problems.append("a schema-valid request was refused")
     if problems:
-        curl = case.as_curl_command(headers=AUTH)
+        curl = case.as_curl_command(headers=run.headers)
         detail = "\n    ".join(problems)
         tally.problems.append(
             f"{label} [{mode.value}] answered {status} {response.text[:300]}\n"
@@ -317,6 +339,7 @@ def fuzz_operation(
     session: requests.Session,
     pool: Pool,
     tally: Tally,
+    run: Run,
 ) -> None:
     """Send up to MAX_EXAMPLES generated requests of one operation and mode, judging each."""
     ids = pool.ids_for(operation)
@@ -325,7 +348,7 @@ def fuzz_operation(
     )
 
     @settings(
-        max_examples=MAX_EXAMPLES,
+        max_examples=run.max_examples,
         deadline=None,
         derandomize=True,
         database=None,
@@ -333,21 +356,21 @@ def fuzz_operation(
         suppress_health_check=list(HealthCheck),
     )
     @given(case=operation.as_strategy(generation_mode=mode), pick=picks)
-    def run(case: AnyCase, pick: str | int | None) -> None:
+    def send(case: AnyCase, pick: str | int | None) -> None:
         prepare(case, mode, pick)
         response = case.call(
-            base_url=base_url, session=session, headers=AUTH, timeout=HTTP_TIMEOUT_S
+            base_url=base_url, session=session, headers=run.headers, timeout=HTTP_TIMEOUT_S
         )
         tally.cases[(operation.label, mode.value)] += 1
         tally.statuses[(operation.label, mode.value, response.status_code)] += 1
-        judge(case, response, mode, tally)
+        judge(case, response, mode, tally, run)
 
-    run()
+    send()
 
 
-def fuzz(base_url: str, pool: Pool) -> Tally:
+def fuzz(base_url: str, pool: Pool, run: Run = OPERATOR_RUN) -> Tally:
     """Fuzz every operation of the document, positive then negative; what happened."""
-    schema = schemathesis.openapi.from_path(DOC_PATH, config=CONFIG)
+    schema = schemathesis.openapi.from_path(DOC_PATH, config=run.config)
     tally = Tally()
     with requests.Session() as session:
         for operation in operations(schema):
@@ -357,7 +380,7 @@ def fuzz(base_url: str, pool: Pool) -> Tally:
                     continue
                 tally.planned += 1
                 try:
-                    fuzz_operation(operation, mode, base_url, session, pool, tally)
+                    fuzz_operation(operation, mode, base_url, session, pool, tally, run)
                 except Unsatisfiable:
                     tally.problems.append(f"{operation.label} [{mode.value}]: no case generated")
     return tally
@@ -457,7 +480,7 @@ async def test_the_admin_api_holds_to_its_document_under_fuzzing(
 ) -> None:
     """Generated valid and invalid requests to every operation get documented answers, never a
     5xx, invalid ones a 4xx naming the problem, while the engine keeps delivering."""
-    running = await start_engine(admin_token=TOKEN)
+    running = await start_engine(admin_token=TOKEN, portal_key=PORTAL_KEY)
     base_url = running.engine.admin_url
     assert base_url is not None
 

@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from engine import portal_tokens
 from engine.admin.routes import openapi_document
 from engine.db import keys
 from engine.db.read_models import DeliveryStatus
@@ -219,6 +220,7 @@ async def test_document_event_types_are_the_catalogue(conn: asyncpg.Connection) 
     }
     assert found == {
         "/components/schemas/EmitRequest/properties/type": names,
+        "/components/schemas/TestRequest/properties/event_type": names,
         "/components/schemas/EndpointCreate/properties/event_types/items": names | wildcards,
         "/components/schemas/EndpointUpdate/properties/event_types/items": names | wildcards,
     }
@@ -252,6 +254,16 @@ def test_document_rotation_grace_is_pythons() -> None:
         0,
         MAX_ROTATION_GRACE.total_seconds(),
         DEFAULT_ROTATION_GRACE.total_seconds(),
+    )
+
+
+def test_document_portal_ttl_is_the_tokens() -> None:
+    """The document's ttl_s bounds and default are engine.portal_tokens's."""
+    ttl = SCHEMAS["PortalAccessRequest"]["properties"]["ttl_s"]
+    assert (ttl["minimum"], ttl["maximum"], ttl["default"]) == (
+        portal_tokens.MIN_TTL.total_seconds(),
+        portal_tokens.MAX_TTL.total_seconds(),
+        portal_tokens.DEFAULT_TTL.total_seconds(),
     )
 
 

@@ -35,7 +35,8 @@ async def test_release_still_rolls_back_an_open_transaction(
         async with pool.acquire() as pooled:
             await pooled.execute("BEGIN")
             await pooled.execute(
-                "INSERT INTO webhooks.event_types (name, description) VALUES ('test.left', 'x')"
+                "INSERT INTO webhooks.event_types (name, description, schema, example)"
+                " VALUES ('test.left', 'x', '{}', '{}')"
             )
         async with pool.acquire() as pooled:
             assert not pooled.is_in_transaction()

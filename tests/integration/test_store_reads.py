@@ -315,7 +315,7 @@ async def test_delivery_log_pages_read_an_index_not_the_whole_history(
     for filters in ((None, None), (None, endpoint_id), ("failed", None)):
         plans.clear()
         await conn.fetch(
-            "SELECT * FROM webhooks.list_deliveries_v1($1, $2, NULL, NULL, NULL, NULL, NULL, 51)",
+            "SELECT * FROM webhooks.list_deliveries_v2($1, $2, NULL, NULL, NULL, NULL, NULL, 51)",
             *filters,
         )
         plan = next(p for p in plans if "FROM webhooks.delivery_outcomes o" in p)
