@@ -192,6 +192,8 @@ def _resets(body: Body) -> tuple[str, ...]:
     """The per-endpoint policies given as null: an update puts them back to their defaults (no
     headers, no filter, the settings' schedule and timeout); a create takes the defaults anyway."""
     return tuple(name for name in RESETTABLE if body.is_null(name))
+
+
 def _account_filter(request: web.Request, given: str | None) -> tuple[bool, str | None]:
     """The account a list is confined to: the query's, or a portal token's own. False when a
     portal token asks for another account's, whose list is then empty (as if it had none)."""
