@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import structlog
 from aiohttp import web
 
+from engine.admin import portal
 from engine.admin import routes as api
 from engine.admin.server import AdminContext, AdminServer, create_app
 from engine.config import Settings
@@ -159,7 +160,10 @@ class Engine:
         )
         # Sized once from the policy at start: a body limit raised later applies after a restart.
         self.admin_app = create_app(
-            context, api.routes, client_max_size=api.body_limit(policy.current.max_payload_bytes)
+            context,
+            api.routes,
+            portal.routes(s.portal_frame_ancestors),
+            client_max_size=api.body_limit(policy.current.max_payload_bytes),
         )
         admin = AdminServer(self.admin_app, s.admin_host, s.admin_port)
         self.admin_url = await admin.start()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -19,6 +20,12 @@ SECRET_FIELDS = frozenset({"database_url", "admin_token"})
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MIN_ADMIN_TOKEN_CHARS = 16
+# One origin a page may frame the portal from (CSP's host-source without a path): a scheme, a
+# host (whose first label may be "*" for any subdomain) and an optional port.
+_FRAME_ORIGIN = re.compile(
+    r"https?://(?:\*\.)?[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*"
+    r"(?::(?:[0-9]{1,5}|\*))?"
+)
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,9 @@ class Settings:
     ``Authorization: Bearer <token>``; without one, ``admin_host`` must be a loopback address, so
     an unauthenticated admin server is never reachable from another machine.
     ``metrics_refresh_s`` is how often the queue-depth gauges are re-counted in SQL.
+    ``portal_frame_ancestors`` is the CSP ``frame-ancestors`` of the customer portal page
+    (``/portal``): the origins whose pages may embed it in an iframe, or ``'none'`` (see
+    :func:`frame_ancestors`).
     ``vacuum_dead_rows``: when idle, the engine vacuums the hot table once the statistics count
     that many more dead rows than its last vacuum left (see engine.delivery.idle_vacuum); 0
     leaves it all to autovacuum. ``vacuum_check_s`` spaces those reads of the statistics.
@@ -62,6 +72,7 @@ class Settings:
     vacuum_dead_rows: int = 10_000
     vacuum_check_s: float = 5.0
     data_dir: str | None = None
+    portal_frame_ancestors: str = "'none'"
 
     def __post_init__(self) -> None:
         positive = (
@@ -112,6 +123,9 @@ class Settings:
         if not 0 <= self.admin_port <= 65535:
             raise ConfigError(f"{_env('admin_port')} must be 0..65535", field="admin_port")
         self._check_admin_access()
+        object.__setattr__(
+            self, "portal_frame_ancestors", frame_ancestors(self.portal_frame_ancestors)
+        )
 
     def _check_admin_access(self) -> None:
         """A token, if any, must be strong; without one the admin server stays on loopback."""
@@ -166,6 +180,42 @@ def mask(value: str) -> str:
     if "://" in value:
         return value
     return "***" if len(value) < 12 else value[:4] + "***"
+
+
+def frame_ancestors(value: str) -> str:
+    """The CSP ``frame-ancestors`` sources in ``value``, checked and normalised (one space apart).
+
+    Accepted: ``'none'`` alone (no page may frame the portal), or any of ``'self'`` and origins
+    such as ``https://app.misarmail.com``, ``https://*.misarmail.com`` or
+    ``http://localhost:3000``. Refused with a ConfigError naming the source: anything else,
+    including ``*`` and bare schemes (``https:``), which would let any site frame the portal and
+    trick its users into clicks (clickjacking), and paths, which frame-ancestors does not match.
+    """
+    sources = value.split()
+    name = _env("portal_frame_ancestors")
+    if not sources:
+        raise ConfigError(
+            f"{name} is empty; give 'none' or the origins that embed the portal",
+            field="portal_frame_ancestors",
+        )
+    normalised: list[str] = []
+    for source in sources:
+        lowered = source.lower()
+        if lowered in ("'self'", "'none'") or _FRAME_ORIGIN.fullmatch(lowered):
+            normalised.append(lowered)
+            continue
+        if lowered in ("*", "http:", "https:"):
+            hint = "would let any site frame the portal; name the origins"
+        elif "://" in lowered and "/" in lowered.split("://", 1)[1]:
+            hint = "has a path; frame-ancestors matches origins (scheme, host, port) only"
+        else:
+            hint = "is not 'self' or an origin like https://app.misarmail.com"
+        raise ConfigError(f"{name}: {source!r} {hint}", field="portal_frame_ancestors")
+    if "'none'" in normalised and len(normalised) > 1:
+        raise ConfigError(
+            f"{name}: 'none' cannot be combined with other sources", field="portal_frame_ancestors"
+        )
+    return " ".join(normalised)
 
 
 def is_loopback(host: str) -> bool:

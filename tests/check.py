@@ -1,17 +1,19 @@
 """The project's one test command: ``python3 tests/check.py`` (what `.ci/run` calls).
 
 Needs only Python: it creates ``.venv`` beside the repository if missing, installs the package with
-its test extra, then runs ruff, ``mypy --strict``, ``lint-imports`` (the module boundaries in
-pyproject.toml) and the test suite against an embedded Postgres that the suite starts itself.
-With ``WEBHOOKS_TEST_DATABASE_URL`` set (CI sets the machine's Postgres 15) the suite also runs
-against that server first. A run of the whole suite must cover COVERAGE_FLOOR % of the engine
-(lines and branches). Extra arguments go to pytest, and then no floor applies. Any failure, or a
-run that collected no tests, exits non-zero.
+its test extra and, where /usr/bin/chromium is missing, Debian's ``chromium`` with apt-get (for the
+portal's browser tests; CI runs as root), then runs ruff, ``mypy --strict``, ``lint-imports`` (the
+module boundaries in pyproject.toml) and the test suite against an embedded Postgres that the
+suite starts itself. With ``WEBHOOKS_TEST_DATABASE_URL`` set (CI sets the machine's Postgres 15)
+the suite also runs against that server first. A run of the whole suite must cover COVERAGE_FLOOR %
+of the engine (lines and branches). Extra arguments go to pytest, and then no floor applies. Any
+failure, or a run that collected no tests, exits non-zero.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -21,6 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 PYTEST_NO_TESTS = 5
+# The portal's browser tests drive Debian's Chromium (never a browser Playwright downloads).
+CHROMIUM = Path("/usr/bin/chromium")
 # Lines and branches of engine/ run by the suite, the `misar-webhooks` processes it starts included
 # (coverage's patch = subprocess; a SIGKILLed engine's share is lost). 94 % on PG15 when the floor
 # was set: a change that lands untested code fails here, timing-dependent branches do not.
@@ -32,6 +36,24 @@ def run(*args: str | Path, env: dict[str, str] | None = None) -> int:
     return subprocess.call([str(a) for a in args], cwd=ROOT, env=env)
 
 
+def install_chromium() -> int:
+    """apt-get install chromium where it is missing (CI and developers run as root); the
+    package lists are refreshed only when the first try fails."""
+    if CHROMIUM.exists():
+        return 0
+    apt = shutil.which("apt-get")
+    if apt is None:
+        print(f"check: {CHROMIUM} is missing and no apt-get can install it", file=sys.stderr)
+        return 1
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    install = (apt, "install", "-y", "chromium")
+    if run(*install, env=env) == 0:
+        return 0
+    if run(apt, "update", env=env) != 0:
+        return 1
+    return run(*install, env=env)
+
+
 def main(pytest_args: list[str]) -> int:
     python = VENV / "bin" / "python"
     if not python.exists():
@@ -40,6 +62,7 @@ def main(pytest_args: list[str]) -> int:
     if run(python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", ".[test]"):
         print("check: installing the package with its test extra failed", file=sys.stderr)
         return 1
+    steps.append(("install chromium", install_chromium()))
     steps.append(("ruff check", run(python, "-m", "ruff", "check", ".")))
     steps.append(("ruff format", run(python, "-m", "ruff", "format", "--check", ".")))
     steps.append(("mypy --strict", run(python, "-m", "mypy", "--strict")))

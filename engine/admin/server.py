@@ -33,6 +33,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from engine.admin import portal
 from engine.db.store import Store
 from engine.errors import ConfigError
 from engine.metrics import Metrics
@@ -40,8 +41,9 @@ from engine.metrics import Metrics
 log = structlog.get_logger("engine.admin.server")
 
 # Probes answer without a token: an orchestrator's health check has none, and they reveal nothing.
-# Nor does the OpenAPI document, which is the file checked into the repository.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
+# Nor does the OpenAPI document, which is the file checked into the repository, nor the portal's
+# static page, whose API calls carry the token.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"}) | portal.PATHS
 READY_TIMEOUT_S = 2.0  # the database checks of /readyz together
 SHUTDOWN_TIMEOUT_S = 2.0  # for requests still open when the server stops
 
