@@ -8,6 +8,7 @@ the database and a real receiver, which verifies every signature with the secret
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -175,6 +176,12 @@ async def test_the_list_shows_each_endpoints_health(
         await snap(page, "endpoints-360")
         await cards.filter(has_text="Bounce handler").get_by_role("button").click()
         await expect(page.get_by_role("heading", name="Bounce handler")).to_be_visible()
+        health = page.locator("dd.health")
+        await expect(health).to_contain_text("Failing since")
+        stamp = await health.locator("time").get_attribute("datetime")
+        await expect(health.locator("time")).to_have_text(re.compile(r"\d\d:\d\d:\d\d"))
+        assert stamp is not None
+        await expect(page.locator("main")).not_to_contain_text("[object")
         await no_horizontal_scroll(page)
         await snap(page, "endpoint-360")
 

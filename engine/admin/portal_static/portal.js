@@ -57,7 +57,7 @@ function h(tag, attrs = {}, ...children) {
 }
 
 function append(node, children) {
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -805,7 +805,7 @@ function secretSection(endpoint) {
   });
   return h(
     "section",
-    { "aria-labelledby": "secret-title" },
+    { class: "box", "aria-labelledby": "secret-title" },
     h("h3", { id: "secret-title" }, "Signing secret"),
     h(
       "p",
@@ -873,7 +873,7 @@ function testEventSection(endpoint) {
   });
   return h(
     "section",
-    { "aria-labelledby": "test-title" },
+    { class: "box", "aria-labelledby": "test-title" },
     h("h3", { id: "test-title" }, "Test events"),
     types.length === 0 ? h("p", { class: "muted" }, "This endpoint subscribes to no event type.") : null,
     form,
@@ -902,7 +902,7 @@ function recoverSection(endpoint) {
   });
   return h(
     "section",
-    { "aria-labelledby": "recover-title" },
+    { class: "box", "aria-labelledby": "recover-title" },
     h("h3", { id: "recover-title" }, "Recover failed deliveries"),
     form,
   );
@@ -1009,7 +1009,8 @@ async function deliveriesView(filters = {}, cursors = [null]) {
 
 function endpointName(id, url) {
   const endpoint = endpointsById.get(id);
-  return endpoint && endpoint.description ? `${endpoint.description} (${url})` : url;
+  if (!endpoint || !endpoint.description) return url;
+  return [endpoint.description, h("br"), h("span", { class: "muted small" }, url)];
 }
 
 function statusClass(status) {
