@@ -8,6 +8,7 @@ that ``WEBHOOKS_PORTAL_FRAME_ANCESTORS`` names, and is refused in one it does no
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import quote
 
@@ -18,6 +19,7 @@ from aiohttp import web
 from playwright.async_api import Browser, expect
 
 from engine.admin.portal import ASSETS
+from engine.admin.routes import openapi_document
 from tests.e2e.conftest import PORTAL_ACCOUNT, PORTAL_TOKEN
 from tests.support.engines import RunningEngine, create_endpoint, wait_until
 from tests.support.factories import emit
@@ -209,3 +211,53 @@ async def test_the_page_works_in_an_iframe_of_an_allowed_origin_only(
 
 def _quote(url: str) -> str:
     return quote(url, safe="")
+
+
+# Account-scoped portal tokens (issue 16, part 1) are built beside this page; where the engine
+# mints them, the page is opened with one, as MisarMail's backend would; before, with the
+# operator token and the account in the link. The page must show that one account either way.
+PORTAL_ACCESS = "/v1/accounts/{account_id}/portal-access" in json.loads(openapi_document())["paths"]
+PORTAL_KEY = "portal-key-for-tests-0123456789abcdef"
+
+
+async def test_the_page_shows_only_its_accounts_endpoints_and_creates_there(
+    browser: Browser, open_policy: None, start_engine: StartEngine, conn: asyncpg.Connection
+) -> None:
+    """Opened for one account, the page lists that account's endpoints only, an endpoint added
+    there belongs to it, and its log holds none of another account's deliveries."""
+    keys = {"portal_key": PORTAL_KEY} if PORTAL_ACCESS else {}
+    running = await start_engine(admin_token=PORTAL_TOKEN, **keys)
+    base = running.engine.admin_url
+    assert base is not None
+    await create_endpoint(conn, "http://127.0.0.1:9/mine", account="acct_mine")
+    await create_endpoint(conn, "http://127.0.0.1:9/theirs", account="acct_theirs")
+    await emit(conn, "acct_theirs", "email.sent")
+    if PORTAL_ACCESS:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{base}/v1/accounts/acct_mine/portal-access",
+                headers={"Authorization": f"Bearer {PORTAL_TOKEN}"},
+                json={"ttl_s": 600},
+            ) as answer,
+        ):
+            assert answer.status == 201, await answer.text()
+            url = (await answer.json())["url"]
+    else:
+        url = Portal(base, PORTAL_TOKEN, "acct_mine").url()
+    async with loopback_context(browser) as (context, _):
+        page = await context.new_page()
+        await page.goto(url)
+        await expect(page.locator("li.card")).to_have_count(1)
+        await expect(page.locator("li.card")).to_contain_text("/mine")
+        await expect(page.locator("#account")).to_contain_text("acct_mine")
+        await page.get_by_role("button", name="Add endpoint").click()
+        await page.get_by_label("Endpoint URL").fill("http://127.0.0.1:9/new")
+        await page.get_by_role("button", name="Add endpoint").click()
+        await expect(page.get_by_role("textbox", name="New signing secret")).to_be_visible()
+        await page.get_by_role("button", name="Delivery log").click()
+        await expect(page.get_by_text("No deliveries yet.")).to_be_visible()
+    owner = await conn.fetchval(
+        "SELECT account_id FROM webhooks.endpoints WHERE url = 'http://127.0.0.1:9/new'"
+    )
+    assert owner == "acct_mine"

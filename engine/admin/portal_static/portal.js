@@ -28,7 +28,7 @@ const STATUS_WORDS = {
 };
 
 const session = { token: null, account: null };
-const features = { catalogue: false, testEvents: false };
+const features = { catalogue: false, testEvents: false, session: false };
 let catalogue = []; // [{name, description}] when the API has the event catalogue
 let endpointsById = new Map();
 const main = () => document.getElementById("main");
@@ -186,18 +186,41 @@ async function detectFeatures() {
     const paths = doc.paths || {};
     features.catalogue = Boolean(paths["/v1/event-types"]);
     features.testEvents = Boolean(paths["/v1/endpoints/{id}/test"]);
+    features.session = Boolean(paths["/v1/session"]);
   } catch {
     features.catalogue = false;
     features.testEvents = false;
+    features.session = false;
+  }
+  if (features.session) {
+    // A portal token names its account; the operator's shows the one in the link.
+    const who = await api("GET", "v1/session");
+    if (who.account_id) session.account = null;
+    showAccount(who.account_id || session.account, who.expires_at);
+  } else {
+    showAccount(session.account, null);
   }
   if (features.catalogue) {
     const answer = await api("GET", "v1/event-types");
     const items = Array.isArray(answer) ? answer : answer.data || [];
-    catalogue = items.map((t) => ({ name: t.name, description: t.description || "" }));
+    // Operational types (endpoint trouble) go to the operator's own account only.
+    catalogue = items
+      .filter((t) => !t.operational)
+      .map((t) => ({ name: t.name, description: t.description || "" }));
   }
 }
 
 // -- page frame ---------------------------------------------------------------------------------
+
+function showAccount(account, expiresAt) {
+  const place = document.getElementById("account");
+  if (!account) return;
+  place.replaceChildren(
+    "Account ",
+    h("span", { class: "mono" }, account),
+    expiresAt ? [" · link valid until ", when(expiresAt)] : null,
+  );
+}
 
 let expired = false;
 
@@ -355,6 +378,11 @@ function eventTypePicker(selected) {
     if (!groups.has(prefix)) groups.set(prefix, []);
     groups.get(prefix).push(type);
   }
+  // What the endpoint subscribes to beyond these choices (a type the catalogue hides from this
+  // page) stays listed and checked, so that saving keeps it.
+  const offered = new Set(["*", ...catalogue.map((t) => t.name)]);
+  for (const prefix of groups.keys()) if (prefix) offered.add(`${prefix}.*`);
+  const others = [...chosen].filter((name) => !offered.has(name));
   const fieldsetId = uid("types");
   const errorId = `${fieldsetId}-error`;
   const fieldset = h(
@@ -372,6 +400,9 @@ function eventTypePicker(selected) {
         types.map((t) => choice(t.name, t.name, t.description)),
       ),
     ),
+    others.length
+      ? h("div", { class: "group" }, others.map((name) => choice(name, name, "Subscribed now.")))
+      : null,
     h("p", { class: "field-error", id: errorId }),
   );
   fieldset.setAttribute("aria-describedby", errorId);
@@ -828,9 +859,10 @@ function secretSection(endpoint) {
 }
 
 function testEventSection(endpoint) {
-  const types = features.catalogue
-    ? catalogue.filter((t) => subscribes(endpoint.event_types, t.name)).map((t) => t.name)
-    : endpoint.event_types.filter((t) => !t.includes("*"));
+  // The types it subscribes to come first; any catalogue type may be sent as a test.
+  const names = features.catalogue ? catalogue.map((t) => t.name) : [];
+  const subscribed = names.filter((name) => subscribes(endpoint.event_types, name));
+  const types = [...subscribed, ...names.filter((name) => !subscribed.includes(name))];
   const type = h(
     "select",
     { "data-field": "event_type" },
@@ -875,7 +907,6 @@ function testEventSection(endpoint) {
     "section",
     { class: "box", "aria-labelledby": "test-title" },
     h("h3", { id: "test-title" }, "Test events"),
-    types.length === 0 ? h("p", { class: "muted" }, "This endpoint subscribes to no event type.") : null,
     form,
   );
 }
@@ -925,7 +956,7 @@ async function deliveriesView(filters = {}, cursors = [null]) {
       "tr",
       { "data-delivery": d.delivery_id },
       h("td", { "data-label": "Created" }, when(d.created_at)),
-      h("td", { "data-label": "Event" }, d.event_type),
+      h("td", { "data-label": "Event" }, d.event_type, d.test ? [" ", testBadge()] : null),
       h("td", { "data-label": "Endpoint", class: "wrap" }, endpointName(d.endpoint_id, d.endpoint_url)),
       h(
         "td",
@@ -1011,6 +1042,10 @@ function endpointName(id, url) {
   const endpoint = endpointsById.get(id);
   if (!endpoint || !endpoint.description) return url;
   return [endpoint.description, h("br"), h("span", { class: "muted small" }, url)];
+}
+
+function testBadge() {
+  return h("span", { class: "badge test" }, "Test");
 }
 
 function statusClass(status) {
@@ -1149,7 +1184,7 @@ async function deliveryView(id, filters, cursors) {
     h("dt", {}, "Status"),
     h("dd", {}, h("span", { class: `badge ${statusClass(d.status)}` }, STATUS_WORDS[d.status] || d.status)),
     h("dt", {}, "Event"),
-    h("dd", {}, `${d.event_type} (event ${d.event_id})`),
+    h("dd", {}, `${d.event_type} (event ${d.event_id})`, d.test ? [" ", testBadge()] : null),
     h("dt", {}, "Endpoint"),
     h("dd", { class: "wrap" }, endpointName(d.endpoint_id, d.endpoint_url)),
     h("dt", {}, "Attempts"),
