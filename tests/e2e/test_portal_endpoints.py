@@ -67,6 +67,7 @@ async def test_adding_an_endpoint_checks_the_url_picks_events_and_shows_the_secr
         await expect(page.get_by_role("heading", name="Endpoints")).to_be_visible()
         await expect(page.get_by_text("No endpoints yet.")).to_be_visible()
         assert "#" not in page.url, "the token stays in the address bar"
+        await expect(page.locator("#account")).to_have_text(f"Account {PORTAL_ACCOUNT}")
         await snap(page, "endpoints-empty-1280")
 
         await page.get_by_role("button", name="Add endpoint").click()

@@ -215,11 +215,12 @@ async function detectFeatures() {
 function showAccount(account, expiresAt) {
   const place = document.getElementById("account");
   if (!account) return;
-  place.replaceChildren(
+  place.replaceChildren();
+  append(place, [
     "Account ",
     h("span", { class: "mono" }, account),
     expiresAt ? [" · link valid until ", when(expiresAt)] : null,
-  );
+  ]);
 }
 
 let expired = false;
@@ -247,7 +248,8 @@ function show(section, ...nodes) {
     if (tab.id === `nav-${section}`) tab.setAttribute("aria-current", "page");
     else tab.removeAttribute("aria-current");
   }
-  main().replaceChildren(...nodes.flat());
+  main().replaceChildren();
+  append(main(), nodes);
   const heading = main().querySelector("h2");
   if (heading) {
     heading.setAttribute("tabindex", "-1");
