@@ -23,6 +23,7 @@ import structlog
 from aiohttp import web
 
 from engine.admin import account_routes as account_api
+from engine.admin import portal
 from engine.admin import routes as api
 from engine.admin.server import AdminContext, AdminServer, create_app
 from engine.config import Settings
@@ -191,6 +192,7 @@ class Engine:
             context,
             api.routes,
             account_api.routes,
+            portal.routes(s.portal_frame_ancestors),
             client_max_size=api.body_limit(policy.current.max_payload_bytes),
         )
         admin = AdminServer(self.admin_app, s.admin_host, s.admin_port)

@@ -27,6 +27,12 @@ ORIGIN = re.compile(r"^https?://(?:[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{
 # The portal's public base URL: an absolute http(s) URL, optionally with a path, without a query
 # or fragment (the portal URL appends /portal#token=...).
 PUBLIC_URL = re.compile(r"^https?://[^/?#\s]+(?:/[^?#\s]*)?$")
+# One origin a page may frame the portal from (CSP's host-source without a path): a scheme, a
+# host (whose first label may be "*" for any subdomain) and an optional port.
+_FRAME_ORIGIN = re.compile(
+    r"https?://(?:\*\.)?[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*"
+    r"(?::(?:[0-9]{1,5}|\*))?"
+)
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,9 @@ class Settings:
     ``webhooks.settings.request_timeout_s`` and each endpoint's ``timeout_s``, which SQL checks
     against the lease. When set, it only bounds every attempt's timeout from above (it can
     shorten one, never lengthen it).
+    ``portal_frame_ancestors`` is the CSP ``frame-ancestors`` of the customer portal page
+    (``/portal``): the origins whose pages may embed it in an iframe, or ``'none'`` (see
+    :func:`frame_ancestors`).
     ``vacuum_dead_rows``: when idle, the engine vacuums the hot table once the statistics count
     that many more dead rows than its last vacuum left (see engine.delivery.idle_vacuum); 0
     leaves it all to autovacuum. ``vacuum_check_s`` spaces those reads of the statistics.
@@ -81,6 +90,7 @@ class Settings:
     portal_key: str | None = None
     public_url: str | None = None
     cors_origins: str | None = None
+    portal_frame_ancestors: str = "'none'"
 
     def __post_init__(self) -> None:
         positive = (
@@ -133,6 +143,9 @@ class Settings:
             raise ConfigError(f"{_env('admin_port')} must be 0..65535", field="admin_port")
         self._check_admin_access()
         self._check_portal()
+        object.__setattr__(
+            self, "portal_frame_ancestors", frame_ancestors(self.portal_frame_ancestors)
+        )
 
     def _check_portal(self) -> None:
         if self.portal_key is not None and (
@@ -217,6 +230,42 @@ def mask(value: str) -> str:
     if "://" in value:
         return value
     return "***" if len(value) < 12 else value[:4] + "***"
+
+
+def frame_ancestors(value: str) -> str:
+    """The CSP ``frame-ancestors`` sources in ``value``, checked and normalised (one space apart).
+
+    Accepted: ``'none'`` alone (no page may frame the portal), or any of ``'self'`` and origins
+    such as ``https://app.misarmail.com``, ``https://*.misarmail.com`` or
+    ``http://localhost:3000``. Refused with a ConfigError naming the source: anything else,
+    including ``*`` and bare schemes (``https:``), which would let any site frame the portal and
+    trick its users into clicks (clickjacking), and paths, which frame-ancestors does not match.
+    """
+    sources = value.split()
+    name = _env("portal_frame_ancestors")
+    if not sources:
+        raise ConfigError(
+            f"{name} is empty; give 'none' or the origins that embed the portal",
+            field="portal_frame_ancestors",
+        )
+    normalised: list[str] = []
+    for source in sources:
+        lowered = source.lower()
+        if lowered in ("'self'", "'none'") or _FRAME_ORIGIN.fullmatch(lowered):
+            normalised.append(lowered)
+            continue
+        if lowered in ("*", "http:", "https:"):
+            hint = "would let any site frame the portal; name the origins"
+        elif "://" in lowered and "/" in lowered.split("://", 1)[1]:
+            hint = "has a path; frame-ancestors matches origins (scheme, host, port) only"
+        else:
+            hint = "is not 'self' or an origin like https://app.misarmail.com"
+        raise ConfigError(f"{name}: {source!r} {hint}", field="portal_frame_ancestors")
+    if "'none'" in normalised and len(normalised) > 1:
+        raise ConfigError(
+            f"{name}: 'none' cannot be combined with other sources", field="portal_frame_ancestors"
+        )
+    return " ".join(normalised)
 
 
 def is_loopback(host: str) -> bool:

@@ -1,12 +1,13 @@
 """The project's one test command: ``python3 tests/check.py`` (what `.ci/run` calls).
 
 Needs only Python: it creates ``.venv`` beside the repository if missing, installs the package with
-its test extra, then runs ruff, ``mypy --strict``, ``lint-imports`` (the module boundaries in
-pyproject.toml) and the test suite against an embedded Postgres that the suite starts itself.
-With ``WEBHOOKS_TEST_DATABASE_URL`` set (CI sets the machine's Postgres 15) the suite also runs
-against that server first. A run of the whole suite must cover COVERAGE_FLOOR % of the engine
-(lines and branches). Extra arguments go to pytest, and then no floor applies. Any failure, or a
-run that collected no tests, exits non-zero.
+its test extra and, where they are missing, the Debian packages of SYSTEM_PACKAGES with apt-get
+(Chromium for the portal's browser tests, runtimes for the README's receivers; CI runs as root),
+then runs ruff, ``mypy --strict``, ``lint-imports`` (the module boundaries in pyproject.toml) and
+the test suite against an embedded Postgres that the suite starts itself. With ``WEBHOOKS_TEST_DATABASE_URL`` set (CI sets the machine's Postgres 15)
+the suite also runs against that server first. A run of the whole suite must cover COVERAGE_FLOOR %
+of the engine (lines and branches). Extra arguments go to pytest, and then no floor applies. Any
+failure, or a run that collected no tests, exits non-zero.
 """
 
 from __future__ import annotations
@@ -28,8 +29,16 @@ PYTEST_NO_TESTS = 5
 COVERAGE_FLOOR = 92
 
 
-# Runtimes of the README's receivers (tests/e2e/test_receivers.py): executable -> Debian package.
-RECEIVER_RUNTIMES = {"node": "nodejs", "php": "php-cli", "ruby": "ruby", "go": "golang-go"}
+# What the suite runs beside Python, from Debian's packages: executable -> package. The portal's
+# browser tests drive Debian's Chromium (never a browser Playwright downloads); the README's
+# receivers (tests/e2e/test_receivers.py) run on the other four.
+SYSTEM_PACKAGES = {
+    "chromium": "chromium",
+    "node": "nodejs",
+    "php": "php-cli",
+    "ruby": "ruby",
+    "go": "golang-go",
+}
 
 
 def run(*args: str | Path, env: dict[str, str] | None = None) -> int:
@@ -37,17 +46,17 @@ def run(*args: str | Path, env: dict[str, str] | None = None) -> int:
     return subprocess.call([str(a) for a in args], cwd=ROOT, env=env)
 
 
-def install_receiver_runtimes() -> int:
-    """apt-get install the receivers' runtimes that are missing (once per machine: later runs
-    find them). Without root or apt-get it names what to install; those tests fail naming it."""
-    missing = [pkg for exe, pkg in RECEIVER_RUNTIMES.items() if shutil.which(exe) is None]
+def install_system_packages() -> int:
+    """apt-get install the SYSTEM_PACKAGES that are missing (once per machine: later runs find
+    them). Without root or apt-get it names what to install; the tests needing them then fail."""
+    missing = [pkg for exe, pkg in SYSTEM_PACKAGES.items() if shutil.which(exe) is None]
     if not missing:
         return 0
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        print(f"check: install {' '.join(missing)} for the receiver tests", file=sys.stderr)
+        print(f"check: install {' '.join(missing)} (Debian packages) for the tests", file=sys.stderr)
         return 1
     env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-    install = ("apt-get", "install", "-y", "-q", "--no-install-recommends", *missing)
+    install = ("apt-get", "install", "-y", "-q", *missing)
     # Package lists may be missing or stale on a fresh machine: refresh them once, then retry.
     return run(*install, env=env) and (
         run("apt-get", "update", "-q", env=env) or run(*install, env=env)
@@ -62,11 +71,11 @@ def main(pytest_args: list[str]) -> int:
     if run(python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", ".[test]"):
         print("check: installing the package with its test extra failed", file=sys.stderr)
         return 1
+    steps.append(("Debian packages", install_system_packages()))
     steps.append(("ruff check", run(python, "-m", "ruff", "check", ".")))
     steps.append(("ruff format", run(python, "-m", "ruff", "format", "--check", ".")))
     steps.append(("mypy --strict", run(python, "-m", "mypy", "--strict")))
     steps.append(("lint-imports", run(VENV / "bin" / "lint-imports")))
-    steps.append(("receiver runtimes", install_receiver_runtimes()))
     # A selection (-k, a path) covers only part of the engine: the floor is for whole runs.
     coverage = [] if pytest_args else ["--cov", f"--cov-fail-under={COVERAGE_FLOOR}"]
 

@@ -5,6 +5,11 @@ It starts an embedded Postgres, migrates it, creates MisarMail-like app tables w
 that verifies every signature, writes a mix of email and contact events through those tables, lets
 one endpoint fail its first tries so retries show, prints progress, and ends with the delivery log
 and the SQL that produced it. Everything it started is stopped before it returns.
+
+With ``keep`` it then leaves the engine, the receiver and Postgres running and prints a link to
+the customer portal (``/portal#token=...&account=acct_demo``) for a newcomer to click around in,
+until Ctrl+C or SIGTERM. The link carries the demo engine's operator token (``admin_token``, or
+a random one for this run): this engine and its database live only as long as the demo.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import asyncio
 import collections
 import json
 import random
+import secrets
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -104,7 +111,7 @@ class DemoReceiver:
         return web.Response(text="ok")
 
 
-def main(settings: Settings) -> int:
+def main(settings: Settings, *, keep: bool = False) -> int:
     """Run the demo (the CLI calls this; it owns the event loop through asyncio.Runner).
 
     The engine's own log lines are kept to warnings and errors so the demo's output stays readable.
@@ -117,14 +124,14 @@ def main(settings: Settings) -> int:
     )
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_demo(settings))
+        return runner.run(_demo(settings, keep))
 
 
 def say(text: str = "") -> None:
     print(text, flush=True)
 
 
-async def _demo(settings: Settings) -> int:
+async def _demo(settings: Settings, keep: bool) -> int:
     say("misar-webhooks demo: starting an embedded Postgres ...")
     server = TemporaryPostgres()
     await asyncio.to_thread(server.start)
@@ -138,14 +145,16 @@ async def _demo(settings: Settings) -> int:
         await site.start()
         port = web_runner.addresses[0][1]
         say(f"  Postgres at {server.url}; receiver at http://127.0.0.1:{port}")
-        return await _with_services(server.url, port, receiver, settings)
+        return await _with_services(server.url, port, receiver, settings, keep)
     finally:
         await web_runner.cleanup()
         await asyncio.to_thread(server.stop)
         say("  stopped the engine, the receiver and Postgres; nothing is left running.")
 
 
-async def _with_services(url: str, port: int, receiver: DemoReceiver, settings: Settings) -> int:
+async def _with_services(
+    url: str, port: int, receiver: DemoReceiver, settings: Settings, keep: bool
+) -> int:
     conn = await connect(url)
     try:
         await migrate(conn)
@@ -154,7 +163,10 @@ async def _with_services(url: str, port: int, receiver: DemoReceiver, settings: 
             migrate=False,
             shutdown_grace_s=6.0,
             poll_interval_s=0.25,
-            admin_port=0,
+            # Kept running, it listens where the settings say (8080 unless WEBHOOKS_ADMIN_PORT)
+            # and asks for a token, which the portal link carries.
+            admin_port=settings.admin_port if keep else 0,
+            admin_token=(settings.admin_token or secrets.token_urlsafe(32)) if keep else None,
         )
         engine = Engine(engine_settings, url)
         stop = asyncio.Event()
@@ -167,10 +179,14 @@ async def _with_services(url: str, port: int, receiver: DemoReceiver, settings: 
             )
             total = await _write_app_events(conn)
             ok = await _watch(conn, total)
+            if keep:
+                await _report(conn, receiver)
+                await _keep_running(engine.admin_url, engine_settings.admin_token)
         finally:
             stop.set()
             await asyncio.wait_for(task, timeout=30)
-        await _report(conn, receiver)
+        if not keep:
+            await _report(conn, receiver)
     finally:
         await conn.close()
     if not ok or receiver.bad_signatures:
@@ -178,6 +194,27 @@ async def _with_services(url: str, port: int, receiver: DemoReceiver, settings: 
         return 1
     say("demo: every event was delivered and every signature verified.")
     return 0
+
+
+async def _keep_running(admin_url: str | None, token: str | None) -> None:
+    """Print the portal link and wait for Ctrl+C or SIGTERM."""
+    say("\nthe demo keeps running. The customer portal of account acct_demo, for a browser:")
+    say(f"  {admin_url}/portal#token={token}&account={ACCOUNT}")
+    say(
+        "  (the link carries this demo engine's operator token, which only this run knows;"
+        " MisarMail's backend would hand out an account's own short-lived token instead)"
+    )
+    say("press Ctrl+C (or send SIGTERM) to stop everything.")
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, done.set)
+    try:
+        await done.wait()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    say("\nstopping ...")
 
 
 async def _prepare(conn: asyncpg.Connection, port: int, receiver: DemoReceiver) -> None:

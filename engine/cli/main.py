@@ -136,6 +136,11 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_run)
 
     p = sub.add_parser("demo", help="run the whole product on an embedded Postgres, then exit")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep it running afterwards, with a link to the customer portal, until Ctrl+C",
+    )
     p.set_defaults(handler=_cmd_demo)
 
     p = sub.add_parser("check-config", help="print the effective configuration, secrets masked")
@@ -385,7 +390,7 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     # Imported here: the demo pulls in an HTTP server and the embedded Postgres package.
     from engine.cli import demo
 
-    return demo.main(settings)
+    return demo.main(settings, keep=args.keep)
 
 
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import pytest
@@ -11,7 +11,14 @@ import pytest
 from engine.config import Settings
 from tests.support.engines import RunningEngine, launch_engine
 from tests.support.loopback_fence import loopback_only
+from tests.support.portal import ARTIFACTS, Portal
 from tests.support.receiver import Receiver
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser
+
+PORTAL_TOKEN = "portal-operator-token-0123456789abcdef"  # noqa: S105 - a test token
+PORTAL_ACCOUNT = "acct_portal"
 
 # Short enough that tests finish quickly, long enough for a loaded 2-core machine.
 TEST_SETTINGS = Settings(
@@ -66,3 +73,35 @@ async def start_engine(
     for handle in running:
         if not handle.task.done():
             await handle.stop()
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    """One headless Chromium for a test module's portal tests (tests.support.portal)."""
+    # Imported here: only the portal's tests drive a browser.
+    from playwright.async_api import async_playwright
+
+    from tests.support.portal import launch
+
+    async with async_playwright() as playwright:
+        chromium = await launch(playwright)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+@pytest.fixture
+async def portal(
+    open_policy: None, start_engine: Callable[..., Awaitable[RunningEngine]]
+) -> Portal:
+    """An engine with an operator token, serving the portal, that may deliver to loopback."""
+    running = await start_engine(admin_token=PORTAL_TOKEN)
+    assert running.engine.admin_url is not None
+    return Portal(running.engine.admin_url, PORTAL_TOKEN, PORTAL_ACCOUNT)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say where the portal tests left their screenshots."""
+    if ARTIFACTS.is_dir() and any(ARTIFACTS.glob("*.png")):
+        terminalreporter.write_line(f"portal screenshots: {ARTIFACTS}")

@@ -38,7 +38,8 @@ async def _run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 async def test_installed_wheel_migrates_a_database(empty_db_url: str, tmp_path: Path) -> None:
-    """`pip install` of the built wheel ships sql/ inside engine/ and `migrate` applies it."""
+    """`pip install` of the built wheel ships sql/ inside engine/ and `migrate` applies it; the
+    portal's static files are inside too, as checked in."""
     wheels = tmp_path / "wheels"
     await _run(
         sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(wheels), str(ROOT),
@@ -49,6 +50,8 @@ async def test_installed_wheel_migrates_a_database(empty_db_url: str, tmp_path: 
     assert "engine/sql/migrations/0001_initial.sql" in names
     assert "engine/sql/queries.sql" in names
     assert "engine/admin/openapi.json" in names, "GET /openapi.json serves it from the package"
+    portal = [f"engine/admin/portal_static/{f}" for f in ("index.html", "portal.js", "portal.css")]
+    assert set(portal) <= set(names), "GET /portal serves the page from the package"
 
     site = tmp_path / "site"
     await _run(
@@ -64,6 +67,15 @@ async def test_installed_wheel_migrates_a_database(empty_db_url: str, tmp_path: 
     assert "0001_initial.sql" in output
     again = await _run(sys.executable, "-m", "engine", "migrate", cwd=tmp_path, env=env)
     assert "nothing to migrate" in again
+    served = await _run(
+        sys.executable, "-c",
+        "from engine.admin.portal import ASSETS, asset\n"
+        "for name, _ in ASSETS.values(): print(name, len(asset(name)))",
+        cwd=tmp_path, env=env,
+    )  # fmt: skip
+    sizes = dict(line.split() for line in served.split("\n") if line)
+    for name in ("index.html", "portal.js", "portal.css"):
+        assert int(sizes[name]) == (ROOT / "engine/admin/portal_static" / name).stat().st_size
 
     conn = await asyncpg.connect(empty_db_url)
     try:

@@ -38,3 +38,49 @@ def test_a_bad_vacuum_setting_is_refused_by_name(
 
 def test_vacuum_dead_rows_0_is_allowed_and_means_never() -> None:
     assert Settings.from_env({"WEBHOOKS_VACUUM_DEAD_ROWS": "0"}).vacuum_dead_rows == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "effective"),
+    [
+        (None, "'none'"),
+        ("'self'", "'self'"),
+        ("https://app.misarmail.com", "https://app.misarmail.com"),
+        (
+            "  https://*.MisarMail.com   'SELF' http://localhost:3000 ",
+            ("https://*.misarmail.com 'self' http://localhost:3000"),
+        ),
+        ("http://127.0.0.1:8000", "http://127.0.0.1:8000"),
+    ],
+)
+def test_portal_frame_ancestors_takes_none_self_and_origins(
+    raw: str | None, effective: str
+) -> None:
+    """The sources a page may frame the portal from, normalised to one space and lower case."""
+    env = {} if raw is None else {"WEBHOOKS_PORTAL_FRAME_ANCESTORS": raw}
+    assert Settings.from_env(env).portal_frame_ancestors == effective
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        ("*", "'\\*' would let any site frame the portal"),
+        ("https:", "'https:' would let any site frame the portal"),
+        ("https://app.misarmail.com/settings", "has a path"),
+        ("app.misarmail.com", "is not 'self' or an origin"),
+        ("ftp://app.misarmail.com", "is not 'self' or an origin"),
+        ("https://app.misarmail.com;script-src", "is not 'self' or an origin"),
+        ("'none' https://app.misarmail.com", "'none' cannot be combined"),
+        ("'unsafe-inline'", "is not 'self' or an origin"),
+        ("   ", "is empty"),
+    ],
+)
+def test_a_portal_frame_ancestors_that_cannot_work_is_refused_at_startup(
+    raw: str, words: str
+) -> None:
+    """A value the CSP would misread, or one that lets any site frame the page, is refused
+    naming the variable and the source."""
+    with pytest.raises(ConfigError, match=words) as caught:
+        Settings.from_env({"WEBHOOKS_PORTAL_FRAME_ANCESTORS": raw})
+    assert caught.value.field == "portal_frame_ancestors"
+    assert "WEBHOOKS_PORTAL_FRAME_ANCESTORS" in str(caught.value)
