@@ -4,10 +4,11 @@ Needs only Python: it creates ``.venv`` beside the repository if missing, instal
 its test extra and, where they are missing, the Debian packages of SYSTEM_PACKAGES with apt-get
 (Chromium for the portal's browser tests, runtimes for the README's receivers; CI runs as root),
 then runs ruff, ``mypy --strict``, ``lint-imports`` (the module boundaries in pyproject.toml) and
-the test suite against an embedded Postgres that the suite starts itself. With ``WEBHOOKS_TEST_DATABASE_URL`` set (CI sets the machine's Postgres 15)
-the suite also runs against that server first. A run of the whole suite must cover COVERAGE_FLOOR %
-of the engine (lines and branches). Extra arguments go to pytest, and then no floor applies. Any
-failure, or a run that collected no tests, exits non-zero.
+the test suite against an embedded Postgres that the suite starts itself. With
+``WEBHOOKS_TEST_DATABASE_URL`` set (CI sets the machine's Postgres 15) the suite also runs against
+that server first. A run of the whole suite must cover COVERAGE_FLOOR % of the engine (lines and
+branches). Extra arguments go to pytest, and then no floor applies. Any failure, or a run that
+collected no tests, exits non-zero.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ def install_system_packages() -> int:
     if not missing:
         return 0
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        print(f"check: install {' '.join(missing)} (Debian packages) for the tests", file=sys.stderr)
+        print(
+            f"check: install {' '.join(missing)} (Debian packages) for the tests", file=sys.stderr
+        )
         return 1
     env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
     install = ("apt-get", "install", "-y", "-q", *missing)
