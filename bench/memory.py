@@ -21,10 +21,11 @@ import asyncio
 import contextlib
 import time
 
+from bench.cpu import machine_cpu_seconds
 from bench.harness import EngineProcess
 from bench.payloads import EVENT_TYPE, PAYLOAD_BYTES, payload
 from bench.report import Row
-from bench.suite import DB_TIMEOUT_S, Suite, burst, progress
+from bench.suite import DB_TIMEOUT_S, Suite, burst, function_delta, progress
 
 W5_PREFIX = "w5_"
 W7_PREFIX = "w7_"
@@ -64,18 +65,31 @@ async def w5_backlog(suite: Suite, deliveries: int, endpoints: int, seconds: flo
     progress(f"W5 backlog written in {written_s:.1f} s; starting the engine")
     await suite.receiver.reset()
     peak = 0.0
+    functions0 = await suite.function_times()
     async with suite.engine(ready=False) as engine:
         start = time.monotonic()
+        cpu0 = (engine.cpu_seconds(), suite.receiver.cpu_seconds(), machine_cpu_seconds())
         while time.monotonic() - start < seconds:
             engine.check_alive()
             peak = max(peak, engine.memory_mb()[1])
             await asyncio.sleep(SAMPLE_S)
         drained = (await suite.receiver.stats()).unique
         elapsed = time.monotonic() - start
+        cpu1 = (engine.cpu_seconds(), suite.receiver.cpu_seconds(), machine_cpu_seconds())
         peak = max(peak, engine.memory_mb()[1])
         metrics = await engine.metrics()
+    await asyncio.sleep(0.5)  # the engine's backends report their statistics as they exit
+    functions1 = await suite.function_times()
     await suite.clear()
     rate = drained / elapsed
+    # Where the time went, per delivery: the engine, the receiver and the whole machine (CPU), and
+    # the server's own time in the engine's SQL functions.
+    per_us = 1e6 / max(drained, 1)
+    engine_us, receiver_us, machine_us = ((b - a) * per_us for a, b in zip(cpu0, cpu1, strict=True))
+    server = {
+        name: function_delta(functions0, functions1, name)
+        for name in ("webhooks.claim_v1", "webhooks.record_attempts_v1")
+    }
     progress(f"W5 peak RSS {peak:.1f} MB, {drained:,} delivered in {elapsed:.0f} s")
     rest = suite.rest_rss_mb
     suite.add(
@@ -84,6 +98,14 @@ async def w5_backlog(suite: Suite, deliveries: int, endpoints: int, seconds: flo
             f"<= {RSS_TARGET_MB:g} MB", peak <= RSS_TARGET_MB),
         Row(f"W5   drain rate, first {seconds:g} s", rate, "deliveries/s",
             rate / suite.http_limit, "HTTP limit"),
+        Row("W5   engine CPU", engine_us, "us/delivery"),
+        Row("W5   receiver CPU", receiver_us, "us/delivery"),
+        Row("W5   machine CPU, all processes", machine_us, "us/delivery"),
+        *(
+            Row(f"W5   server time in {name} ({calls:,} calls)", ms * 1000 / max(drained, 1),
+                "us/delivery")
+            for name, (calls, ms) in server.items()
+        ),
         Row(f"W5   actors at {seconds:g} s", metrics["misar_webhooks_actors"], decimals=0),
         Row(f"W5   asyncio tasks at {seconds:g} s", metrics["misar_webhooks_tasks"], "",
             metrics["misar_webhooks_tasks"] / suite.rest_tasks if suite.rest_tasks else None,
