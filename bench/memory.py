@@ -8,24 +8,30 @@
   payloads of the same size as the emitted ones, event i for account ``w5_{i % E}``), then one
   delivery per event for that account's endpoint, as ``emit`` would have written them.
 - W7 many endpoints: E endpoints (default 10,000), one event each, emitted through the trigger;
-  once all are delivered the engine is left idle for longer than its actor idle time
-  (``WEBHOOKS_ACTOR_IDLE_S``, 30 s by default), then its RSS, actors and asyncio tasks are read
-  from /proc and its /metrics, against the same engine at rest before the burst.
+  its actors and asyncio tasks are read from /metrics once all are delivered, and again, with its
+  RSS and peak RSS from /proc, after the engine was left idle for a while (``--idle-seconds``),
+  against the same engine at rest before the burst. An actor ends with its work, so the counts
+  when delivered should already be the resting ones; the idle period shows that nothing is
+  reaped late, and that the memory a burst took is not held on to.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
+from bench.cpu import machine_cpu_seconds
+from bench.harness import EngineProcess
 from bench.payloads import EVENT_TYPE, PAYLOAD_BYTES, payload
 from bench.report import Row
-from bench.suite import DB_TIMEOUT_S, Suite, burst, progress
+from bench.suite import DB_TIMEOUT_S, Suite, burst, function_delta, progress
 
 W5_PREFIX = "w5_"
 W7_PREFIX = "w7_"
 RSS_TARGET_MB = 150.0
 SAMPLE_S = 1.0
+BURST_SAMPLE_S = 0.25  # W7: how often /metrics is read during the burst
 
 # The same keys and value lengths as bench.payloads.payload(i), so the same 1 KiB.
 BACKLOG = """
@@ -59,18 +65,31 @@ async def w5_backlog(suite: Suite, deliveries: int, endpoints: int, seconds: flo
     progress(f"W5 backlog written in {written_s:.1f} s; starting the engine")
     await suite.receiver.reset()
     peak = 0.0
+    functions0 = await suite.function_times()
     async with suite.engine(ready=False) as engine:
         start = time.monotonic()
+        cpu0 = (engine.cpu_seconds(), suite.receiver.cpu_seconds(), machine_cpu_seconds())
         while time.monotonic() - start < seconds:
             engine.check_alive()
             peak = max(peak, engine.memory_mb()[1])
             await asyncio.sleep(SAMPLE_S)
         drained = (await suite.receiver.stats()).unique
         elapsed = time.monotonic() - start
+        cpu1 = (engine.cpu_seconds(), suite.receiver.cpu_seconds(), machine_cpu_seconds())
         peak = max(peak, engine.memory_mb()[1])
         metrics = await engine.metrics()
+    await asyncio.sleep(0.5)  # the engine's backends report their statistics as they exit
+    functions1 = await suite.function_times()
     await suite.clear()
     rate = drained / elapsed
+    # Where the time went, per delivery: the engine, the receiver and the whole machine (CPU), and
+    # the server's own time in the engine's SQL functions.
+    per_us = 1e6 / max(drained, 1)
+    engine_us, receiver_us, machine_us = ((b - a) * per_us for a, b in zip(cpu0, cpu1, strict=True))
+    server = {
+        name: function_delta(functions0, functions1, name)
+        for name in ("webhooks.claim_v1", "webhooks.record_attempts_v1")
+    }
     progress(f"W5 peak RSS {peak:.1f} MB, {drained:,} delivered in {elapsed:.0f} s")
     rest = suite.rest_rss_mb
     suite.add(
@@ -79,6 +98,14 @@ async def w5_backlog(suite: Suite, deliveries: int, endpoints: int, seconds: flo
             f"<= {RSS_TARGET_MB:g} MB", peak <= RSS_TARGET_MB),
         Row(f"W5   drain rate, first {seconds:g} s", rate, "deliveries/s",
             rate / suite.http_limit, "HTTP limit"),
+        Row("W5   engine CPU", engine_us, "us/delivery"),
+        Row("W5   receiver CPU", receiver_us, "us/delivery"),
+        Row("W5   machine CPU, all processes", machine_us, "us/delivery"),
+        *(
+            Row(f"W5   server time in {name} ({calls:,} calls)", ms * 1000 / max(drained, 1),
+                "us/delivery")
+            for name, (calls, ms) in server.items()
+        ),
         Row(f"W5   actors at {seconds:g} s", metrics["misar_webhooks_actors"], decimals=0),
         Row(f"W5   asyncio tasks at {seconds:g} s", metrics["misar_webhooks_tasks"], "",
             metrics["misar_webhooks_tasks"] / suite.rest_tasks if suite.rest_tasks else None,
@@ -94,10 +121,17 @@ async def w7_many_endpoints(suite: Suite, endpoints: int, idle_s: float) -> None
     async with suite.engine() as engine:
         rest_rss = engine.memory_mb()[0]
         rest = await engine.metrics()
-        await burst(
-            suite, engine, suite.rows_for(accounts, endpoints), lambda s: s.unique >= endpoints
-        )
-        await suite.wait_idle(engine)
+        most: dict[str, float] = {}
+        sampling = asyncio.get_running_loop().create_task(_sample_most(engine, most))
+        try:
+            await burst(
+                suite, engine, suite.rows_for(accounts, endpoints), lambda s: s.unique >= endpoints
+            )
+            await suite.wait_idle(engine)
+        finally:
+            sampling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampling
         busy = await engine.metrics()
         await asyncio.sleep(idle_s)
         rss, peak = engine.memory_mb()
@@ -115,6 +149,20 @@ async def w7_many_endpoints(suite: Suite, endpoints: int, idle_s: float) -> None
             "ratio <= 1", tasks <= rest_tasks, decimals=0),
         Row("W7   asyncio tasks when all delivered", busy["misar_webhooks_tasks"], "",
             busy["misar_webhooks_tasks"] / rest_tasks, "engine at rest", decimals=0),
+        Row("W7   most actors seen during the burst", most.get("misar_webhooks_actors", 0),
+            decimals=0),
+        Row("W7   most asyncio tasks seen during the burst", most.get("misar_webhooks_tasks", 0),
+            decimals=0),
         Row("W7   engine RSS after idle", rss, "MB", rss / rest_rss, "engine at rest"),
-        Row("W7   engine peak RSS", peak, "MB", peak / rest_rss, "engine at rest"),
+        Row("W7   engine peak RSS", peak, "MB", peak / rest_rss, "engine at rest",
+            f"<= {RSS_TARGET_MB:g} MB", peak <= RSS_TARGET_MB),
     )  # fmt: skip
+
+
+async def _sample_most(engine: EngineProcess, most: dict[str, float]) -> None:
+    """Keep the highest actor and task counts the engine's /metrics shows, until cancelled."""
+    while True:
+        metrics = await engine.metrics()
+        for name in ("misar_webhooks_actors", "misar_webhooks_tasks"):
+            most[name] = max(most.get(name, 0.0), metrics[name])
+        await asyncio.sleep(BURST_SAMPLE_S)

@@ -144,7 +144,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--sql-commits", type=int, default=20_000, help="S: app commits per trigger variant")
     add("--sql-results", type=int, default=10_000, help="S: deliveries claimed and recorded")
     add("--many-endpoints", type=int, default=10_000, help="W7: endpoints, one event each")
-    add("--idle-seconds", type=float, default=35.0, help="W7: idle time (> WEBHOOKS_ACTOR_IDLE_S)")
+    add("--idle-seconds", type=float, default=35.0, help="W7: idle time after the burst")
     add("--waiting", type=int, default=10_000, help="W8: down endpoints, a retry waiting each")
     return parser
 

@@ -149,7 +149,6 @@ class Engine:
             writer=writer,
             request_timeout_s=s.request_timeout_s,
             queue_per_in_flight=s.queue_per_in_flight,
-            idle_s=s.actor_idle_s,
             lease_s=policy.lease_s,
             on_room=self._wake,
             on_started=self.metrics.attempt_started,

@@ -65,7 +65,6 @@ class Settings:
     poll_interval_s: float = 1.0
     claim_batch: int = 1000
     queue_per_in_flight: int = 4
-    actor_idle_s: float = 30.0
     result_batch: int = 500
     result_buffer_max: int = 50_000
     shutdown_grace_s: float = 15.0
@@ -99,7 +98,6 @@ class Settings:
             "poll_interval_s",
             "claim_batch",
             "queue_per_in_flight",
-            "actor_idle_s",
             "result_batch",
             "result_buffer_max",
             "shutdown_grace_s",

@@ -119,7 +119,8 @@ class Metrics:
         ).set_function(lambda: float(listener_up()))
         Gauge(
             PREFIX + "actors",
-            "Endpoint actors alive (endpoints with work queued, in flight or recently).",
+            "Endpoint actors alive (endpoints with work queued or in flight, or a rate-limit "
+            "spacing still to wait out).",
             registry=registry,
         ).set_function(lambda: float(actors()))
         Gauge(

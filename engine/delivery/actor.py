@@ -4,12 +4,18 @@ One actor per endpoint with work gives isolation for free: a slow endpoint fills
 queue and its own in-flight slots, while the others keep going. The queue is bounded (its room is
 what the dispatcher claims for), attempts start in queue order (claim order: event order), at most
 ``max_in_flight`` at once (one under strict ordering), spaced by the endpoint's rate limit.
+
+An actor lives only while it has work: something queued, something in flight, or (rate-limited
+endpoints only) a start it must still space out. Then run() returns and the dispatcher forgets the
+actor, so an engine's memory and tasks follow the deliveries it holds, never the number of
+endpoints a burst touched (docs/decisions/0009-memory-per-endpoint.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +46,6 @@ class ActorDeps:
     # Each endpoint's own timeout (EndpointConfig.timeout_s) applies otherwise.
     request_timeout_s: float | None
     queue_per_in_flight: int
-    idle_s: float
     lease_s: Callable[[], float]
     on_room: Callable[[], None]
     on_started: Callable[[Delivery, datetime], None]  # an attempt starts (metrics)
@@ -57,7 +62,21 @@ class Queued:
 
 
 class EndpointActor:
-    """Bounded queue plus in-flight limit for one endpoint; run() returns when idle long enough."""
+    """Bounded queue plus in-flight limit for one endpoint; run() returns once it has no work.
+
+    Slotted: the dispatcher holds one per endpoint with work, up to its cap on what is claimed.
+    """
+
+    __slots__ = (
+        "_changed",
+        "_deps",
+        "_next_start",
+        "_queue",
+        "_stopping",
+        "_tasks",
+        "config",
+        "started",
+    )
 
     def __init__(self, config: EndpointConfig, deps: ActorDeps) -> None:
         self.config = config
@@ -131,7 +150,12 @@ class EndpointActor:
             task.cancel()
 
     async def run(self) -> None:
-        """Start attempts as slots free up; return when stopped, or idle for ``idle_s``."""
+        """Start attempts as slots free up; return when stopped, or out of work.
+
+        Out of work: nothing queued, nothing in flight, and no rate-limit spacing pending. A
+        rate-limited actor waits out its spacing first, so that the next claim's actor cannot
+        start sooner than the limit allows.
+        """
         while not self._stopping:
             self._changed.clear()
             if self._queue and len(self._tasks) < self.limit:
@@ -149,11 +173,12 @@ class EndpointActor:
                     self._deps.slots.release()
                 continue
             if not self._queue and not self._tasks:
-                try:
-                    await asyncio.wait_for(self._changed.wait(), self._deps.idle_s)
-                except TimeoutError:
-                    if not self._queue and not self._tasks:
-                        return
+                spacing_s = self._next_start - time.monotonic()
+                if spacing_s <= 0:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(spacing_s):
+                        await self._changed.wait()
                 continue
             await self._changed.wait()
 

@@ -3,8 +3,10 @@
 Back-pressure stays in the database: a claim asks for at most each actor's free room (endpoints
 without an actor get a default room), so a backlog never floods memory and one endpoint's backlog
 never starves another's new work. Actors are supervised, not grouped: a crash is logged and the
-actor restarted with backoff, without touching the others; idle actors end and are forgotten, so
-10,000 quiet endpoints cost nothing.
+actor restarted with backoff, without touching the others. An actor and its task live only while
+it has work (engine.delivery.actor), so what the engine holds follows what it has claimed, capped
+by ``max_outstanding``, and never the number of endpoints a burst touched: quiet endpoints cost
+nothing, and a claim's per-endpoint rooms list only the endpoints with work in hand.
 
 The waiting mark (``webhooks.engine_state.waiting_until``, sql/functions/40_claim.sql): an idle
 engine whose listener is connected asks the app's ``emit`` for a NOTIFY by setting the mark, and

@@ -25,7 +25,6 @@ TEST_SETTINGS = Settings(
     request_timeout_s=2.0,
     shutdown_grace_s=4.0,
     poll_interval_s=0.2,
-    actor_idle_s=2.0,
     listener_probe_s=0.5,
     migrate=False,
     admin_port=0,  # a free port each: tests run several engines at once

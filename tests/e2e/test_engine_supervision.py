@@ -1,4 +1,4 @@
-"""Actor supervision: crashes are contained and restarted; idle actors are reaped."""
+"""Actor supervision: crashes are contained and restarted; actors without work are reaped."""
 
 from __future__ import annotations
 
@@ -67,10 +67,10 @@ async def test_corrupt_secret_is_recorded_as_an_internal_failure_and_retried(
 async def test_idle_actors_are_reaped(
     conn: asyncpg.Connection, receiver: Receiver, open_policy: None, start_engine: StartEngine
 ) -> None:
-    """After its work is done and the idle period passes, an endpoint's actor is gone."""
+    """Once its work is done, an endpoint's actor is gone."""
     for i in range(5):
         await create_endpoint(conn, receiver.url(f"/e{i}"), account=f"acct_{i}")
-    running = await start_engine(actor_idle_s=0.3)
+    running = await start_engine()
     for i in range(5):
         await conn.execute("SELECT webhooks.emit($1, 'email.sent', '{}')", f"acct_{i}")
     await receiver.wait_for(5)

@@ -40,7 +40,6 @@ SETTINGS = Settings(
     request_timeout_s=2.0,
     shutdown_grace_s=4.0,
     poll_interval_s=0.2,
-    actor_idle_s=30.0,
     listener_probe_s=0.5,
     migrate=False,
     admin_port=0,

@@ -41,19 +41,17 @@ class Stage:
         self,
         *,
         queue_per_in_flight: int = 2,
-        idle_s: float = 3600.0,
         lease_s: float = 300.0,
         on_started: Callable[[Delivery, datetime], None] | None = None,
         on_room: Callable[[], None] | None = None,
         slots: int = 256,
     ) -> ActorDeps:
-        """ActorDeps over this stage; by default actors never idle out and leases are roomy."""
+        """ActorDeps over this stage; by default leases are roomy."""
         return ActorDeps(
             sender=self.sender,
             writer=self.writer,
             request_timeout_s=REQUEST_TIMEOUT_S,
             queue_per_in_flight=queue_per_in_flight,
-            idle_s=idle_s,
             lease_s=lambda: lease_s,
             on_room=on_room or (lambda: None),
             on_started=on_started or (lambda _delivery, _at: None),

@@ -134,9 +134,9 @@ async def test_attempt_whose_lease_is_about_to_expire_is_skipped(
     [delivery] = await claim_all(stage, endpoint, 1)
     assert timeout_s < REQUEST_TIMEOUT_S  # the stage's bound on every attempt is not the one
     lease_s = timeout_s + LEASE_MARGIN_S + lease_over_margin_s
-    actor = EndpointActor(endpoint, stage.deps(lease_s=lease_s, idle_s=0.05))
+    actor = EndpointActor(endpoint, stage.deps(lease_s=lease_s))
     actor.offer(delivery)
-    await actor.run()  # returns once idle: the attempt was skipped, or done
+    await actor.run()  # returns once out of work: the attempt was skipped, or done
     if sent:
         await stage.queue.wait_until(lambda q: len(q.recorded) == 1)
     assert actor.started == (1 if sent else 0)
