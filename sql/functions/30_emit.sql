@@ -189,3 +189,138 @@ BEGIN
        AND webhooks.takes(e.event_types, e.filter, p_event_type, p_payload);
     RETURN v_event_id;
 END $$;
+
+-- Where emit_many's event at a position went wrong, for its errors: "events[3]" and the event's
+-- idempotency key when it has one.
+CREATE OR REPLACE FUNCTION webhooks.event_position(p_position bigint, p_idempotency_key text)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT format('events[%s]', p_position)
+        || CASE WHEN p_idempotency_key IS NOT NULL
+                THEN format(' (idempotency_key %s)', quote_literal(left(p_idempotency_key, 100))) ELSE '' END
+        || ': '
+$$;
+
+-- check_emit_args for one of emit_many's events: the same error, its message prefixed with the
+-- event's position (and key), so that a statement-level trigger's failure names the row. The
+-- EXCEPTION block (a subtransaction) is entered only on this path, which fails the statement anyway.
+CREATE OR REPLACE FUNCTION webhooks.check_event_at(p_position bigint, p_event webhooks.new_event)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_state   text;
+    v_message text;
+    v_column  text;
+    v_hint    text;
+BEGIN
+    PERFORM webhooks.check_emit_args(p_event.account_id, p_event.event_type, p_event.payload,
+                                     p_event.idempotency_key);
+EXCEPTION WHEN SQLSTATE 'WH001' OR SQLSTATE 'WH002' THEN
+    GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
+                            v_column = COLUMN_NAME, v_hint = PG_EXCEPTION_HINT;
+    RAISE EXCEPTION USING
+        MESSAGE = webhooks.event_position(p_position, p_event.idempotency_key) || v_message,
+        ERRCODE = v_state, COLUMN = v_column, HINT = coalesce(v_hint, '');
+END $$;
+
+-- emit for a set of events at once, for statement-level triggers with a transition table
+-- (REFERENCING NEW TABLE AS ...): one call per statement instead of one per row. The same rules
+-- as emit, event by event: each event's arguments are checked (an error names the event's position
+-- in the array, its key if it has one, and the field), it is stored only if an enabled endpoint of
+-- its account takes it, size and depth are checked for stored events, and a repeated idempotency
+-- key (from before, or earlier in the array) stores nothing. Returns how many events it stored.
+--
+-- The endpoints of all the accounts in the array are read in one index scan, and every statement
+-- below works on the whole set, so the cost per event is a share of a few statements instead of
+-- emit's statements per event. An array of webhooks.new_event rather than a query: a function
+-- cannot see its caller's transition table, and rows keep their order and their types (jsonb would
+-- serialise every payload once more inside the array and lose both).
+CREATE OR REPLACE FUNCTION webhooks.emit_many(p_events webhooks.new_event[])
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_bad       record;
+    v_positions bigint[];
+    v_endpoints uuid[];
+    v_stored    integer;
+BEGIN
+    IF p_events IS NULL THEN
+        PERFORM webhooks.invalid('events', 'must be an array of webhooks.new_event, not NULL');
+    END IF;
+
+    -- Every event's arguments, as emit checks them (one expression for all; the first event that
+    -- fails is named).
+    SELECT u.i, u.account_id, u.event_type, u.payload, u.idempotency_key INTO v_bad
+      FROM unnest(p_events) WITH ORDINALITY AS u(account_id, event_type, payload, idempotency_key, i)
+     WHERE NOT (webhooks.is_event_source(u.account_id, u.event_type)
+                AND jsonb_typeof(u.payload) IS NOT DISTINCT FROM 'object'
+                AND coalesce(length(u.idempotency_key) BETWEEN 1 AND 255, true))
+     ORDER BY u.i LIMIT 1;
+    IF FOUND THEN
+        PERFORM webhooks.check_event_at(v_bad.i,
+            ROW(v_bad.account_id, v_bad.event_type, v_bad.payload,
+                v_bad.idempotency_key)::webhooks.new_event);
+    END IF;
+
+    -- Which endpoints take which event: the accounts' enabled endpoints in one index scan, then
+    -- matched in memory. Accounts without endpoints end here, having written nothing.
+    WITH eps AS MATERIALIZED (
+        SELECT e.id, e.account_id, e.event_types, e.filter FROM webhooks.endpoints e
+         WHERE e.enabled
+           AND e.account_id = ANY (ARRAY(SELECT DISTINCT x.account_id FROM unnest(p_events) x)))
+    SELECT array_agg(u.i ORDER BY u.i, eps.id), array_agg(eps.id ORDER BY u.i, eps.id)
+      INTO v_positions, v_endpoints
+      FROM unnest(p_events) WITH ORDINALITY AS u(account_id, event_type, payload, idempotency_key, i)
+      JOIN eps ON eps.account_id = u.account_id
+     WHERE webhooks.takes(eps.event_types, eps.filter, u.event_type, u.payload);
+    IF v_positions IS NULL THEN
+        RETURN 0;
+    END IF;
+
+    -- Size and depth, only of the events that are stored (as emit).
+    SELECT u.i, u.payload, u.idempotency_key, s.max_payload_bytes AS max_bytes INTO v_bad
+      FROM unnest(p_events) WITH ORDINALITY AS u(account_id, event_type, payload, idempotency_key, i)
+     CROSS JOIN webhooks.settings s
+     WHERE u.i = ANY (v_positions) AND NOT webhooks.storable(u.payload, s.max_payload_bytes)
+     ORDER BY u.i LIMIT 1;
+    IF FOUND THEN
+        PERFORM webhooks.reject_stored_payload(v_bad.payload, v_bad.max_bytes,
+                                               webhooks.event_position(v_bad.i, v_bad.idempotency_key));
+    END IF;
+
+    -- The writes, in one statement. Event ids are drawn first, in the events' order, so that keys,
+    -- events and deliveries can refer to them. Keys go in before the events: ON CONFLICT skips an
+    -- event whose key was used before or earlier in this array, and makes an insert of a key that a
+    -- concurrent transaction holds wait for it (if that one commits, this event is skipped), all
+    -- without a subtransaction (see emit_keyed).
+    WITH taken AS MATERIALIZED (
+        SELECT t.*, nextval('webhooks.events_id_seq') AS id FROM (
+            SELECT u.i, u.account_id, u.event_type, u.payload, u.idempotency_key
+              FROM unnest(p_events) WITH ORDINALITY
+                   AS u(account_id, event_type, payload, idempotency_key, i)
+             WHERE u.i = ANY (v_positions)
+             ORDER BY u.i) t),
+    keys AS (
+        INSERT INTO webhooks.idempotency_keys (account_id, key, event_id)
+        SELECT t.account_id, t.idempotency_key, t.id FROM taken t
+         WHERE t.idempotency_key IS NOT NULL ORDER BY t.i
+        ON CONFLICT (account_id, key) DO NOTHING
+        RETURNING event_id),
+    kept AS MATERIALIZED (
+        SELECT t.* FROM taken t
+         WHERE t.idempotency_key IS NULL OR t.id IN (SELECT k.event_id FROM keys k)),
+    ev AS (
+        INSERT INTO webhooks.events (id, account_id, type, payload, idempotency_key)
+        OVERRIDING SYSTEM VALUE
+        SELECT k.id, k.account_id, k.event_type, k.payload, k.idempotency_key FROM kept k
+         ORDER BY k.i),
+    d AS (
+        INSERT INTO webhooks.deliveries (event_id, event_created_at, event_type, endpoint_id)
+        SELECT k.id, now(), k.event_type, m.endpoint_id
+          FROM kept k JOIN unnest(v_positions, v_endpoints) AS m(i, endpoint_id) ON m.i = k.i
+         ORDER BY k.i, m.endpoint_id)
+    SELECT count(*) INTO v_stored FROM kept;
+
+    -- As emit: a NOTIFY only while a listening engine says it is asleep.
+    IF v_stored > 0 AND (SELECT st.waiting_until > now() FROM webhooks.engine_state st) THEN
+        PERFORM pg_notify('webhooks_wakeup', '');
+    END IF;
+    RETURN v_stored;
+END $$;

@@ -33,7 +33,9 @@ def tree(root: Path, *, with_expiry: bool, new_functions: bool) -> Path:
     the previous release's emit and claim functions unless ``new_functions``."""
     shutil.copytree(sqlfiles.sql_root(), root)
     for path in (root / "migrations").iterdir():
-        if int(path.name[:4]) >= 5 and not (with_expiry and path.name == EXPIRY):
+        # The new function files are written against every later migration too (0007's filter
+        # column and event type), as a real upgrade applies them all before the functions.
+        if int(path.name[:4]) >= 5 and not (with_expiry and (path.name == EXPIRY or new_functions)):
             path.unlink()
     if not new_functions:
         for path in PREVIOUS.iterdir():
