@@ -1,11 +1,13 @@
--- webhooks.emit: what MisarMail's triggers call, inside the app's own transaction.
+-- webhooks.emit: what MisarMail's triggers call, inside the app's own transaction; emit_many: the
+-- same for a statement's rows at once (statement-level triggers).
 --
 -- Cost matters more here than anywhere: most accounts have no endpoint, so the common path is one
 -- expression for all the argument checks plus one probe of endpoints_enabled_account_idx, and it
 -- writes nothing. Each plpgsql statement has a cost of its own on its first use in a transaction,
 -- so that path is kept to three statements (see docs/decisions/0005-emit-common-path.md).
--- With subscribers it writes the event and one delivery per endpoint whose filter takes the payload
--- in one statement, and sends a NOTIFY only while
+-- With subscribers it writes the event and one delivery per endpoint that takes it (subscribes to
+-- the type, and its filter, if any, matches the payload) in few statements
+-- (docs/decisions/0010-emit-near-a-lean-outbox.md), and sends a NOTIFY only while
 -- a listening engine says it is asleep (engine_state.waiting_until is in the future): NOTIFY takes
 -- a cluster-wide lock at commit that serialises the app's commits, so a busy engine (which never
 -- sleeps) costs the app no NOTIFY, and neither does an engine that is not there (the mark expires
