@@ -1,5 +1,6 @@
--- How MisarMail's app emits webhook events: triggers on its own tables call webhooks.emit() in the
--- same transaction as the change. A rolled-back change sends nothing; a committed one is delivered
+-- How MisarMail's app emits webhook events: triggers on its own tables call webhooks.emit() (row
+-- triggers) or webhooks.emit_many() (statement-level triggers, for bulk writes) in the same
+-- transaction as the change. A rolled-back change sends nothing; a committed one is delivered
 -- (or visibly fails).
 -- `misar-webhooks demo` runs this file against its embedded Postgres; the README shows it too.
 
