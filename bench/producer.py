@@ -25,12 +25,14 @@ The variants (:func:`w6_producer_cost`), each on an emptied hot table:
 - c, engine stopped: as c with no engine running and ``webhooks.engine_state`` as an engine that
   died asleep leaves it (a deploy, a crash): what the app pays while the webhook side is down.
   Against c (target), and against z, no engine, which has the same machine load and no NOTIFY.
+- lean outbox: the trigger of bench.outbox, accounts with one endpoint each, no engine: what a
+  hand-written outbox in the same trigger shape costs the app; c and "c, engine stopped" against it.
 - c, open transaction: c while another connection holds a REPEATABLE READ transaction (and so
   its snapshot) open for the whole run, so no dead row of the hot table can be removed.
 
 a, b, "b, no guard" and "b, empty trigger" take turns in 5 rounds of a fifth of the time each, and
 each reports its median round, so that the machine's drift falls on all of them alike; so do c, n,
-z, "c, engine stopped" and "z, no engine".
+z, "c, engine stopped", "z, no engine" and "lean outbox".
 
 Every W6 engine polls every 10 ms when idle, instead of every second: z's engine gets no
 wake-up, and with the default poll it napped and then delivered in cheaper batches, which left the
@@ -38,9 +40,8 @@ app CPU that c's promptly woken engine used (bench/README.md). The same poll for
 c/z measure the wake-up scheme, not the nap.
 
 A LISTEN connection of the bench counts the wake-ups the app sent in each variant. Claim latency
-is the mean duration of the engine's ``webhooks.claim_v1`` calls during the variant as the server
-timed them (``pg_stat_user_functions``): timing claims from a connection of our own would take
-work from the engine or, with no room, skip the per-endpoint scans that dead entries slow down.
+is the mean duration of the engine's ``webhooks.claim_v1`` calls as the server timed them
+(``pg_stat_user_functions``), not timed from a connection of ours, which would take its work.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ import asyncpg
 import uvloop
 
 from bench.harness import REPO_ROOT, BenchError
+from bench.outbox import CLEAR_LEAN, LEAN_OUTBOX, LEAN_TRIGGER
 from bench.payloads import app_row
 from bench.producer_report import ROUNDS, Variant, report
 from bench.suite import DB_TIMEOUT_S, ENDPOINTS, INSERT_ROW, Suite, function_delta, progress
@@ -130,6 +132,7 @@ async def w6_producer_cost(suite: Suite, seconds: float, connections: int) -> No
         [f"{ACCOUNTS_PREFIX}{i}" for i in range(ENDPOINTS)], f"/{ACCOUNTS_PREFIX}"
     )
     await conn.execute(BENCH_TRIGGERS)
+    await conn.execute(LEAN_OUTBOX)
     runner = _Runner(suite, seconds, connections)
     try:
         async with runner.counting_notifies():
@@ -147,7 +150,7 @@ async def w6_producer_cost(suite: Suite, seconds: float, connections: int) -> No
                     ),
                 ]
             )
-            c, n, z, c_stopped, z0 = await runner.interleaved(
+            c, n, z, c_stopped, z0, lean = await runner.interleaved(
                 [
                     ("c", "email_event_webhook", ACCOUNTS_PREFIX, {}),
                     ("n", "email_event_webhook_notify", ACCOUNTS_PREFIX, {}),
@@ -164,6 +167,7 @@ async def w6_producer_cost(suite: Suite, seconds: float, connections: int) -> No
                         ACCOUNTS_PREFIX,
                         {"engine": False, "hold_busy": True},
                     ),
+                    ("lean outbox", LEAN_TRIGGER, ACCOUNTS_PREFIX, no_engine),
                 ]
             )
             # c once more for the whole time: the baseline of the open-transaction run, whose hot
@@ -178,7 +182,7 @@ async def w6_producer_cost(suite: Suite, seconds: float, connections: int) -> No
     report(
         suite, connections,
         a=a, b=b, b_bare=b_bare, b_empty=b_empty, c=c, n=n, z=z, z0=z0, c_stopped=c_stopped,
-        c_full=c_full, c_open=c_open,
+        c_full=c_full, c_open=c_open, lean=lean,
     )  # fmt: skip
 
 
@@ -239,6 +243,7 @@ class _Runner:
         seconds = self.seconds if seconds is None else seconds
         progress(f"W6 {name}: {self.connections} connections for {seconds:g} s")
         await suite.clear()
+        await conn.execute(CLEAR_LEAN)
         await conn.execute(DROP_TRIGGER)
         if trigger is not None:
             await conn.execute(CREATE_TRIGGER.format(function=trigger))
@@ -290,8 +295,7 @@ class _Runner:
 
 
 def _median_round(samples: Sequence[Variant]) -> Variant:
-    """The round with the median commit rate, with commits, NOTIFYs and deliveries summed over
-    every round (so that a single NOTIFY in any round of z shows)."""
+    """The median round by commit rate; commits, NOTIFYs and deliveries summed over all rounds."""
     median = sorted(samples, key=lambda v: v.commits_per_s)[len(samples) // 2]
     return dataclasses.replace(
         median,

@@ -36,6 +36,7 @@ def report(suite: Suite, connections: int, **v: Variant) -> None:
     a, b, b_bare, c, n, z = v["a"], v["b"], v["b_bare"], v["c"], v["n"], v["z"]
     b_empty = v["b_empty"]
     z0, c_stopped, c_full, c_open = v["z0"], v["c_stopped"], v["c_full"], v["c_open"]
+    lean = v["lean"]
     cps = "commits/s"
 
     def vs_a(label: str, x: Variant, target: str = "", ok: bool | None = None) -> Row:
@@ -91,6 +92,18 @@ def report(suite: Suite, connections: int, **v: Variant) -> None:
             "", c_stopped.commits_per_s / z0.commits_per_s, "W6 z, no engine", decimals=2),
         Row(f"W6   NOTIFYs the app sent in c, engine stopped ({rounds})", c_stopped.notifies,
             f"of {c_stopped.commits:,} commits", decimals=0),
+        vs_a("W6 lean outbox: probe + 2 inserts, subscribed, no engine", lean),
+        Row("W6   lean outbox: server time in the trigger", lean.trigger_us, "us/commit"),
+        Row("W6   c, engine stopped / lean outbox", c_stopped.commits_per_s, cps,
+            c_stopped.commits_per_s / lean.commits_per_s, "W6 lean outbox", "ratio >= 0.85",
+            c_stopped.commits_per_s / lean.commits_per_s >= 0.85),
+        Row("W6   c (engine busy) / lean outbox (no engine)", c.commits_per_s, cps,
+            c.commits_per_s / lean.commits_per_s, "W6 lean outbox", "ratio >= 0.85",
+            c.commits_per_s / lean.commits_per_s >= 0.85),
+        Row("W6   c, engine stopped: server time in the trigger", c_stopped.trigger_us,
+            "us/commit"),
+        Row("W6   c, engine stopped: server time in webhooks.emit", c_stopped.emit_us,
+            "us/commit"),
         vs_a(f"W6 c, whole time in one run ({whole})", c_full),
         Row("W6 c, open transaction", c_open.commits_per_s, cps,
             c_open.commits_per_s / c_full.commits_per_s, "W6 c whole"),

@@ -9,6 +9,13 @@ machine) is read before and after a run of calls.
   without endpoints: with no trigger (the baseline), with the example trigger (guarded by
   ``webhooks.subscribed``), with the same trigger calling ``webhooks.emit`` unguarded, and with a
   trigger that does nothing (Postgres's cost of firing a row trigger at all).
+- The same single-row commits for accounts with one endpoint each (subscribed): with the example
+  trigger, which stores the event through ``webhooks.emit``, and with the lean outbox of
+  bench.outbox, the baseline issue 15 holds emit to.
+- Bulk: 1,000-row INSERT statements, server CPU per row: with no trigger, with the example row
+  trigger (one emit per row) and with the statement-level trigger of bench.outbox (one
+  ``webhooks.emit_many`` per statement), for subscribed accounts and for accounts without
+  endpoints. The emitting share is each trigger's time over the plain insert's.
 - Results: ``webhooks.record_attempts_v1`` recording 2xx results in batches of 100 (the engine's
   common case), per result; claimed first in batches of 180 (W1's mean), per delivery, in
   interleaved rounds with ``webhooks.claim_v1`` and with ``webhooks.claim_with_policy_v1`` (the
@@ -25,20 +32,39 @@ import asyncpg
 
 from bench.cpu import cpu_seconds
 from bench.harness import BenchError
+from bench.outbox import BULK_TRIGGER, CLEAR_LEAN, CREATE_BULK_TRIGGER, LEAN_OUTBOX, LEAN_TRIGGER
 from bench.payloads import app_row
 from bench.producer import BENCH_TRIGGERS, CREATE_TRIGGER, DROP_TRIGGER
 from bench.report import Row
 from bench.suite import DB_TIMEOUT_S, INSERT_ROW, Suite, progress
 
-NO_ENDPOINT_ACCOUNT = "sql_costs_nobody"
-# No trigger (the baseline), the example trigger, the example trigger without its guard, a trigger
-# that does nothing.
-TRIGGERS = (
-    None,
-    "email_event_webhook",
-    "email_event_webhook_unguarded",
-    "email_event_webhook_empty",
+SUBSCRIBED = "acct_"  # the suite's accounts acct_0..19, one endpoint each
+NOBODY = "sql_costs_nobody_"
+# (trigger, accounts): no trigger (the baseline), the example trigger, the example trigger without
+# its guard, a trigger that does nothing, all for accounts without endpoints; then the example
+# trigger and the lean outbox for subscribed accounts.
+TRIGGERS: tuple[tuple[str | None, str], ...] = (
+    (None, NOBODY),
+    ("email_event_webhook", NOBODY),
+    ("email_event_webhook_unguarded", NOBODY),
+    ("email_event_webhook_empty", NOBODY),
+    ("email_event_webhook", SUBSCRIBED),
+    (LEAN_TRIGGER, SUBSCRIBED),
 )
+BULK_ROWS = 1000
+BULK_STATEMENTS = 4  # per variant and round
+# (trigger, accounts) of the bulk inserts; BULK_TRIGGER is statement-level.
+BULK_VARIANTS: tuple[tuple[str | None, str], ...] = (
+    (None, SUBSCRIBED),
+    ("email_event_webhook", SUBSCRIBED),
+    (BULK_TRIGGER, SUBSCRIBED),
+    ("email_event_webhook", NOBODY),
+    (BULK_TRIGGER, NOBODY),
+)
+BULK_INSERT = """
+INSERT INTO app.email_events (account_id, kind, recipient, campaign_id, details)
+SELECT $1 || (g % 20), 'sent', 'user' || g || '@example.test', 'cmp_000001', $2::jsonb
+  FROM generate_series(1, $3) AS g"""
 ROUNDS = 5
 WARM_UP = 200
 CLAIM_BATCH = 180
@@ -75,8 +101,12 @@ async def sql_costs(suite: Suite, commits: int, results: int) -> None:
         await conn.execute("SET synchronous_commit = off")  # CPU, not the disk's flush time
         pid = await conn.fetchval("SELECT pg_backend_pid()")
         await suite.conn.execute(BENCH_TRIGGERS)
+        await suite.conn.execute(LEAN_OUTBOX)
         try:
-            none, guarded, bare, empty = await _commit_costs(suite, conn, pid, commits)
+            none, guarded, bare, empty, subscribed, lean = await _commit_costs(
+                suite, conn, pid, commits
+            )
+            bulk = await _bulk_costs(suite, conn, pid)
         finally:
             await suite.conn.execute(DROP_TRIGGER)
             await suite.conn.execute(CREATE_TRIGGER.format(function="email_event_webhook"))
@@ -89,6 +119,12 @@ async def sql_costs(suite: Suite, commits: int, results: int) -> None:
             "S none"),
         Row("S  app commit, trigger without the guard", bare, "us CPU", bare / none, "S none"),
         Row("S  app commit, trigger that does nothing", empty, "us CPU", empty / none, "S none"),
+        Row("S  app commit, example trigger, subscribed (1 endpoint)", subscribed, "us CPU",
+            subscribed / none, "S none"),
+        Row("S  app commit, lean outbox, subscribed", lean, "us CPU", lean / none, "S none"),
+        Row("S    example trigger over lean outbox, subscribed (over no trigger)",
+            (subscribed - none) / (lean - none) if lean > none else 0.0, "", decimals=2),
+        *_bulk_rows(*bulk),
         Row("S  claim_v1, batches of 180", claim_us, "us CPU/delivery"),
         Row("S  claim_with_policy_v1, batches of 180", policy_us, "us CPU/delivery",
             policy_us / claim_us, "S claim_v1"),
@@ -103,11 +139,11 @@ async def _commit_costs(
     shared machine the CPU a backend is charged for the same work drifts by a fifth over a minute,
     and interleaving spreads that drift over every variant alike."""
     progress(f"S: {count:,} app commits per trigger variant, in {ROUNDS} interleaved rounds")
-    await suite.clear()
-    rows = [app_row(i, NO_ENDPOINT_ACCOUNT) for i in range(100)]
+    await _clear(suite)
     costs: list[list[float]] = [[] for _ in TRIGGERS]
     for _ in range(ROUNDS):
-        for variant, trigger in enumerate(TRIGGERS):
+        for variant, (trigger, accounts) in enumerate(TRIGGERS):
+            rows = [app_row(i, f"{accounts}{i % 20}") for i in range(100)]
             await suite.conn.execute(DROP_TRIGGER)
             if trigger is not None:
                 await suite.conn.execute(CREATE_TRIGGER.format(function=trigger))
@@ -120,8 +156,63 @@ async def _commit_costs(
             for i in range(count // ROUNDS):
                 await statement.fetch(*rows[i % len(rows)])
             costs[variant].append((_backend_cpu_s(pid) - before) * 1e6 / (count // ROUNDS))
-        await suite.clear()
+        await _clear(suite)
     return tuple(statistics.median(c) for c in costs)
+
+
+async def _clear(suite: Suite) -> None:
+    await suite.clear()
+    await suite.conn.execute(CLEAR_LEAN)
+
+
+async def _bulk_costs(suite: Suite, conn: asyncpg.Connection, pid: int) -> tuple[float, ...]:
+    """Server CPU µs per row of 1,000-row inserts for each of BULK_VARIANTS, median of ROUNDS
+    interleaved rounds."""
+    progress(f"S: {BULK_STATEMENTS} inserts of {BULK_ROWS:,} rows per bulk variant and round")
+    details = app_row(0, SUBSCRIBED)[3]
+    costs: list[list[float]] = [[] for _ in BULK_VARIANTS]
+    for _ in range(ROUNDS):
+        for variant, (trigger, accounts) in enumerate(BULK_VARIANTS):
+            await suite.conn.execute(DROP_TRIGGER)
+            if trigger == BULK_TRIGGER:
+                await suite.conn.execute(CREATE_BULK_TRIGGER)
+            elif trigger is not None:
+                await suite.conn.execute(CREATE_TRIGGER.format(function=trigger))
+            statement = await conn.prepare(BULK_INSERT)  # after the DDL, see _commit_costs
+            await statement.fetch(accounts, details, BULK_ROWS)  # plans cached, trigger compiled
+            before = _backend_cpu_s(pid)
+            for _ in range(BULK_STATEMENTS):
+                await statement.fetch(accounts, details, BULK_ROWS)
+            costs[variant].append(
+                (_backend_cpu_s(pid) - before) * 1e6 / (BULK_STATEMENTS * BULK_ROWS)
+            )
+            await _clear(suite)
+    return tuple(statistics.median(c) for c in costs)
+
+
+def _bulk_rows(
+    plain: float, row: float, bulk: float, row_nobody: float, bulk_nobody: float
+) -> list[Row]:
+    """The bulk figures: per row; each trigger's share is its time over the plain insert's."""
+    unit = "us CPU/row"
+    row_share, bulk_share = row - plain, bulk - plain
+    share_ratio = row_share / bulk_share if bulk_share > 0 else float("inf")
+    rows = f"{BULK_ROWS:,}-row inserts"
+    return [
+        Row(f"S  bulk: {rows}, no trigger", plain, unit, 1.0, "S bulk none"),
+        Row("S  bulk: row trigger (emit per row), subscribed", row, unit, row / plain,
+            "S bulk none"),
+        Row("S  bulk: statement trigger (emit_many), subscribed", bulk, unit, bulk / plain,
+            "S bulk none"),
+        Row("S    bulk: row trigger's share / statement trigger's share", share_ratio, "",
+            share_ratio, "statement trigger", "ratio >= 3", share_ratio >= 3, decimals=2),
+        Row("S    bulk: row trigger / statement trigger, whole insert", row / bulk, "",
+            row / bulk, "statement trigger", decimals=2),
+        Row("S  bulk: row trigger, no subscriber", row_nobody, unit, row_nobody / plain,
+            "S bulk none"),
+        Row("S  bulk: statement trigger, no subscriber", bulk_nobody, unit,
+            bulk_nobody / plain, "S bulk none"),
+    ]  # fmt: skip
 
 
 async def _results(

@@ -1,5 +1,6 @@
--- How MisarMail's app emits webhook events: triggers on its own tables call webhooks.emit() in the
--- same transaction as the change. A rolled-back change sends nothing; a committed one is delivered
+-- How MisarMail's app emits webhook events: triggers on its own tables call webhooks.emit() (row
+-- triggers) or webhooks.emit_many() (statement-level triggers, for bulk writes) in the same
+-- transaction as the change. A rolled-back change sends nothing; a committed one is delivered
 -- (or visibly fails).
 -- `misar-webhooks demo` runs this file against its embedded Postgres; the README shows it too.
 
@@ -58,3 +59,34 @@ END $$;
 
 CREATE TRIGGER contact_webhook AFTER INSERT OR UPDATE ON app.contacts
     FOR EACH ROW EXECUTE FUNCTION app.contact_webhook();
+
+-- A campaign's sends: the sending job inserts them a thousand rows per statement. A statement-level
+-- trigger sees all of a statement's rows at once in its transition table and emits them with one
+-- call of webhooks.emit_many: one pass over the endpoints per statement instead of one emit per
+-- row. Rows of accounts without endpoints are dropped inside emit_many without a write.
+-- A bad event fails the statement with an error naming its position in the array (ORDER BY keeps
+-- that the rows' order) and the field.
+CREATE TABLE app.campaign_sends (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    account_id  text NOT NULL,
+    campaign_id text NOT NULL,
+    recipient   text NOT NULL,
+    message_id  text NOT NULL,
+    sent_at     timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE FUNCTION app.campaign_sends_webhook() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM webhooks.emit_many(ARRAY(
+        SELECT ROW(s.account_id, 'email.sent',
+                   jsonb_build_object('campaign_send_id', s.id, 'recipient', s.recipient,
+                                      'campaign_id', s.campaign_id, 'message_id', s.message_id,
+                                      'occurred_at', s.sent_at),
+                   NULL)::webhooks.new_event
+          FROM sent s ORDER BY s.id));
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER campaign_sends_webhook AFTER INSERT ON app.campaign_sends
+    REFERENCING NEW TABLE AS sent
+    FOR EACH STATEMENT EXECUTE FUNCTION app.campaign_sends_webhook();

@@ -1,10 +1,13 @@
--- webhooks.emit: what MisarMail's triggers call, inside the app's own transaction.
+-- webhooks.emit: what MisarMail's triggers call, inside the app's own transaction; emit_many: the
+-- same for a statement's rows at once (statement-level triggers).
 --
 -- Cost matters more here than anywhere: most accounts have no endpoint, so the common path is one
 -- expression for all the argument checks plus one probe of endpoints_enabled_account_idx, and it
 -- writes nothing. Each plpgsql statement has a cost of its own on its first use in a transaction,
 -- so that path is kept to three statements (see docs/decisions/0005-emit-common-path.md).
--- With subscribers it writes the event and one delivery per endpoint, and sends a NOTIFY only while
+-- With subscribers it writes the event and one delivery per endpoint that takes it (subscribes to
+-- the type, and its filter, if any, matches the payload) in few statements
+-- (docs/decisions/0010-emit-near-a-lean-outbox.md), and sends a NOTIFY only while
 -- a listening engine says it is asleep (engine_state.waiting_until is in the future): NOTIFY takes
 -- a cluster-wide lock at commit that serialises the app's commits, so a busy engine (which never
 -- sleeps) costs the app no NOTIFY, and neither does an engine that is not there (the mark expires
@@ -34,6 +37,55 @@ BEGIN
                       AND webhooks.subscribes(e.event_types, p_event_type));
 END $$;
 
+-- Whether an endpoint takes an event: it subscribes to the type and its filter (NULL: none) matches
+-- the payload. The filter is evaluated only for a subscribing endpoint (CASE fixes the order, which
+-- the planner would otherwise choose by cost), and with `@@`, which reports a filter that errors on
+-- this payload as NULL instead of raising: such a filter does not match, and the app's transaction
+-- never fails for it. Inlined by the planner, like subscribes.
+CREATE OR REPLACE FUNCTION webhooks.takes(
+    p_event_types text[], p_filter jsonpath, p_event_type text, p_payload jsonb)
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN webhooks.subscribes(p_event_types, p_event_type)
+                THEN p_filter IS NULL OR coalesce(p_payload @@ p_filter, false)
+                ELSE false END
+$$;
+
+-- Names what is wrong with a payload about to be stored (too deep or too large), for emit and
+-- emit_many (p_where: which of emit_many's events, '' for emit). They call it only when the one
+-- expression that checks both has failed, so it costs nothing on their common path.
+CREATE OR REPLACE FUNCTION webhooks.reject_stored_payload(p_payload jsonb, p_limit integer, p_where text)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    v_size integer := octet_length(p_payload::text);
+BEGIN
+    IF webhooks.too_deep(p_payload) THEN
+        RAISE EXCEPTION '%payload: must not nest deeper than 32 levels', p_where
+            USING ERRCODE = 'WH001', COLUMN = 'payload';
+    END IF;
+    RAISE EXCEPTION '%payload: % bytes is over the limit of % bytes', p_where, v_size, p_limit
+        USING ERRCODE = 'WH003', COLUMN = 'payload';
+END $$;
+
+-- Whether a payload nests deeper than 32 levels (has an item at level 33). Receivers parse what we
+-- send, and common JSON parsers give up at 64 levels or fewer (.NET's default; Ruby stops at 100):
+-- an item below level 32 of the payload would fail there.
+CREATE OR REPLACE FUNCTION webhooks.too_deep(p_payload jsonb)
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT jsonb_path_exists(p_payload, 'strict $.**{33}')
+$$;
+
+-- Whether a payload may be stored: not too deep, and at most p_limit bytes as JSON text.
+CREATE OR REPLACE FUNCTION webhooks.storable(p_payload jsonb, p_limit integer)
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT NOT webhooks.too_deep(p_payload) AND octet_length(p_payload::text) <= p_limit
+$$;
+
+-- Each plpgsql statement and each expression costs something of its own on its first use in a
+-- transaction, and an app transaction usually emits one event, so the path with subscribers is kept
+-- to few of them: the checks of the stored payload, the limit they read and the NOTIFY ride on the
+-- event's insert, in its RETURNING (docs/decisions/0010-emit-near-a-lean-outbox.md). The payload is
+-- checked just after the row is written: the error rolls the insert back with the app's statement,
+-- so the event is still rejected in the app's own transaction.
 CREATE OR REPLACE FUNCTION webhooks.emit(
     p_account_id      text,
     p_event_type      text,
@@ -41,10 +93,9 @@ CREATE OR REPLACE FUNCTION webhooks.emit(
     p_idempotency_key text DEFAULT NULL)
 RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
-    v_endpoints uuid[];
-    v_event_id  bigint;
-    v_limit     integer;
-    v_size      integer;
+    v_event_id bigint;
+    v_checked  boolean;
+    v_woken    boolean;
 BEGIN
     -- One expression for every check (NULL key: the last term is NULL, which is not true); the
     -- function that names what is wrong runs only when it fails.
@@ -54,73 +105,229 @@ BEGIN
         PERFORM webhooks.check_emit_args(p_account_id, p_event_type, p_payload, p_idempotency_key);
     END IF;
 
+    -- Whether any endpoint takes the event. For an account without endpoints (the common path) this
+    -- reads the index and nothing else: a filter is evaluated only for an endpoint that subscribes
+    -- to the type.
     PERFORM FROM webhooks.endpoints e
      WHERE e.account_id = p_account_id AND e.enabled
-       AND webhooks.subscribes(e.event_types, p_event_type)
+       AND webhooks.takes(e.event_types, e.filter, p_event_type, p_payload)
      LIMIT 1;
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
 
-    SELECT array_agg(e.id ORDER BY e.id) INTO v_endpoints
-      FROM webhooks.endpoints e
-     WHERE e.account_id = p_account_id
-       AND e.enabled
-       AND webhooks.subscribes(e.event_types, p_event_type);
-    IF v_endpoints IS NULL THEN  -- the endpoint went away since the probe (a concurrent commit)
-        RETURN NULL;
+    IF p_idempotency_key IS NOT NULL THEN
+        RETURN webhooks.emit_keyed(p_account_id, p_event_type, p_payload, p_idempotency_key);
     END IF;
 
     -- Size and depth are checked only for events that are stored: the common no-subscriber path
-    -- must cost no more than the probe above.
-    SELECT s.max_payload_bytes INTO v_limit FROM webhooks.settings s;
-    v_size := octet_length(p_payload::text);
-    IF v_size > v_limit THEN
-        RAISE EXCEPTION 'payload: % bytes is over the limit of % bytes', v_size, v_limit
-            USING ERRCODE = 'WH003', COLUMN = 'payload';
-    END IF;
-    -- Receivers parse what we send, and common JSON parsers give up at 64 levels or fewer (.NET's
-    -- default; Ruby stops at 100): an item below level 32 of the payload would fail there.
-    IF jsonb_path_exists(p_payload, 'strict $.**{33}') THEN
-        PERFORM webhooks.invalid('payload', 'must not nest deeper than 32 levels');
-    END IF;
+    -- must cost no more than the probe above. The NOTIFY goes only while a listening engine says it
+    -- is asleep (its mark is in the future); now() is the transaction's start, so a long app
+    -- transaction may still see a mark that expired during it, which costs one NOTIFY, never a lost
+    -- wake-up.
+    INSERT INTO webhooks.events (account_id, type, payload)
+    VALUES (p_account_id, p_event_type, p_payload)
+    RETURNING id,
+        (SELECT webhooks.storable(payload, s.max_payload_bytes)
+                OR webhooks.reject_stored_payload(payload, s.max_payload_bytes, '')
+           FROM webhooks.settings s),
+        (SELECT CASE WHEN st.waiting_until > now() THEN pg_notify('webhooks_wakeup', '') END IS NULL
+           FROM webhooks.engine_state st)
+    INTO v_event_id, v_checked, v_woken;
 
-    IF p_idempotency_key IS NOT NULL THEN
-        SELECT k.event_id INTO v_event_id FROM webhooks.idempotency_keys k
-         WHERE k.account_id = p_account_id AND k.key = p_idempotency_key;
-        IF FOUND THEN
-            RETURN v_event_id;
-        END IF;
+    -- An endpoint disabled since the probe by a concurrent commit gets no delivery; if it was the
+    -- only one, the event stays without deliveries, as one whose endpoint was disabled just after.
+    INSERT INTO webhooks.deliveries (event_id, event_created_at, event_type, endpoint_id)
+    SELECT v_event_id, now(), p_event_type, e.id FROM webhooks.endpoints e
+     WHERE e.account_id = p_account_id AND e.enabled
+       AND webhooks.takes(e.event_types, e.filter, p_event_type, p_payload);
+    RETURN v_event_id;
+END $$;
+
+-- emit with an idempotency key, after emit's checks and probe. A repeated key for the same account
+-- returns the first event and writes nothing.
+CREATE OR REPLACE FUNCTION webhooks.emit_keyed(
+    p_account_id text, p_event_type text, p_payload jsonb, p_idempotency_key text)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    v_event_id bigint;
+    v_checked  boolean;
+    v_woken    boolean;
+BEGIN
+    SELECT k.event_id INTO v_event_id FROM webhooks.idempotency_keys k
+     WHERE k.account_id = p_account_id AND k.key = p_idempotency_key;
+    IF FOUND THEN
+        RETURN v_event_id;
     END IF;
 
     INSERT INTO webhooks.events (account_id, type, payload, idempotency_key)
     VALUES (p_account_id, p_event_type, p_payload, p_idempotency_key)
-    RETURNING id INTO v_event_id;
+    RETURNING id,
+        (SELECT webhooks.storable(payload, s.max_payload_bytes)
+                OR webhooks.reject_stored_payload(payload, s.max_payload_bytes, '')
+           FROM webhooks.settings s),
+        (SELECT CASE WHEN st.waiting_until > now() THEN pg_notify('webhooks_wakeup', '') END IS NULL
+           FROM webhooks.engine_state st)
+    INTO v_event_id, v_checked, v_woken;
 
-    IF p_idempotency_key IS NOT NULL THEN
-        -- A concurrent transaction with the same key makes this insert wait for it to end; if it
-        -- committed, nothing is inserted and the winner's event is returned (this event is
-        -- deleted). ON CONFLICT rather than an EXCEPTION block: each EXCEPTION block is a
-        -- subtransaction, and an app transaction emitting hundreds of events would overflow the
-        -- backend's subtransaction cache, which slows every snapshot on the server.
-        INSERT INTO webhooks.idempotency_keys (account_id, key, event_id)
-        VALUES (p_account_id, p_idempotency_key, v_event_id)
-        ON CONFLICT (account_id, key) DO NOTHING;
-        IF NOT FOUND THEN
-            DELETE FROM webhooks.events ev WHERE ev.id = v_event_id AND ev.created_at = now();
-            SELECT k.event_id INTO v_event_id FROM webhooks.idempotency_keys k
-             WHERE k.account_id = p_account_id AND k.key = p_idempotency_key;
-            RETURN v_event_id;
-        END IF;
+    -- A concurrent transaction with the same key makes this insert wait for it to end; if it
+    -- committed, nothing is inserted and the winner's event is returned (this event is deleted).
+    -- ON CONFLICT rather than an EXCEPTION block: each EXCEPTION block is a subtransaction, and an
+    -- app transaction emitting hundreds of events would overflow the backend's subtransaction
+    -- cache, which slows every snapshot on the server.
+    INSERT INTO webhooks.idempotency_keys (account_id, key, event_id)
+    VALUES (p_account_id, p_idempotency_key, v_event_id)
+    ON CONFLICT (account_id, key) DO NOTHING;
+    IF NOT FOUND THEN
+        DELETE FROM webhooks.events ev WHERE ev.id = v_event_id AND ev.created_at = now();
+        SELECT k.event_id INTO v_event_id FROM webhooks.idempotency_keys k
+         WHERE k.account_id = p_account_id AND k.key = p_idempotency_key;
+        RETURN v_event_id;
     END IF;
 
     INSERT INTO webhooks.deliveries (event_id, event_created_at, event_type, endpoint_id)
-    SELECT v_event_id, now(), p_event_type, ep FROM unnest(v_endpoints) AS ep;
+    SELECT v_event_id, now(), p_event_type, e.id FROM webhooks.endpoints e
+     WHERE e.account_id = p_account_id AND e.enabled
+       AND webhooks.takes(e.event_types, e.filter, p_event_type, p_payload);
+    RETURN v_event_id;
+END $$;
 
-    -- now() is the transaction's start: a long app transaction may still see a mark that expired
-    -- during it, which costs one NOTIFY, never a lost wake-up.
-    IF (SELECT st.waiting_until > now() FROM webhooks.engine_state st) THEN
+-- Where emit_many's event at a position went wrong, for its errors: "events[3]" and the event's
+-- idempotency key when it has one.
+CREATE OR REPLACE FUNCTION webhooks.event_position(p_position bigint, p_idempotency_key text)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT format('events[%s]', p_position)
+        || CASE WHEN p_idempotency_key IS NOT NULL
+                THEN format(' (idempotency_key %s)', quote_literal(left(p_idempotency_key, 100))) ELSE '' END
+        || ': '
+$$;
+
+-- check_emit_args for one of emit_many's events: the same error, its message prefixed with the
+-- event's position (and key), so that a statement-level trigger's failure names the row. The
+-- EXCEPTION block (a subtransaction) is entered only on this path, which fails the statement anyway.
+CREATE OR REPLACE FUNCTION webhooks.check_event_at(p_position bigint, p_event webhooks.new_event)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_state   text;
+    v_message text;
+    v_column  text;
+    v_hint    text;
+BEGIN
+    PERFORM webhooks.check_emit_args(p_event.account_id, p_event.event_type, p_event.payload,
+                                     p_event.idempotency_key);
+EXCEPTION WHEN SQLSTATE 'WH001' OR SQLSTATE 'WH002' THEN
+    GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
+                            v_column = COLUMN_NAME, v_hint = PG_EXCEPTION_HINT;
+    RAISE EXCEPTION USING
+        MESSAGE = webhooks.event_position(p_position, p_event.idempotency_key) || v_message,
+        ERRCODE = v_state, COLUMN = v_column, HINT = coalesce(v_hint, '');
+END $$;
+
+-- emit for a set of events at once, for statement-level triggers with a transition table
+-- (REFERENCING NEW TABLE AS ...): one call per statement instead of one per row. The same rules
+-- as emit, event by event: each event's arguments are checked (an error names the event's position
+-- in the array, its key if it has one, and the field), it is stored only if an enabled endpoint of
+-- its account takes it, size and depth are checked for stored events, and a repeated idempotency
+-- key (from before, or earlier in the array) stores nothing. Returns how many events it stored.
+--
+-- The endpoints of all the accounts in the array are read in one index scan, and every statement
+-- below works on the whole set, so the cost per event is a share of a few statements instead of
+-- emit's statements per event. An array of webhooks.new_event rather than a query: a function
+-- cannot see its caller's transition table, and rows keep their order and their types (jsonb would
+-- serialise every payload once more inside the array and lose both).
+CREATE OR REPLACE FUNCTION webhooks.emit_many(p_events webhooks.new_event[])
+RETURNS integer LANGUAGE plpgsql
+-- Planned for each call with the arrays' contents as constants: the planner then knows how many
+-- events there are (and joins and hashes accordingly), and "= ANY (array)" is hashed instead of
+-- searched for every event. Planning once per statement is a small share of a thousand rows.
+SET plan_cache_mode = force_custom_plan
+AS $$
+DECLARE
+    v_bad       record;
+    v_positions bigint[];
+    v_endpoints uuid[];
+    v_stored    integer;
+BEGIN
+    IF p_events IS NULL THEN
+        PERFORM webhooks.invalid('events', 'must be an array of webhooks.new_event, not NULL');
+    END IF;
+
+    -- Every event's arguments, as emit checks them (one expression for all; the first event that
+    -- fails is named).
+    SELECT u.i, u.account_id, u.event_type, u.payload, u.idempotency_key INTO v_bad
+      FROM unnest(p_events) WITH ORDINALITY AS u(account_id, event_type, payload, idempotency_key, i)
+     WHERE NOT (webhooks.is_event_source(u.account_id, u.event_type)
+                AND jsonb_typeof(u.payload) IS NOT DISTINCT FROM 'object'
+                AND coalesce(length(u.idempotency_key) BETWEEN 1 AND 255, true))
+     ORDER BY u.i LIMIT 1;
+    IF FOUND THEN
+        PERFORM webhooks.check_event_at(v_bad.i,
+            ROW(v_bad.account_id, v_bad.event_type, v_bad.payload,
+                v_bad.idempotency_key)::webhooks.new_event);
+    END IF;
+
+    -- Which endpoints take which event: the accounts' enabled endpoints in one index scan, then
+    -- matched in memory. Accounts without endpoints end here, having written nothing.
+    WITH eps AS MATERIALIZED (
+        SELECT e.id, e.account_id, e.event_types, e.filter FROM webhooks.endpoints e
+         WHERE e.enabled
+           AND e.account_id = ANY (ARRAY(SELECT DISTINCT x.account_id FROM unnest(p_events) x)))
+    SELECT array_agg(u.i ORDER BY u.i, eps.id), array_agg(eps.id ORDER BY u.i, eps.id)
+      INTO v_positions, v_endpoints
+      FROM unnest(p_events) WITH ORDINALITY AS u(account_id, event_type, payload, idempotency_key, i)
+      JOIN eps ON eps.account_id = u.account_id
+     WHERE webhooks.takes(eps.event_types, eps.filter, u.event_type, u.payload);
+    IF v_positions IS NULL THEN
+        RETURN 0;
+    END IF;
+
+    -- Size and depth, only of the events that are stored (as emit).
+    SELECT u.i, u.payload, u.idempotency_key, s.max_payload_bytes AS max_bytes INTO v_bad
+      FROM unnest(p_events) WITH ORDINALITY AS u(account_id, event_type, payload, idempotency_key, i)
+     CROSS JOIN webhooks.settings s
+     WHERE u.i = ANY (v_positions) AND NOT webhooks.storable(u.payload, s.max_payload_bytes)
+     ORDER BY u.i LIMIT 1;
+    IF FOUND THEN
+        PERFORM webhooks.reject_stored_payload(v_bad.payload, v_bad.max_bytes,
+                                               webhooks.event_position(v_bad.i, v_bad.idempotency_key));
+    END IF;
+
+    -- The writes, in one statement. Event ids are drawn first, in the events' order, so that keys,
+    -- events and deliveries can refer to them. Keys go in before the events: ON CONFLICT skips an
+    -- event whose key was used before or earlier in this array, and makes an insert of a key that a
+    -- concurrent transaction holds wait for it (if that one commits, this event is skipped), all
+    -- without a subtransaction (see emit_keyed).
+    WITH taken AS MATERIALIZED (
+        SELECT t.*, nextval('webhooks.events_id_seq') AS id FROM (
+            SELECT u.i, u.account_id, u.event_type, u.payload, u.idempotency_key
+              FROM unnest(p_events) WITH ORDINALITY
+                   AS u(account_id, event_type, payload, idempotency_key, i)
+             WHERE u.i = ANY (v_positions)
+             ORDER BY u.i) t),
+    keys AS (
+        INSERT INTO webhooks.idempotency_keys (account_id, key, event_id)
+        SELECT t.account_id, t.idempotency_key, t.id FROM taken t
+         WHERE t.idempotency_key IS NOT NULL ORDER BY t.i
+        ON CONFLICT (account_id, key) DO NOTHING
+        RETURNING event_id),
+    kept AS (
+        SELECT t.* FROM taken t
+         WHERE t.idempotency_key IS NULL OR t.id IN (SELECT k.event_id FROM keys k)),
+    ev AS (
+        INSERT INTO webhooks.events (id, account_id, type, payload, idempotency_key)
+        OVERRIDING SYSTEM VALUE
+        SELECT k.id, k.account_id, k.event_type, k.payload, k.idempotency_key FROM kept k
+         ORDER BY k.i),
+    d AS (
+        INSERT INTO webhooks.deliveries (event_id, event_created_at, event_type, endpoint_id)
+        SELECT k.id, now(), k.event_type, m.endpoint_id
+          FROM kept k JOIN unnest(v_positions, v_endpoints) AS m(i, endpoint_id) ON m.i = k.i
+         ORDER BY k.i, m.endpoint_id)
+    SELECT count(*) INTO v_stored FROM kept;
+
+    -- As emit: a NOTIFY only while a listening engine says it is asleep.
+    IF v_stored > 0 AND (SELECT st.waiting_until > now() FROM webhooks.engine_state st) THEN
         PERFORM pg_notify('webhooks_wakeup', '');
     END IF;
-    RETURN v_event_id;
+    RETURN v_stored;
 END $$;

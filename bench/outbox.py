@@ -1,0 +1,72 @@
+"""Issue 15's baselines for emitting with subscribers, as SQL the bench installs beside the app.
+
+- The lean outbox: the least a hand-written transactional outbox costs the app, in the same trigger
+  shape as the example trigger (``app.email_event_webhook``): an ``EXISTS`` probe of the account's
+  subscribed endpoints (the same index emit probes), one insert into a one-index events table, and
+  one row per subscribed endpoint into a two-index deliveries table. No checks, no filters, no
+  partitions, no wake-up, and nothing reads the rows. W6 "lean outbox" and S measure it against
+  ``webhooks.emit`` with one subscribed endpoint.
+- The bulk trigger: a statement-level copy of the example trigger on ``app.email_events``, which
+  passes the statement's transition table to ``webhooks.emit_many`` as the example's
+  ``app.campaign_sends_webhook`` does, so that the same 1,000-row inserts can be measured with the
+  row trigger and with it (S, "bulk").
+"""
+
+from __future__ import annotations
+
+LEAN_OUTBOX = """
+CREATE TABLE IF NOT EXISTS app.lean_events (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    account_id text NOT NULL,
+    type       text NOT NULL,
+    payload    jsonb NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS app.lean_deliveries (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id         bigint NOT NULL,
+    event_created_at timestamptz NOT NULL,
+    event_type       text NOT NULL,
+    endpoint_id      uuid NOT NULL,
+    due_at           timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS lean_deliveries_endpoint_idx ON app.lean_deliveries (endpoint_id, id);
+
+CREATE OR REPLACE FUNCTION app.email_event_lean_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    v_event_id bigint;
+BEGIN
+    IF EXISTS (SELECT FROM webhooks.endpoints e
+                WHERE e.account_id = NEW.account_id AND e.enabled
+                  AND webhooks.subscribes(e.event_types, 'email.' || NEW.kind)) THEN
+        INSERT INTO app.lean_events (account_id, type, payload)
+        VALUES (NEW.account_id, 'email.' || NEW.kind,
+                jsonb_build_object('email_event_id', NEW.id, 'recipient', NEW.recipient,
+                                   'campaign_id', NEW.campaign_id, 'occurred_at', NEW.occurred_at)
+                    || NEW.details)
+        RETURNING id INTO v_event_id;
+        INSERT INTO app.lean_deliveries (event_id, event_created_at, event_type, endpoint_id)
+        SELECT v_event_id, now(), 'email.' || NEW.kind, e.id FROM webhooks.endpoints e
+         WHERE e.account_id = NEW.account_id AND e.enabled
+           AND webhooks.subscribes(e.event_types, 'email.' || NEW.kind);
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION app.email_events_webhook_bulk() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM webhooks.emit_many(ARRAY(
+        SELECT ROW(n.account_id, 'email.' || n.kind,
+                   jsonb_build_object('email_event_id', n.id, 'recipient', n.recipient,
+                                      'campaign_id', n.campaign_id, 'occurred_at', n.occurred_at)
+                       || n.details,
+                   NULL)::webhooks.new_event
+          FROM new_rows n ORDER BY n.id));
+    RETURN NULL;
+END $$"""
+CLEAR_LEAN = "TRUNCATE app.lean_events, app.lean_deliveries"
+LEAN_TRIGGER = "email_event_lean_outbox"
+BULK_TRIGGER = "email_events_webhook_bulk"
+CREATE_BULK_TRIGGER = f"""
+CREATE TRIGGER email_event_webhook AFTER INSERT ON app.email_events
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION app.{BULK_TRIGGER}()"""

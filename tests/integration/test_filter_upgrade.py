@@ -1,0 +1,99 @@
+"""Migration 0007 (endpoints.filter, the webhooks.new_event type) upgrades a live database.
+
+The previous release is rebuilt from the shipped tree without 0007 and with emit as it was
+(``sql_before_0007/30_emit.sql``). Deliveries are pending and leased when the migration runs; the
+old emit body keeps working between the migration's commit and the re-applied function files, and
+afterwards the new bodies deliver as before to endpoints without a filter.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from engine.db import sqlfiles
+from engine.db.migrate import migrate
+from engine.db.store import Store
+from tests.support.db import sql_endpoint
+
+PREVIOUS_EMIT = Path(__file__).parent / "sql_before_0007" / "30_emit.sql"
+FILTER = "0007_filter_and_emit_many.sql"
+
+
+def tree(root: Path, *, with_filter: bool, new_functions: bool) -> Path:
+    shutil.copytree(sqlfiles.sql_root(), root)
+    if not with_filter:
+        (root / "migrations" / FILTER).unlink()
+    if not new_functions:
+        shutil.copy(PREVIOUS_EMIT, root / "functions" / PREVIOUS_EMIT.name)
+    return root
+
+
+@pytest.fixture
+async def old_db(empty_db_url: str, tmp_path: Path) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(empty_db_url)
+    try:
+        await migrate(conn, root=tree(tmp_path / "old", with_filter=False, new_functions=False))
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def engine_store(empty_db_url: str, old_db: asyncpg.Connection) -> AsyncIterator[Store]:
+    pool = await asyncpg.create_pool(empty_db_url, min_size=1, max_size=2)
+    try:
+        yield Store(pool)
+    finally:
+        await pool.close()
+
+
+async def emit(conn: asyncpg.Connection, n: int) -> int:
+    event_id: int | None = await conn.fetchval(
+        "SELECT webhooks.emit('acct_1', 'email.sent', $1::jsonb)", json.dumps({"n": n})
+    )
+    assert event_id is not None
+    return event_id
+
+
+async def test_upgrade_with_deliveries_in_flight(
+    old_db: asyncpg.Connection, engine_store: Store, tmp_path: Path
+) -> None:
+    """Leased and pending deliveries survive the migration and are claimed as before; the old
+    emit works on the new column, and the new bodies deliver to the unfiltered endpoint and
+    filter once a filter is set."""
+    conn = old_db
+    endpoint_id = await sql_endpoint(conn, ["email.sent"])
+    await emit(conn, 1)
+    leased = await engine_store.claim({}, default_room=8, max_rows=100)
+    assert len(leased) == 1
+    await emit(conn, 2)
+
+    report = await migrate(conn, root=tree(tmp_path / "mid", with_filter=True, new_functions=False))
+    assert report.applied == [FILTER]
+    assert await conn.fetchval("SELECT filter FROM webhooks.endpoints") is None
+    await emit(conn, 3)  # the old body, the new schema
+
+    await migrate(conn, root=tree(tmp_path / "new", with_filter=True, new_functions=True))
+    await emit(conn, 4)
+    claimed = await engine_store.claim({}, default_room=8, max_rows=100)
+    assert len(claimed) == 3  # 2, 3 and 4; 1 is still leased
+    assert await conn.fetchval("SELECT count(*) FROM webhooks.deliveries") == 4
+
+    await conn.execute(
+        "UPDATE webhooks.endpoints SET filter = '$.n == 6' WHERE id = $1", endpoint_id
+    )
+    assert await conn.fetchval("SELECT webhooks.emit('acct_1', 'email.sent', '{\"n\": 5}')") is None
+    await emit(conn, 6)
+    assert (
+        await conn.fetchval(
+            "SELECT webhooks.emit_many(ARRAY[('acct_1', 'email.sent', '{\"n\": 6}', NULL),"
+            " ('acct_1', 'email.sent', '{\"n\": 7}', NULL)]::webhooks.new_event[])"
+        )
+        == 1
+    )
