@@ -178,9 +178,6 @@ async def test_admin_api_carries_the_policy(
     assert updated["timeout_s"] == 7
 
 
-@pytest.mark.xfail(
-    strict=True, reason="emit evaluates endpoints.filter on branch wp-emit; remove at the merge"
-)
 async def test_a_filter_delivers_exactly_the_matching_events(
     conn: asyncpg.Connection, receiver: Receiver, open_policy: None, start_engine: StartEngine
 ) -> None:

@@ -6,10 +6,6 @@ and never fails the app's emit.
 hypothesis draws payloads and filters from a small grammar of SQL/JSON path predicates (paths,
 comparisons, exists, like_regex, starts with, arithmetic, &&, ||, !, strict mode); the oracle is
 ``coalesce(payload @@ filter, false)`` evaluated by the same Postgres.
-
-emit's evaluation of the filter comes with the branch that adds it (wp-emit): until the two are
-merged, emit ignores the column and this test fails, as its strict xfail mark expects. Remove the
-mark at the merge.
 """
 
 from __future__ import annotations
@@ -20,7 +16,6 @@ import json
 from typing import Any
 
 import asyncpg
-import pytest
 from hypothesis import strategies as st
 
 from tests.support.badinput import run_examples
@@ -111,9 +106,6 @@ async def _check(conn: asyncpg.Connection, example: tuple[dict[str, Any], str | 
     assert delivered == (1 if expected else 0), (payload, path)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="emit evaluates endpoints.filter on branch wp-emit; remove at the merge"
-)
 async def test_filters_deliver_exactly_what_postgres_matches(db_url: str) -> None:
     """For random payloads and filters, emit delivers to the endpoint exactly when the filter is
     NULL or ``payload @@ filter`` is true; a filter that errors never fails the emit."""
