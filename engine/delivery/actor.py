@@ -3,13 +3,17 @@
 One actor per endpoint with work gives isolation for free: a slow endpoint fills only its own
 queue and its own in-flight slots, while the others keep going. The queue is bounded (its room is
 what the dispatcher claims for), attempts start in queue order (claim order: event order), at most
-``max_in_flight`` at once (one under strict ordering), spaced by the endpoint's rate limit.
+``max_in_flight`` at once (one under strict ordering), each no earlier than the start time its
+claim gave it. The claim keeps both limits across every engine (sql/functions/40_claim.sql): it
+leases no more rows than the endpoint may have in flight, and schedules a rate-limited endpoint's
+starts; the actor only keeps to what it was given.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +56,7 @@ class ActorDeps:
 class Queued:
     delivery: Delivery
     claimed_at: float  # time.monotonic() of the claim
+    start_at: float  # time.monotonic() before which the attempt may not start (rate limit)
 
 
 class EndpointActor:
@@ -64,7 +69,6 @@ class EndpointActor:
         self._tasks: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
         self._stopping = False
-        self._next_start = 0.0
         self.started = 0
 
     @property
@@ -102,7 +106,8 @@ class EndpointActor:
     def offer(self, delivery: Delivery) -> None:
         """Queue a claimed delivery. The dispatcher claims only up to room(), so this fits;
         going over by a few is harmless (the bound is on what we claim, not a hard wall)."""
-        self._queue.append(Queued(delivery, time.monotonic()))
+        now = time.monotonic()
+        self._queue.append(Queued(delivery, now, now + delivery.send_in_s))
         self._changed.set()
 
     def stop(self) -> list[Delivery]:
@@ -130,9 +135,11 @@ class EndpointActor:
                 if not self._deps.writer.has_room():
                     await asyncio.sleep(0.05)
                     continue
-                wait_s = self._next_start - time.monotonic()
+                # The rate limit: the claim scheduled this start. Woken early by stop() or offer().
+                wait_s = self._queue[0].start_at - time.monotonic()
                 if wait_s > 0:
-                    await asyncio.sleep(wait_s)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(), wait_s)
                     continue
                 await self._deps.slots.acquire()
                 # stop() empties the queue: it may have run while we waited for the slot.
@@ -160,9 +167,6 @@ class EndpointActor:
                 lease_left_s=round(lease_left, 1),
             )
             return False
-        if self.config.rate_limit_per_s:
-            now = time.monotonic()
-            self._next_start = max(now, self._next_start) + 1.0 / self.config.rate_limit_per_s
         self.started += 1
         task = asyncio.get_running_loop().create_task(self._attempt(item.delivery, self.config))
         self._tasks.add(task)

@@ -148,7 +148,7 @@ class Dispatcher:
                 rooms, default_room=self.default_room, max_rows=budget, after=self._after
             )
             if rows:
-                self._waiting = False  # claim_v1 cleared the waiting mark as it leased them
+                self._waiting = False  # claim_v2 cleared the waiting mark as it leased them
             self._outage.succeeded()
             for delivery, config in rows:
                 self._actor_for(config).offer(delivery)

@@ -45,7 +45,7 @@ SELECT g, now(), 'email.sent', busy.ids[g % $2 + 1],
   FROM generate_series(1, $1) AS g, busy
 """
 
-# claim_v1's promotion: the waiting rows whose due time has come, oldest due first.
+# The claim's promotion: the waiting rows whose due time has come, oldest due first.
 CLAIM_PROMOTE = """
 SELECT d.id FROM webhooks.deliveries d
  WHERE NOT d.ready AND d.due_at <= now()
@@ -54,7 +54,7 @@ SELECT d.id FROM webhooks.deliveries d
  FOR UPDATE SKIP LOCKED
 """
 
-# claim_v1, dispatch ordering: the endpoint's ready rows, oldest first.
+# The claim, dispatch ordering: the endpoint's ready rows, oldest first.
 CLAIM_DUE = """
 SELECT d.id FROM webhooks.deliveries d
  WHERE d.endpoint_id = $1 AND d.ready AND d.due_at <= now()
@@ -63,7 +63,7 @@ SELECT d.id FROM webhooks.deliveries d
  FOR UPDATE SKIP LOCKED
 """
 
-# claim_v1, strict ordering: the endpoint's oldest live delivery, ready or not...
+# The claim, strict ordering: the endpoint's oldest live delivery, ready or not...
 CLAIM_HEAD = """
 SELECT d.id, d.ready, d.due_at FROM webhooks.deliveries d
  WHERE d.endpoint_id = $1 AND d.attempts >= 0 ORDER BY d.id LIMIT 1
@@ -84,7 +84,7 @@ SELECT least((SELECT d.due_at FROM webhooks.deliveries d
                WHERE d.ready ORDER BY d.endpoint_id, d.id LIMIT 1))
 """
 
-# claim_v1's loose index scan: the endpoints that have ready deliveries, one probe each.
+# The claim's loose index scan: the endpoints that have ready deliveries, one probe each.
 CLAIM_ENDPOINTS = """
 WITH RECURSIVE eps(id) AS (
     (SELECT d.endpoint_id FROM webhooks.deliveries d

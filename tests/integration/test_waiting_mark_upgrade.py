@@ -21,7 +21,7 @@ import pytest
 from engine.db import sqlfiles
 from engine.db.migrate import migrate
 from engine.db.store import Store
-from tests.support.db import Listener, listening, sql_endpoint
+from tests.support.db import Listener, PreviousEngineStore, listening, sql_endpoint
 
 PREVIOUS = Path(__file__).parent / "sql_before_0005"
 EXPIRY = "0005_waiting_expiry.sql"
@@ -58,7 +58,7 @@ async def old_engine(empty_db_url: str, old_db: asyncpg.Connection) -> AsyncIter
     """The old engine's calls, through a pool as it makes them."""
     pool = await asyncpg.create_pool(empty_db_url, min_size=1, max_size=2)
     try:
-        yield Store(pool)
+        yield PreviousEngineStore(pool)
     finally:
         await pool.close()
 
