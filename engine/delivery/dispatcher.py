@@ -132,8 +132,9 @@ class Dispatcher:
     async def _claim_all(self, stop: asyncio.Event) -> bool:
         """Claim until nothing more fits or is due; True when the engine is idle.
 
-        Idle means nothing was due although every actor had room: then the app's emit() must
-        NOTIFY us. With full actors we wake ourselves when room appears. Besides each actor's
+        Idle means nothing was due although every actor had room and no result was waiting to
+        be written: then the app's emit() must NOTIFY us. With full actors we wake ourselves when
+        room appears, and a written result wakes us too. Besides each actor's
         room, everything claimed but not finished is capped in all (``max_outstanding``), so a
         backlog over thousands of endpoints cannot pile up memory, nor leases that would run out
         before their turn.
@@ -154,7 +155,14 @@ class Dispatcher:
                 self._actor_for(config).offer(delivery)
             if len(rows) < budget:
                 self._after = None
-                return not rows and all(room > 0 for room in rooms.values())
+                # Results waiting to be written hold leases that the claim counts against their
+                # endpoints' max_in_flight: their write wakes us, and the claim after it may take
+                # what this one could not, so we are not idle while they wait.
+                return (
+                    not rows
+                    and all(room > 0 for room in rooms.values())
+                    and not self._deps.writer.buffered
+                )
             self._after = rows[-1][1].id
         return False
 

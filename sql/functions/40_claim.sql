@@ -83,6 +83,7 @@ DECLARE
     v_slot    timestamptz;
     v_head    record;
     v_ids     bigint[];
+    v_sent    timestamptz;
 BEGIN
     SELECT s.lease_duration INTO v_lease FROM webhooks.settings s;
 
@@ -201,6 +202,8 @@ BEGIN
                        CASE WHEN cardinality(v_claimed) > 16 THEN 'force_custom_plan'
                             ELSE 'force_generic_plan' END, true);
 
+    -- The start times go out relative to the claim's end, the latest moment this body can read.
+    v_sent := clock_timestamp();
     RETURN QUERY
     WITH leased AS (
         UPDATE webhooks.deliveries d
@@ -217,7 +220,7 @@ BEGIN
            || ',"data":' || ev.payload::text || '}',
            e.url, webhooks.signing_secrets(e), e.max_in_flight, e.ordering, e.rate_limit_per_s,
            l.created_at,
-           coalesce(greatest(extract(epoch FROM s.slot - clock_timestamp())::double precision, 0), 0)
+           coalesce(greatest(extract(epoch FROM s.slot - v_sent)::double precision, 0), 0)
       FROM leased l
       JOIN unnest(v_claimed, v_slots) AS s(id, slot) ON s.id = l.id
       JOIN webhooks.events ev ON ev.id = l.event_id AND ev.created_at = l.event_created_at
