@@ -113,12 +113,12 @@ async def test_concurrent_claims_never_lease_past_max_in_flight(
             await conn.fetchval(DELIVER, row["delivery_id"], row["lease_token"])
             delivered += 1
         if not any(batches):  # every claim took nothing: end one lease anyway
-            row = await conn.fetchrow(
+            held = await conn.fetchrow(
                 "SELECT id, lease_token FROM webhooks.deliveries WHERE lease_token IS NOT NULL"
                 " ORDER BY id LIMIT 1"
             )
-            assert row is not None
-            await conn.fetchval(DELIVER, row["id"], row["lease_token"])
+            assert held is not None
+            await conn.fetchval(DELIVER, held["id"], held["lease_token"])
             delivered += 1
     assert most == 3
 
