@@ -105,7 +105,7 @@ class Dispatcher:
         """Claim what fits; return how long to sleep before the next cycle."""
         try:
             idle = await self._claim_all(stop)
-            await self._mark_waiting(idle and self._listening())
+            marked = await self._mark_waiting(idle and self._listening())
             if not idle:
                 return self._poll_s
             if self._on_idle is not None:
@@ -122,9 +122,13 @@ class Dispatcher:
             # Already due, although the claim that just ran took nothing while every actor had
             # room: what is due cannot go now (a strict endpoint's head waits for its retry) or
             # fell due in the instant since. The poll, a NOTIFY or a result comes back for it;
-            # claiming again at once would spin for as long as that head waits.
+            # claiming again at once would spin for as long as that head waits. Except once,
+            # right after this cycle set the mark: an event committed between the empty claim
+            # and the mark's commit found no mark, so no NOTIFY will come for it.
             if due_in_s > 0:
                 timeout = min(timeout, max(0.005, due_in_s))
+            elif marked:
+                timeout = 0.0
         if self._waiting:  # a poll interval longer than the refresh period must not let it lapse
             timeout = min(timeout, max(0.0, self._refresh_at - time.monotonic()))
         return timeout
@@ -166,8 +170,9 @@ class Dispatcher:
             self._after = rows[-1][1].id
         return False
 
-    async def _mark_waiting(self, waiting: bool) -> None:
-        """Set or clear the waiting mark on a change; refresh it while it stays set.
+    async def _mark_waiting(self, waiting: bool) -> bool:
+        """Set or clear the waiting mark on a change; refresh it while it stays set. True when
+        this call set it.
 
         The refresh extends only a mark that still stands: if another engine's claim cleared it,
         that engine is busy, and this one finds work by its poll until it next goes to sleep.
@@ -175,11 +180,12 @@ class Dispatcher:
         if self._waiting is not waiting:
             await self._store.set_engine_waiting(waiting)
             self._waiting = waiting
-        elif not waiting or time.monotonic() < self._refresh_at:
-            return
-        else:
+            self._refresh_at = time.monotonic() + WAITING_REFRESH_S
+            return waiting
+        if waiting and time.monotonic() >= self._refresh_at:
             await self._store.refresh_engine_waiting()
-        self._refresh_at = time.monotonic() + WAITING_REFRESH_S
+            self._refresh_at = time.monotonic() + WAITING_REFRESH_S
+        return False
 
     def _actor_for(self, config: EndpointConfig) -> EndpointActor:
         actor = self.actors.get(config.id)
