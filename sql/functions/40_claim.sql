@@ -11,8 +11,9 @@
 --
 -- Several engines (migration 0006, docs/decisions/0008-several-engines.md): an endpoint's limits
 -- are kept here, not by the engines' actors, so they hold across engines. Per endpoint the claim
--- - takes a transaction-level advisory lock on the endpoint, or skips it when another claim holds
---   it: two claims that both counted the same free room would together lease past the limit;
+-- - takes a transaction-level advisory lock on the endpoint (its bucket), or skips it when another
+--   claim holds it: two claims that both counted the same free room would together lease past
+--   the limit;
 -- - counts the endpoint's rows leased now, by any engine (deliveries_leased_idx), and leases at
 --   most max_in_flight (1 when strict) minus those. A row an actor holds queued counts as in
 --   flight, so an endpoint's leased rows never exceed its limit, wherever they wait;
@@ -124,8 +125,12 @@ BEGIN
         CONTINUE WHEN v_room <= 0;
         v_room := least(v_room, v_left);
         -- Another engine is claiming for this endpoint right now: its next claim comes soon.
+        -- One lock per bucket of endpoints, not per endpoint: a claim may walk thousands of
+        -- endpoints, and advisory locks take room in the server's shared lock table (sized by
+        -- max_locks_per_transaction), which one lock each could exhaust. 256 buckets bound a
+        -- claim's locks; endpoints that share one are claimed by one engine at a time.
         CONTINUE WHEN NOT pg_try_advisory_xact_lock(hashtext('webhooks.claim'),
-                                                    hashtext(v_ep.id::text));
+                                                    hashtext(v_ep.id::text) & 255);
         -- What is in flight across engines. Under the lock, and in a statement of its own (a
         -- snapshot taken after the lock), so a claim that committed just before counts.
         SELECT count(*) INTO v_busy FROM webhooks.deliveries d

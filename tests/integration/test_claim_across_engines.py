@@ -200,3 +200,27 @@ async def test_claim_v1_of_a_previous_engine_keeps_the_limit_too(
         assert await PreviousEngineStore(pool).claim({}, default_room=8, max_rows=100) == []
     finally:
         await pool.close()
+
+
+async def test_a_claim_over_many_endpoints_takes_a_bounded_number_of_locks(
+    conn: asyncpg.Connection,
+) -> None:
+    """A claim that walks 600 endpoints takes one advisory lock per bucket of endpoints (256 at
+    most), not one per endpoint: the server's shared lock table is sized for tens per
+    transaction, and one lock each would run a claim over thousands of endpoints out of it."""
+    await conn.execute(
+        "INSERT INTO webhooks.endpoints (account_id, url, event_types, secret)"
+        " SELECT 'many_' || g, 'https://example.com/' || g, '{*}',"
+        "        'whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA='"
+        "   FROM generate_series(1, 600) AS g"
+    )
+    await conn.execute(
+        "SELECT webhooks.emit('many_' || g, 'email.sent', '{}') FROM generate_series(1, 600) g"
+    )
+    async with conn.transaction():
+        rows = await conn.fetch(CLAIM, 8, 1000)
+        locks = await conn.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+        )
+    assert len(rows) == 600
+    assert 200 < locks <= 256
