@@ -63,6 +63,13 @@ SELECT d.id FROM webhooks.deliveries d
  FOR UPDATE SKIP LOCKED
 """
 
+# The claim's count of an endpoint's rows in flight, across engines (leased, lease running).
+CLAIM_LEASED = """
+SELECT count(*) FROM webhooks.deliveries d
+ WHERE d.endpoint_id = $1 AND d.lease_token IS NOT NULL AND NOT d.ready
+   AND d.due_at > now()
+"""
+
 # The claim, strict ordering: the endpoint's oldest live delivery, ready or not...
 CLAIM_HEAD = """
 SELECT d.id, d.ready, d.due_at FROM webhooks.deliveries d
@@ -227,6 +234,14 @@ async def test_claim_due_rows_use_ready_index(big: asyncpg.Connection) -> None:
     assert custom == {"deliveries": {"deliveries_ready_idx"}}
     generic = await generic_plan(big, CLAIM_DUE, "uuid, integer", f"{ANY_UUID}, 8")
     assert generic == {"deliveries": {"deliveries_ready_idx"}}
+
+
+async def test_claim_count_of_leases_uses_leased_index(big: asyncpg.Connection) -> None:
+    """The claim counts an endpoint's leases through deliveries_leased_idx, never its other rows."""
+    custom = await custom_plan(big, CLAIM_LEASED, await backlog_endpoint(big))
+    assert custom == {"deliveries": {"deliveries_leased_idx"}}
+    generic = await generic_plan(big, CLAIM_LEASED, "uuid", ANY_UUID)
+    assert generic == {"deliveries": {"deliveries_leased_idx"}}
 
 
 async def test_claim_strict_head_uses_endpoint_id_index(big: asyncpg.Connection) -> None:
