@@ -56,18 +56,15 @@ async def stop(engine: EngineProcess) -> None:
 
 
 @pytest.mark.parametrize("max_in_flight", [1, 2])
-async def test_max_in_flight_holds_across_engines_when_one_is_killed(
+async def test_max_in_flight_holds_across_three_engines(
     db_url: str,
     conn: asyncpg.Connection,
     receiver: Receiver,
     open_policy: None,
     max_in_flight: int,
 ) -> None:
-    """Three engines share 20 endpoints; one is SIGKILLed mid-burst. No endpoint ever sees more
-    than max_in_flight requests at once (and each limit is reached), the others deliver the dead
-    engine's share once its leases run out, and every event is delivered once but for those in
-    flight at the kill."""
-    await conn.execute(f"UPDATE webhooks.settings SET lease_duration = '{SHORT_LEASE}'")
+    """Three engines share a burst to 20 endpoints: no endpoint ever sees more than its
+    max_in_flight requests at once, each limit is reached, and every event is delivered once."""
     load = await make_load(
         conn,
         receiver,
@@ -76,23 +73,56 @@ async def test_max_in_flight_holds_across_engines_when_one_is_killed(
         reply=Reply(delay_s=0.05),
         max_in_flight=max_in_flight,
     )
-    async with engines(db_url, 3) as (victim, *others):
+    async with engines(db_url, 3) as running:
         load = await add_events(conn, load, 30)  # once all three run
-        await receiver.wait_for(load.total // 4, timeout_s=60)
-        victim.kill()
-        assert await victim.wait() == -signal.SIGKILL
-        # A statement the dead engine sent may still commit: read the leases once it is gone.
-        await wait_until(
-            lambda: _no_session_of(conn, "engine_0"), what="the killed engine's sessions gone"
-        )
-        in_flight_at_kill = await leased(conn)
-        assert await delivered(conn) < load.total, "the kill came after the last delivery"
         await wait_until(
             lambda: _all_delivered(conn, load), timeout_s=120, what="every delivery done"
         )
-        for engine in others:
+        for engine in running:
             await stop(engine)
-    await check_delivered_once(conn, receiver, load, may_repeat=in_flight_at_kill)
+    history = await check_delivered_once(conn, receiver, load)
+    assert history.duplicates == 0
+    _assert_concurrency(receiver, load, max_in_flight)
+
+
+async def test_killed_engines_endpoints_are_served_by_the_others_after_its_leases(
+    db_url: str, conn: asyncpg.Connection, receiver: Receiver, open_policy: None
+) -> None:
+    """An engine SIGKILLed mid-burst while it holds every endpoint's max_in_flight (2) in
+    hanging requests: the two other engines, which could claim nothing meanwhile, deliver the
+    whole burst once its leases run out, no endpoint ever sees more than 2 requests at once, and
+    only the deliveries it had in flight are sent twice."""
+    await conn.execute(f"UPDATE webhooks.settings SET lease_duration = '{SHORT_LEASE}'")
+    hang = asyncio.Event()  # never set: the kill cuts these requests
+    load = await make_load(conn, receiver, endpoints=20, events_per_endpoint=0, max_in_flight=2)
+    for path in load.paths:
+        receiver.script(path, Reply(until=hang), Reply(until=hang), Reply(delay_s=0.05))
+    async with engines(db_url, 1, "victim") as [victim]:
+        load = await add_events(conn, load, 30)
+        await receiver.wait_for(40, timeout_s=60)
+        async with engines(db_url, 2, "other") as others:
+            assert len(await leased(conn)) == 40, "the victim holds every endpoint's limit"
+            victim.kill()
+            assert await victim.wait() == -signal.SIGKILL
+            # A statement the dead engine sent may still commit: read the leases once it is gone.
+            await wait_until(
+                lambda: _no_session_of(conn, "victim_0"), what="the killed engine's sessions gone"
+            )
+            in_flight_at_kill = await leased(conn)
+            assert len(in_flight_at_kill) == 40
+            assert await delivered(conn) == 0
+            await wait_until(
+                lambda: _all_delivered(conn, load), timeout_s=120, what="every delivery done"
+            )
+            for engine in others:
+                await stop(engine)
+    history = await check_delivered_once(conn, receiver, load, may_repeat=in_flight_at_kill)
+    assert history.repeated == in_flight_at_kill
+    _assert_concurrency(receiver, load, 2)
+
+
+def _assert_concurrency(receiver: Receiver, load: Load, max_in_flight: int) -> None:
+    """No endpoint saw more than max_in_flight requests at once, and some saw that many."""
     most = {path: receiver.max_concurrency(path) for path in load.paths}
     assert max(most.values()) == max_in_flight, most
     assert max(r.concurrency for r in receiver.received) == max_in_flight
