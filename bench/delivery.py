@@ -62,7 +62,7 @@ SELECT count(*) AS attempts, coalesce(extract(epoch FROM max(gap)), 0)::float8 A
 SLOW_PATH = "/ep_0"
 # The SQL functions the engine calls in its cycle, and all those a delivery runs through.
 ENGINE_FUNCTIONS = (
-    "webhooks.claim_v1",
+    "webhooks.claim_v2",
     "webhooks.record_attempts_v1",
     "webhooks.set_engine_waiting_v1",
     "webhooks.next_due_at_v1",

@@ -44,7 +44,7 @@ def payload_text(i: int) -> str:
 
 
 def envelope(i: int, *, account_id: str = "acct_0") -> bytes:
-    """The body the engine would POST for event ``i`` (the shape ``webhooks.claim_v1`` builds)."""
+    """The body the engine would POST for event ``i`` (the shape ``webhooks.claim_v2`` builds)."""
     head = {
         "id": f"evt_{i}",
         "type": EVENT_TYPE,

@@ -115,7 +115,7 @@ def report(suite: Suite, connections: int, **v: Variant) -> None:
             decimals=0),
         Row("W6   dead / live rows, open transaction", c_open.dead_rows,
             f"/ {c_open.live_rows:,} live", decimals=0),
-        Row("W6   claim_v1 mean in c", c_full.claim_ms or 0.0, "ms", decimals=2),
-        Row("W6   claim_v1 mean, open transaction", c_open.claim_ms or 0.0, "ms", claim_ratio,
+        Row("W6   claim_v2 mean in c", c_full.claim_ms or 0.0, "ms", decimals=2),
+        Row("W6   claim_v2 mean, open transaction", c_open.claim_ms or 0.0, "ms", claim_ratio,
             "W6 c whole" if claim_ratio else "", decimals=2),
     )  # fmt: skip

@@ -26,6 +26,7 @@ import asyncpg
 import uvloop
 
 from bench.delivery import w1_burst, w2_steady, w3_slow_endpoint, w4_flaky
+from bench.engines import w9_several_engines
 from bench.harness import BenchError, ReceiverProcess, database, run_baseline
 from bench.memory import w5_backlog, w7_many_endpoints
 from bench.producer import w6_producer_cost
@@ -35,7 +36,7 @@ from bench.suite import DB_TIMEOUT_S, Suite, progress
 from bench.waiting import w8_waiting_endpoints
 from engine.db.migrate import migrate
 
-WORKLOADS = ("W1", "W8", "W2", "W3", "W4", "W6", "S", "W7", "W5")  # the order they run in
+WORKLOADS = ("W1", "W8", "W9", "W2", "W3", "W4", "W6", "S", "W7", "W5")  # the order they run in
 BASELINE_CONCURRENCY = (16, 64)
 LONE_REQUESTS = 2_000  # the concurrency-1 baseline (latency floor for W2)
 
@@ -55,6 +56,7 @@ def _workloads(
         "S": lambda s: sql_costs(s, args.sql_commits, args.sql_results),
         "W7": lambda s: w7_many_endpoints(s, args.many_endpoints, args.idle_seconds),
         "W8": lambda s: w8_waiting_endpoints(s, args.events, args.waiting),
+        "W9": lambda s: w9_several_engines(s, args.events),
     }
 
 
@@ -131,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--only", default=",".join(sorted(WORKLOADS)), help="workloads, e.g. W1,W6 (default all)")
     add("--baseline-requests", type=int, default=10_000, help="requests per HTTP limit baseline")
-    add("--events", type=int, default=20_000, help="W1, W3, W4: events per burst")
+    add("--events", type=int, default=20_000, help="W1, W3, W4, W9: events per burst")
     add("--steady-rate", type=float, default=300.0, help="W2: events per second")
     add("--steady-seconds", type=float, default=20.0, help="W2: duration")
     add("--slow-delay", type=float, default=2.0, help="W3: the slow endpoint's seconds/request")

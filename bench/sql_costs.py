@@ -16,11 +16,12 @@ machine) is read before and after a run of calls.
   trigger (one emit per row) and with the statement-level trigger of bench.outbox (one
   ``webhooks.emit_many`` per statement), for subscribed accounts and for accounts without
   endpoints. The emitting share is each trigger's time over the plain insert's.
-- Results: ``webhooks.record_attempts_v1`` recording 2xx results in batches of 100 (the engine's
-  common case), per result; claimed first in batches of 180 (W1's mean), per delivery, in
-  interleaved rounds with ``webhooks.claim_v1`` and with ``webhooks.claim_with_policy_v1`` (the
-  engine's call since migration 0008: claim_v1 plus each endpoint's headers and timeout). No
-  engine runs meanwhile.
+- Results: ``webhooks.claim_v2`` claiming in batches of 180 (W1's mean), per delivery, each batch
+  then recorded as 2xx results by ``webhooks.record_attempts_v1`` in batches of 100 (the engine's
+  common case), per result. A claim leases no more than an endpoint's ``max_in_flight`` (its
+  leases count across engines), so each batch is recorded before the next claim, and the
+  endpoints' limit is raised for the run so that a claim can fill its batch. No engine runs
+  meanwhile.
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ from datetime import UTC, datetime
 import asyncpg
 
 from bench.cpu import cpu_seconds
+from bench.delivery import ACCOUNTS
 from bench.harness import BenchError
 from bench.outbox import BULK_TRIGGER, CLEAR_LEAN, CREATE_BULK_TRIGGER, LEAN_OUTBOX, LEAN_TRIGGER
 from bench.payloads import app_row
 from bench.producer import BENCH_TRIGGERS, CREATE_TRIGGER, DROP_TRIGGER
 from bench.report import Row
 from bench.suite import DB_TIMEOUT_S, INSERT_ROW, Suite, progress
+from engine.models import DEFAULT_MAX_IN_FLIGHT
 
 SUBSCRIBED = "acct_"  # the suite's accounts acct_0..19, one endpoint each
 NOBODY = "sql_costs_nobody_"
@@ -74,11 +77,11 @@ RECORD = (
     " $3::timestamptz[], $4::integer[], $5::integer[], $6::text[], $7::text[], $8::text[],"
     " $9::double precision[])"
 )
-CLAIM = "SELECT delivery_id, lease_token FROM webhooks.claim_v1('{}', '{}', 1000000, $1)"
-CLAIM_WITH_POLICY = (
-    "SELECT delivery_id, lease_token, headers, timeout_s"
-    " FROM webhooks.claim_with_policy_v1('{}', '{}', 1000000, $1)"
-)
+CLAIM = "SELECT delivery_id, lease_token FROM webhooks.claim_v2('{}', '{}', 1000000, $1)"
+# Enough leases per endpoint for a claim of CLAIM_BATCH over the endpoints EMIT_SUBSCRIBED feeds
+# (the bench's, created with the default limit, which is put back after).
+SET_MAX_IN_FLIGHT = "UPDATE webhooks.endpoints SET max_in_flight = $1 WHERE account_id = ANY ($2)"
+CLAIM_MAX_IN_FLIGHT = 256
 EMIT_SUBSCRIBED = """
 SELECT count(webhooks.emit('acct_' || (g % 20), 'email.sent',
                            jsonb_build_object('n', g, 'padding', repeat('x', 1000))))
@@ -110,7 +113,7 @@ async def sql_costs(suite: Suite, commits: int, results: int) -> None:
         finally:
             await suite.conn.execute(DROP_TRIGGER)
             await suite.conn.execute(CREATE_TRIGGER.format(function="email_event_webhook"))
-        claim_us, policy_us, record_us = await _results(suite, conn, pid, results)
+        claim_us, record_us = await _results(suite, conn, pid, results)
     finally:
         await conn.close()
     suite.add(
@@ -125,9 +128,7 @@ async def sql_costs(suite: Suite, commits: int, results: int) -> None:
         Row("S    example trigger over lean outbox, subscribed (over no trigger)",
             (subscribed - none) / (lean - none) if lean > none else 0.0, "", decimals=2),
         *_bulk_rows(*bulk),
-        Row("S  claim_v1, batches of 180", claim_us, "us CPU/delivery"),
-        Row("S  claim_with_policy_v1, batches of 180", policy_us, "us CPU/delivery",
-            policy_us / claim_us, "S claim_v1"),
+        Row("S  claim_v2, batches of 180", claim_us, "us CPU/delivery"),
         Row("S  record_attempts_v1, 2xx, batches of 100", record_us, "us CPU/result"),
     )  # fmt: skip
 
@@ -217,32 +218,35 @@ def _bulk_rows(
 
 async def _results(
     suite: Suite, conn: asyncpg.Connection, pid: int, count: int
-) -> tuple[float, float, float]:
-    """Server CPU µs per delivery claimed with claim_v1 and with claim_with_policy_v1 (``count``
-    each, in ROUNDS interleaved pairs), then per 2xx result recorded."""
-    progress(f"S: {count:,} deliveries claimed by each claim, then recorded as 2xx")
+) -> tuple[float, float]:
+    """Server CPU µs per delivery claimed, then per 2xx result recorded."""
+    progress(f"S: {count:,} deliveries claimed, then recorded as 2xx")
     await suite.clear()
-    await conn.fetchval(EMIT_SUBSCRIBED, 2 * count, timeout=DB_TIMEOUT_S)
+    await conn.fetchval(EMIT_SUBSCRIBED, count, timeout=DB_TIMEOUT_S)
     await conn.execute("VACUUM ANALYZE webhooks.deliveries")
-    claimed: list[asyncpg.Record] = []
-    cpu_s = {CLAIM: 0.0, CLAIM_WITH_POLICY: 0.0}
-    for _ in range(ROUNDS):
-        for statement in cpu_s:
-            before, taken = _backend_cpu_s(pid), 0
-            while taken < count // ROUNDS:
-                batch = await conn.fetch(statement, min(CLAIM_BATCH, count // ROUNDS - taken))
-                if not batch:
-                    raise BenchError(
-                        f"claimed {len(claimed)} of {2 * count} deliveries, then nothing"
-                    )
-                claimed += batch
-                taken += len(batch)
-            cpu_s[statement] += _backend_cpu_s(pid) - before
-    per_claim = len(claimed) / 2
-    claim_us = cpu_s[CLAIM] * 1e6 / per_claim
-    policy_us = cpu_s[CLAIM_WITH_POLICY] * 1e6 / per_claim
+    await conn.execute(SET_MAX_IN_FLIGHT, CLAIM_MAX_IN_FLIGHT, ACCOUNTS)
+    claim_s = record_s = 0.0
+    claimed = 0
+    try:
+        while claimed < count:
+            before = _backend_cpu_s(pid)
+            batch = await conn.fetch(CLAIM, CLAIM_BATCH)
+            claim_s += _backend_cpu_s(pid) - before
+            if not batch:
+                raise BenchError(f"claimed {claimed} of {count} deliveries, then nothing")
+            claimed += len(batch)
+            before = _backend_cpu_s(pid)
+            await _record(conn, batch)
+            record_s += _backend_cpu_s(pid) - before
+    finally:
+        await conn.execute(SET_MAX_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT, ACCOUNTS)
+    await suite.clear()
+    return claim_s * 1e6 / claimed, record_s * 1e6 / claimed
+
+
+async def _record(conn: asyncpg.Connection, claimed: list[asyncpg.Record]) -> None:
+    """Record every claimed delivery as a 2xx, RECORD_BATCH results per call."""
     now = datetime.now(UTC)
-    before = _backend_cpu_s(pid)
     for start in range(0, len(claimed), RECORD_BATCH):
         part = claimed[start : start + RECORD_BATCH]
         n = len(part)
@@ -252,6 +256,3 @@ async def _results(
         )  # fmt: skip
         if any(o["outcome"] != "delivered" for o in outcomes):
             raise BenchError(f"record_attempts_v1 did not deliver: {outcomes}")
-    record_us = (_backend_cpu_s(pid) - before) * 1e6 / len(claimed)
-    await suite.clear()
-    return claim_us, policy_us, record_us

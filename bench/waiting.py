@@ -29,7 +29,7 @@ W8_PREFIX = "w8_"
 # Port 1 (tcpmux) is closed on any machine that runs this: a connection is refused at once.
 REFUSING_URL = "http://127.0.0.1:1/"
 TARGET = 0.90
-CLAIM = "webhooks.claim_v1"
+CLAIM = "webhooks.claim_v2"
 
 ENDPOINTS_SQL = """
 SELECT count(*) FROM generate_series(0, $1::integer - 1) AS g,
@@ -114,7 +114,7 @@ async def w8_waiting_endpoints(suite: Suite, events: int, waiting: int) -> None:
 
 async def _round(suite: Suite, events: int, waiting: int) -> tuple[float, float]:
     """One W1 burst with the waiting set in place: deliveries/s (first commit to last receipt)
-    and the server's time in claim_v1 per delivery (us)."""
+    and the server's time in claim_v2 per delivery (us)."""
     progress(f"W8 burst of {events:,} events beside {waiting:,} waiting deliveries")
     before = await suite.function_times()
     async with suite.engine() as engine:

@@ -166,6 +166,9 @@ class Delivery:
     event_type: str
     body: bytes
     created_at: datetime  # when the delivery was written (the app's commit, for latency)
+    # Seconds from the claim until the attempt may start: the endpoint's rate limit, scheduled by
+    # the claim across every engine (0 without a rate limit). See sql/functions/40_claim.sql.
+    send_in_s: float = 0.0
 
     @property
     def webhook_id(self) -> str:

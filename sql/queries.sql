@@ -2,7 +2,7 @@
 -- Each is one call of a function in sql/functions/, so the logic stays in SQL and is tested there.
 
 -- name: claim
-SELECT * FROM webhooks.claim_with_policy_v1($1::uuid[], $2::integer[], $3::integer, $4::integer, $5::uuid);
+SELECT * FROM webhooks.claim_v2($1::uuid[], $2::integer[], $3::integer, $4::integer, $5::uuid);
 
 -- name: record_attempts
 SELECT * FROM webhooks.record_attempts_v1($1::bigint[], $2::uuid[], $3::timestamptz[], $4::integer[],

@@ -46,7 +46,8 @@ class DeliveryQueue(Gateway):
         max_rows: int,
         after: UUID | None = None,
     ) -> list[tuple[Delivery, EndpointConfig]]:
-        """Lease due deliveries, at most ``rooms[endpoint]`` (or ``default_room``) per endpoint.
+        """Lease due deliveries, at most ``rooms[endpoint]`` (or ``default_room``) per endpoint,
+        and no more than each endpoint's limits allow across every engine (``claim_v2``).
 
         Rows come grouped by endpoint, so each endpoint's config is built once per claim, not
         once per row (a claim returns up to ``max_rows`` rows for a handful of endpoints).
@@ -79,6 +80,7 @@ class DeliveryQueue(Gateway):
                 event_type=r["event_type"],
                 body=r["body"].encode(),
                 created_at=r["created_at"],
+                send_in_s=r["send_in_s"],
             )
             claimed.append((delivery, config))
         return claimed

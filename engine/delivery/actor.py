@@ -3,12 +3,15 @@
 One actor per endpoint with work gives isolation for free: a slow endpoint fills only its own
 queue and its own in-flight slots, while the others keep going. The queue is bounded (its room is
 what the dispatcher claims for), attempts start in queue order (claim order: event order), at most
-``max_in_flight`` at once (one under strict ordering), spaced by the endpoint's rate limit.
+``max_in_flight`` at once (one under strict ordering), each no earlier than the start time its
+claim gave it. The claim keeps both limits across every engine (sql/functions/40_claim.sql): it
+leases no more rows than the endpoint may have in flight, and schedules a rate-limited endpoint's
+starts; the actor only keeps to what it was given.
 
-An actor lives only while it has work: something queued, something in flight, or (rate-limited
-endpoints only) a start it must still space out. Then run() returns and the dispatcher forgets the
-actor, so an engine's memory and tasks follow the deliveries it holds, never the number of
-endpoints a burst touched (docs/decisions/0009-memory-per-endpoint.md).
+An actor lives only while it has work: something queued or something in flight. Then run()
+returns and the dispatcher forgets the actor, so an engine's memory and tasks follow the
+deliveries it holds, never the number of endpoints a burst touched
+(docs/decisions/0009-memory-per-endpoint.md).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class ActorDeps:
 class Queued:
     delivery: Delivery
     claimed_at: float  # time.monotonic() of the claim
+    start_at: float  # time.monotonic() before which the attempt may not start (rate limit)
 
 
 class EndpointActor:
@@ -70,7 +74,6 @@ class EndpointActor:
     __slots__ = (
         "_changed",
         "_deps",
-        "_next_start",
         "_queue",
         "_stopping",
         "_tasks",
@@ -85,7 +88,6 @@ class EndpointActor:
         self._tasks: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
         self._stopping = False
-        self._next_start = 0.0
         self.started = 0
 
     @property
@@ -129,7 +131,8 @@ class EndpointActor:
     def offer(self, delivery: Delivery) -> None:
         """Queue a claimed delivery. The dispatcher claims only up to room(), so this fits;
         going over by a few is harmless (the bound is on what we claim, not a hard wall)."""
-        self._queue.append(Queued(delivery, time.monotonic()))
+        now = time.monotonic()
+        self._queue.append(Queued(delivery, now, now + delivery.send_in_s))
         self._changed.set()
 
     def stop(self) -> list[Delivery]:
@@ -152,9 +155,8 @@ class EndpointActor:
     async def run(self) -> None:
         """Start attempts as slots free up; return when stopped, or out of work.
 
-        Out of work: nothing queued, nothing in flight, and no rate-limit spacing pending. A
-        rate-limited actor waits out its spacing first, so that the next claim's actor cannot
-        start sooner than the limit allows.
+        Out of work: nothing queued and nothing in flight. A rate limit needs no waiting here:
+        the claim schedules every start, so the next claim's actor keeps to the same schedule.
         """
         while not self._stopping:
             self._changed.clear()
@@ -162,9 +164,11 @@ class EndpointActor:
                 if not self._deps.writer.has_room():
                     await asyncio.sleep(0.05)
                     continue
-                wait_s = self._next_start - time.monotonic()
+                # The rate limit: the claim scheduled this start. Woken early by stop() or offer().
+                wait_s = self._queue[0].start_at - time.monotonic()
                 if wait_s > 0:
-                    await asyncio.sleep(wait_s)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(), wait_s)
                     continue
                 await self._deps.slots.acquire()
                 # stop() empties the queue: it may have run while we waited for the slot.
@@ -173,13 +177,7 @@ class EndpointActor:
                     self._deps.slots.release()
                 continue
             if not self._queue and not self._tasks:
-                spacing_s = self._next_start - time.monotonic()
-                if spacing_s <= 0:
-                    return
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(spacing_s):
-                        await self._changed.wait()
-                continue
+                return
             await self._changed.wait()
 
     def _start(self, item: Queued) -> bool:
@@ -193,9 +191,6 @@ class EndpointActor:
                 lease_left_s=round(lease_left, 1),
             )
             return False
-        if self.config.rate_limit_per_s:
-            now = time.monotonic()
-            self._next_start = max(now, self._next_start) + 1.0 / self.config.rate_limit_per_s
         self.started += 1
         task = asyncio.get_running_loop().create_task(self._attempt(item.delivery, self.config))
         self._tasks.add(task)

@@ -107,7 +107,7 @@ class Dispatcher:
         """Claim what fits; return how long to sleep before the next cycle."""
         try:
             idle = await self._claim_all(stop)
-            await self._mark_waiting(idle and self._listening())
+            marked = await self._mark_waiting(idle and self._listening())
             if not idle:
                 return self._poll_s
             if self._on_idle is not None:
@@ -124,9 +124,13 @@ class Dispatcher:
             # Already due, although the claim that just ran took nothing while every actor had
             # room: what is due cannot go now (a strict endpoint's head waits for its retry) or
             # fell due in the instant since. The poll, a NOTIFY or a result comes back for it;
-            # claiming again at once would spin for as long as that head waits.
+            # claiming again at once would spin for as long as that head waits. Except once,
+            # right after this cycle set the mark: an event committed between the empty claim
+            # and the mark's commit found no mark, so no NOTIFY will come for it.
             if due_in_s > 0:
                 timeout = min(timeout, max(0.005, due_in_s))
+            elif marked:
+                timeout = 0.0
         if self._waiting:  # a poll interval longer than the refresh period must not let it lapse
             timeout = min(timeout, max(0.0, self._refresh_at - time.monotonic()))
         return timeout
@@ -134,8 +138,9 @@ class Dispatcher:
     async def _claim_all(self, stop: asyncio.Event) -> bool:
         """Claim until nothing more fits or is due; True when the engine is idle.
 
-        Idle means nothing was due although every actor had room: then the app's emit() must
-        NOTIFY us. With full actors we wake ourselves when room appears. Besides each actor's
+        Idle means nothing was due although every actor had room and no result was waiting to
+        be written: then the app's emit() must NOTIFY us. With full actors we wake ourselves when
+        room appears, and a written result wakes us too. Besides each actor's
         room, everything claimed but not finished is capped in all (``max_outstanding``), so a
         backlog over thousands of endpoints cannot pile up memory, nor leases that would run out
         before their turn.
@@ -150,18 +155,26 @@ class Dispatcher:
                 rooms, default_room=self.default_room, max_rows=budget, after=self._after
             )
             if rows:
-                self._waiting = False  # claim_v1 cleared the waiting mark as it leased them
+                self._waiting = False  # claim_v2 cleared the waiting mark as it leased them
             self._outage.succeeded()
             for delivery, config in rows:
                 self._actor_for(config).offer(delivery)
             if len(rows) < budget:
                 self._after = None
-                return not rows and all(room > 0 for room in rooms.values())
+                # Results waiting to be written hold leases that the claim counts against their
+                # endpoints' max_in_flight: their write wakes us, and the claim after it may take
+                # what this one could not, so we are not idle while they wait.
+                return (
+                    not rows
+                    and all(room > 0 for room in rooms.values())
+                    and not self._deps.writer.buffered
+                )
             self._after = rows[-1][1].id
         return False
 
-    async def _mark_waiting(self, waiting: bool) -> None:
-        """Set or clear the waiting mark on a change; refresh it while it stays set.
+    async def _mark_waiting(self, waiting: bool) -> bool:
+        """Set or clear the waiting mark on a change; refresh it while it stays set. True when
+        this call set it.
 
         The refresh extends only a mark that still stands: if another engine's claim cleared it,
         that engine is busy, and this one finds work by its poll until it next goes to sleep.
@@ -169,11 +182,12 @@ class Dispatcher:
         if self._waiting is not waiting:
             await self._store.set_engine_waiting(waiting)
             self._waiting = waiting
-        elif not waiting or time.monotonic() < self._refresh_at:
-            return
-        else:
+            self._refresh_at = time.monotonic() + WAITING_REFRESH_S
+            return waiting
+        if waiting and time.monotonic() >= self._refresh_at:
             await self._store.refresh_engine_waiting()
-        self._refresh_at = time.monotonic() + WAITING_REFRESH_S
+            self._refresh_at = time.monotonic() + WAITING_REFRESH_S
+        return False
 
     def _actor_for(self, config: EndpointConfig) -> EndpointActor:
         actor = self.actors.get(config.id)

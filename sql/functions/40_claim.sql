@@ -1,7 +1,7 @@
--- The engine's claim: a short transaction that leases due deliveries, per endpoint, only as many as
--- the caller's actor for that endpoint has room for. due_at doubles as the lease expiry: claiming
--- moves it forward by settings.lease_duration; a crashed engine's rows become due again when the
--- lease runs out (at-least-once).
+-- The engine's claim: a short transaction that leases due deliveries, per endpoint, as many as the
+-- caller's actor for that endpoint has room for and the endpoint's limits allow across every
+-- engine. due_at doubles as the lease expiry: claiming moves it forward by settings.lease_duration;
+-- a crashed engine's rows become due again when the lease runs out (at-least-once).
 --
 -- The ready set (migration 0004, docs/decisions/0006-ready-set.md): a claim reads only rows marked
 -- ready, so a delivery waiting for its retry or leased to an attempt costs it nothing. It first
@@ -9,13 +9,30 @@
 -- and a bounded number per claim, then leases from the ready set and clears ready on what it leased.
 -- A claim's work follows the rows it returns, the rows it promotes and the endpoints with ready rows.
 --
+-- Several engines (migration 0006, docs/decisions/0008-several-engines.md): an endpoint's limits
+-- are kept here, not by the engines' actors, so they hold across engines. Per endpoint the claim
+-- - takes a transaction-level advisory lock on the endpoint (its bucket), or skips it when another
+--   claim holds it: two claims that both counted the same free room would together lease past
+--   the limit;
+-- - counts the endpoint's rows leased now, by any engine (deliveries_leased_idx), and leases at
+--   most max_in_flight (1 when strict) minus those. A row an actor holds queued counts as in
+--   flight, so an endpoint's leased rows never exceed its limit, wherever they wait;
+-- - with a rate limit, gives each row it leases the next start time from the endpoint's schedule
+--   (webhooks.endpoint_pacing), one 1/rate apart, and leases only rows whose start falls within a
+--   quarter of the lease: the actor waits for that time before sending, with most of its lease
+--   left. send_in_s says how long, from the end of the claim; it is relative, so engines whose
+--   clocks differ from the server's still keep the schedule.
+--
+-- Each row also carries what its attempt needs of the endpoint's policy (migration 0008): the
+-- custom headers and the request timeout in force (the endpoint's, else the settings').
+--
 -- p_room_ids/p_rooms: endpoints whose actors have limited room (0 means skip the endpoint);
 -- p_default_room: room for any other endpoint; p_max_rows: cap for the whole claim;
 -- p_after: the endpoint the previous capped claim stopped at, so a capped claim rotates fairly.
 -- Endpoints are found with a loose index scan over deliveries_ready_idx: one probe per endpoint
 -- with ready rows, never a query per known endpoint.
 -- Picks also require due_at <= now(): ready alone would do for rows this body wrote, but an engine
--- of the previous version (running beside a new one during an upgrade, before these bodies were
+-- of an earlier version (running beside a new one during an upgrade, before these bodies were
 -- re-applied) leased rows without clearing ready; its leases are not due, so they are not taken
 -- twice, and they leave the ready set the next time these bodies lease them or record a retry.
 -- Generic plans (plan_cache_mode): with the default, Postgres planned the final statement afresh on
@@ -25,13 +42,13 @@
 -- table swings between empty (freshly vacuumed, its statistics saying no rows) and a burst's
 -- thousands of rows. Plans made on the empty table scanned all of it on every claim later, however
 -- few rows the claim took. For the same reason the reads by endpoint name the predicate of a partial
--- index ("d.ready", "NOT d.ready", "d.attempts >= 0"), and the updates by id can only use the
--- primary key: no partial index's predicate is in them.
+-- index ("d.ready", "NOT d.ready", "d.attempts >= 0", "d.lease_token IS NOT NULL AND NOT d.ready"),
+-- and the updates by id can only use the primary key: no partial index's predicate is in them.
 -- No JIT (jit): with sequential scans off, the one-row settings table's only plan is a seq scan
 -- costed as disabled (10^10), far above jit_above_cost, so Postgres 15 built with LLVM compiled it
 -- on every call, at a cost far above the claim's own. These statements never need JIT.
 -- The figures behind these settings: docs/decisions/0001-claim-plans.md.
-CREATE OR REPLACE FUNCTION webhooks.claim_v1(
+CREATE OR REPLACE FUNCTION webhooks.claim_v2(
     p_room_ids     uuid[],
     p_rooms        integer[],
     p_default_room integer,
@@ -50,7 +67,10 @@ RETURNS TABLE (
     max_in_flight    integer,
     ordering         text,
     rate_limit_per_s double precision,
-    created_at       timestamptz)
+    created_at       timestamptz,
+    send_in_s        double precision,
+    headers          jsonb,
+    timeout_s        integer)
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
@@ -59,14 +79,20 @@ SET jit = off AS $$
 DECLARE
     v_token   uuid := gen_random_uuid();
     v_lease   interval;
+    v_timeout integer;
     v_claimed bigint[] := '{}';
+    v_slots   timestamptz[] := '{}';
     v_left    integer := p_max_rows;
     v_ep      record;
     v_room    integer;
+    v_busy    integer;
+    v_step    interval;
+    v_slot    timestamptz;
     v_head    record;
     v_ids     bigint[];
+    v_sent    timestamptz;
 BEGIN
-    SELECT s.lease_duration INTO v_lease FROM webhooks.settings s;
+    SELECT s.lease_duration, s.request_timeout_s INTO v_lease, v_timeout FROM webhooks.settings s;
 
     -- Promotion. SKIP LOCKED: engines claiming at once split the due rows instead of queueing on
     -- each other, and a row that a result is being recorded for is left to that result. Bounded,
@@ -94,7 +120,8 @@ BEGIN
                      ORDER BY d.endpoint_id LIMIT 1)
               FROM eps WHERE eps.id IS NOT NULL
         )
-        SELECT eps.id, e.ordering AS ep_ordering, e.enabled
+        SELECT eps.id, e.ordering AS ep_ordering, e.enabled, e.max_in_flight AS ep_limit,
+               e.rate_limit_per_s AS ep_rate
           FROM eps JOIN webhooks.endpoints e ON e.id = eps.id
          ORDER BY (p_after IS NOT NULL AND eps.id <= p_after), eps.id
     LOOP
@@ -103,6 +130,32 @@ BEGIN
         v_room := coalesce(p_rooms[array_position(p_room_ids, v_ep.id)], p_default_room);
         CONTINUE WHEN v_room <= 0;
         v_room := least(v_room, v_left);
+        -- Another engine is claiming for this endpoint right now: its next claim comes soon.
+        -- One lock per bucket of endpoints, not per endpoint: a claim may walk thousands of
+        -- endpoints, and advisory locks take room in the server's shared lock table (sized by
+        -- max_locks_per_transaction), which one lock each could exhaust. 256 buckets bound a
+        -- claim's locks; endpoints that share one are claimed by one engine at a time.
+        CONTINUE WHEN NOT pg_try_advisory_xact_lock(hashtext('webhooks.claim'),
+                                                    hashtext(v_ep.id::text) & 255);
+        -- What is in flight across engines. Under the lock, and in a statement of its own (a
+        -- snapshot taken after the lock), so a claim that committed just before counts.
+        SELECT count(*) INTO v_busy FROM webhooks.deliveries d
+         WHERE d.endpoint_id = v_ep.id AND d.lease_token IS NOT NULL AND NOT d.ready
+           AND d.due_at > now();
+        v_room := least(v_room,
+                        CASE WHEN v_ep.ep_ordering = 'strict' THEN 1 ELSE v_ep.ep_limit END - v_busy);
+        CONTINUE WHEN v_room <= 0;
+        v_slot := NULL;
+        IF v_ep.ep_rate IS NOT NULL THEN
+            v_step := make_interval(secs => 1 / v_ep.ep_rate);
+            SELECT greatest(p.next_slot_at, now()) INTO v_slot FROM webhooks.endpoint_pacing p
+             WHERE p.endpoint_id = v_ep.id;
+            v_slot := coalesce(v_slot, now());
+            -- Only starts within a quarter of the lease: the rest of it covers the request.
+            v_room := least(v_room, floor(extract(epoch FROM now() + v_lease / 4 - v_slot)
+                                          * v_ep.ep_rate)::integer + 1);
+            CONTINUE WHEN v_room <= 0;
+        END IF;
         IF v_ep.ep_ordering = 'strict' THEN
             -- FIFO: only the oldest live delivery may go, and only when it is ready (not leased,
             -- not waiting for its retry). The head is looked up among all live rows, ready or not.
@@ -127,6 +180,17 @@ BEGIN
         CONTINUE WHEN v_ids IS NULL;
         v_claimed := v_claimed || v_ids;
         v_left := v_left - cardinality(v_ids);
+        IF v_slot IS NULL THEN
+            v_slots := v_slots || array_fill(NULL::timestamptz, ARRAY[cardinality(v_ids)]);
+        ELSE
+            -- v_ids is in id order (event order), so the slots are too.
+            v_slots := v_slots || ARRAY(SELECT v_slot + v_step * (n - 1)
+                                          FROM generate_series(1, cardinality(v_ids)) n
+                                         ORDER BY n);
+            INSERT INTO webhooks.endpoint_pacing AS p (endpoint_id, next_slot_at)
+            VALUES (v_ep.id, v_slot + v_step * cardinality(v_ids))
+            ON CONFLICT (endpoint_id) DO UPDATE SET next_slot_at = excluded.next_slot_at;
+        END IF;
     END LOOP;
 
     IF cardinality(v_claimed) = 0 THEN
@@ -149,6 +213,8 @@ BEGIN
                        CASE WHEN cardinality(v_claimed) > 16 THEN 'force_custom_plan'
                             ELSE 'force_generic_plan' END, true);
 
+    -- The start times go out relative to the claim's end, the latest moment this body can read.
+    v_sent := clock_timestamp();
     RETURN QUERY
     WITH leased AS (
         UPDATE webhooks.deliveries d
@@ -165,17 +231,56 @@ BEGIN
            || ',"data":' || ev.payload::text
            || CASE WHEN ev.test THEN ',"test":true}' ELSE '}' END,
            e.url, webhooks.signing_secrets(e), e.max_in_flight, e.ordering, e.rate_limit_per_s,
-           l.created_at
+           l.created_at,
+           coalesce(greatest(extract(epoch FROM s.slot - v_sent)::double precision, 0), 0),
+           e.headers, coalesce(e.timeout_s, v_timeout)
       FROM leased l
+      JOIN unnest(v_claimed, v_slots) AS s(id, slot) ON s.id = l.id
       JOIN webhooks.events ev ON ev.id = l.event_id AND ev.created_at = l.event_created_at
       JOIN webhooks.endpoints e ON e.id = l.endpoint_id
      ORDER BY l.endpoint_id, l.id;
 END $$;
 
+-- For an engine of the previous version, running beside new ones during an upgrade: the same
+-- claim, without the start times. Its rows count against max_in_flight as everyone's do; it
+-- spaces a rate-limited endpoint's starts by its own clock from the moment of its claim, so until
+-- it stops, that endpoint's rate across engines may run above its limit.
+CREATE OR REPLACE FUNCTION webhooks.claim_v1(
+    p_room_ids     uuid[],
+    p_rooms        integer[],
+    p_default_room integer,
+    p_max_rows     integer,
+    p_after        uuid DEFAULT NULL)
+RETURNS TABLE (
+    delivery_id      bigint,
+    lease_token      uuid,
+    attempt          integer,
+    endpoint_id      uuid,
+    event_id         bigint,
+    event_type       text,
+    body             text,
+    url              text,
+    secrets          text[],
+    max_in_flight    integer,
+    ordering         text,
+    rate_limit_per_s double precision,
+    created_at       timestamptz)
+LANGUAGE sql AS $$
+    SELECT c.delivery_id, c.lease_token, c.attempt, c.endpoint_id, c.event_id, c.event_type,
+           c.body, c.url, c.secrets, c.max_in_flight, c.ordering, c.rate_limit_per_s, c.created_at
+      FROM webhooks.claim_v2(p_room_ids, p_rooms, p_default_room, p_max_rows, p_after) c
+$$;
+
 -- Gives back leases of deliveries the engine claimed but never started (shutdown), so they are
--- ready at once instead of after the lease expires.
+-- ready at once instead of after the lease expires. The other engines are told at once (a NOTIFY
+-- from this, the engine's own transaction, never from the app's): the rows no longer count against
+-- their endpoints' max_in_flight, and an engine waiting on that limit would otherwise find them
+-- only at its next poll.
 CREATE OR REPLACE FUNCTION webhooks.release_v1(p_delivery_ids bigint[], p_leases uuid[])
-RETURNS integer LANGUAGE sql AS $$
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_count integer;
+BEGIN
     WITH released AS (
         UPDATE webhooks.deliveries d
            SET due_at = now(), lease_token = NULL, ready = true
@@ -183,8 +288,12 @@ RETURNS integer LANGUAGE sql AS $$
          WHERE d.id = r.id AND d.lease_token = r.lease
         RETURNING 1
     )
-    SELECT count(*)::integer FROM released
-$$;
+    SELECT count(*)::integer INTO v_count FROM released;
+    IF v_count > 0 THEN
+        PERFORM pg_notify('webhooks_wakeup', '');
+    END IF;
+    RETURN v_count;
+END $$;
 
 -- The waiting mark (engine_state.waiting_until): emit sends a NOTIFY only while it is in the
 -- future. An engine sets it when it goes to sleep with its listener connected and refreshes it
@@ -235,44 +344,4 @@ RETURNS timestamptz LANGUAGE sql STABLE AS $$
                    WHERE NOT d.ready ORDER BY d.due_at LIMIT 1),
                  (SELECT d.due_at FROM webhooks.deliveries d
                    WHERE d.ready ORDER BY d.endpoint_id, d.id LIMIT 1))
-$$;
-
--- claim_v1's rows with the per-endpoint policy an attempt needs (migration 0008): the custom
--- headers and the request timeout in force (the endpoint's, else the settings'). A wrapper, so that
--- claim_v1's result stays what engines of the previous version read beside this schema during an
--- upgrade. The rows keep claim_v1's order (grouped by endpoint). Sequential scans off for the
--- endpoints' lookups by id, as in claim_v1.
-CREATE OR REPLACE FUNCTION webhooks.claim_with_policy_v1(
-    p_room_ids     uuid[],
-    p_rooms        integer[],
-    p_default_room integer,
-    p_max_rows     integer,
-    p_after        uuid DEFAULT NULL)
-RETURNS TABLE (
-    delivery_id      bigint,
-    lease_token      uuid,
-    attempt          integer,
-    endpoint_id      uuid,
-    event_id         bigint,
-    event_type       text,
-    body             text,
-    url              text,
-    secrets          text[],
-    max_in_flight    integer,
-    ordering         text,
-    rate_limit_per_s double precision,
-    created_at       timestamptz,
-    headers          jsonb,
-    timeout_s        integer)
-LANGUAGE sql VOLATILE
-SET enable_seqscan = off
-SET jit = off AS $$
-    SELECT c.delivery_id, c.lease_token, c.attempt, c.endpoint_id, c.event_id, c.event_type, c.body,
-           c.url, c.secrets, c.max_in_flight, c.ordering, c.rate_limit_per_s, c.created_at,
-           e.headers, coalesce(e.timeout_s, s.request_timeout_s)
-      FROM webhooks.claim_v1(p_room_ids, p_rooms, p_default_room, p_max_rows, p_after)
-           WITH ORDINALITY AS c
-      JOIN webhooks.endpoints e ON e.id = c.endpoint_id
-     CROSS JOIN webhooks.settings s
-     ORDER BY c.ordinality
 $$;

@@ -96,7 +96,7 @@ async def test_claim_leases_rows_for_lease_duration(store: Store, conn: asyncpg.
     await conn.execute("UPDATE webhooks.settings SET lease_duration = '45 seconds'")
     async with conn.transaction():
         rows = await conn.fetch(
-            "SELECT * FROM webhooks.claim_v1('{}'::uuid[], '{}'::integer[], 8, 100)"
+            "SELECT * FROM webhooks.claim_v2('{}'::uuid[], '{}'::integer[], 8, 100)"
         )
         leased = await conn.fetch(
             "SELECT id, due_at - now() AS ahead, lease_token FROM webhooks.deliveries ORDER BY id"
@@ -120,11 +120,11 @@ async def test_claim_commits_without_waiting_for_the_wal_flush(
     await create(store)
     await emit_n(conn, 1)
     await conn.execute("SET synchronous_commit = on")  # the test server may run with it off
-    claim_sql = "SELECT count(*) FROM webhooks.claim_v1('{}'::uuid[], '{}'::integer[], 8, 100)"
+    claim_sql = "SELECT count(*) FROM webhooks.claim_v2('{}'::uuid[], '{}'::integer[], 8, 100)"
     async with conn.transaction():
         assert await conn.fetchval(claim_sql) == 1
         assert await conn.fetchval("SHOW synchronous_commit") == "off"
-        # claim_v1 also picks a plan cache mode for its last statement; that stays inside it.
+        # claim_v2 also picks a plan cache mode for its last statement; that stays inside it.
         assert await conn.fetchval("SHOW plan_cache_mode") == "auto"
     assert await conn.fetchval("SHOW synchronous_commit") == "on"
     async with conn.transaction():
@@ -141,7 +141,7 @@ async def test_claim_that_leases_rows_marks_the_engine_busy(
     already clear."""
     await create(store)
     await conn.execute("SELECT webhooks.set_engine_waiting_v1(true)")
-    claim_sql = "SELECT count(*) FROM webhooks.claim_v1('{}'::uuid[], '{}'::integer[], 8, 100)"
+    claim_sql = "SELECT count(*) FROM webhooks.claim_v2('{}'::uuid[], '{}'::integer[], 8, 100)"
     mark_sql = "SELECT waiting_until FROM webhooks.engine_state"
     assert await conn.fetchval(claim_sql) == 0
     assert await conn.fetchval(mark_sql) is not None
@@ -157,7 +157,7 @@ async def test_claim_that_leases_rows_marks_the_engine_busy(
 @pytest.mark.parametrize(
     ("function", "config"),
     [
-        ("claim_v1", ["plan_cache_mode=force_generic_plan", "enable_seqscan=off", "jit=off"]),
+        ("claim_v2", ["plan_cache_mode=force_generic_plan", "enable_seqscan=off", "jit=off"]),
         (
             "record_attempts_v1",
             [
@@ -396,7 +396,10 @@ async def test_record_failure_schedules_retry(store: Store, conn: asyncpg.Connec
 
 async def test_retry_jitter_spreads_delays(store: Store, conn: asyncpg.Connection) -> None:
     """Retries of simultaneous failures are spread by jitter, not all due at the same instant."""
-    await create(store)
+    endpoint_id = await create(store)
+    await conn.execute(
+        "UPDATE webhooks.endpoints SET max_in_flight = 20 WHERE id = $1", endpoint_id
+    )
     await emit_n(conn, 20)
     claimed = await claim(store, default_room=20)
     # One batch is one statement: every retry shares now(), so only jitter separates them.
@@ -1043,9 +1046,13 @@ async def test_record_plans_for_the_hot_table_it_finds_not_the_one_it_first_saw(
     plans 30-45 s later. Measured as tuples the call read from the table, not as time; the
     bound allows a few index probes per result and no pass over the table."""
     await create(store)
+    # Two endpoints of the account at the most max_in_flight allows, so that one claim can lease
+    # 300 of the 3,000 rows below (1,500 events, a delivery to each endpoint).
+    await create(store)
+    await conn.execute("UPDATE webhooks.endpoints SET max_in_flight = 256")
     await emit_n(conn, 1)
     first = await conn.fetch(
-        "SELECT * FROM webhooks.claim_v1('{}'::uuid[], '{}'::integer[], 8, 10)"
+        "SELECT * FROM webhooks.claim_v2('{}'::uuid[], '{}'::integer[], 8, 10)"
     )
     await _record_sql(conn, list(first), fail_every=1)  # plans made while the table is tiny...
     await conn.execute("DELETE FROM webhooks.deliveries")
@@ -1053,10 +1060,10 @@ async def test_record_plans_for_the_hot_table_it_finds_not_the_one_it_first_saw(
     await _record_sql(conn, list(first), fail_every=1)
     await conn.execute(
         "SELECT webhooks.emit('acct_1', 'email.sent', jsonb_build_object('n', i))"
-        "  FROM generate_series(1, 3000) i"
+        "  FROM generate_series(1, 1500) i"
     )
     batch = await conn.fetch(
-        "SELECT * FROM webhooks.claim_v1('{}'::uuid[], '{}'::integer[], 300, 300)"
+        "SELECT * FROM webhooks.claim_v2('{}'::uuid[], '{}'::integer[], 300, 300)"
     )
     assert len(batch) == 300
     read = await _tuples_read_by(conn, _record_sql(conn, list(batch), fail_every=5))
@@ -1068,7 +1075,7 @@ async def test_record_plans_for_the_hot_table_it_finds_not_the_one_it_first_saw(
     # here before the per-endpoint indexes were put out of reach (lookups by id through a full scan
     # of deliveries_endpoint_id_idx); a join of the results with the table read 3,000 per statement.
     trickle = await conn.fetch(
-        "SELECT * FROM webhooks.claim_v1('{}'::uuid[], '{}'::integer[], 10, 10)"
+        "SELECT * FROM webhooks.claim_v2('{}'::uuid[], '{}'::integer[], 10, 10)"
     )
     read = await _tuples_read_by(conn, _record_sql(conn, list(trickle), fail_every=2))
     # A lookup by id also visits the dead versions of its row that the claim's lease left behind,
@@ -1083,13 +1090,13 @@ async def test_record_plans_for_the_hot_table_it_finds_not_the_one_it_first_saw(
 async def test_claim_keeps_to_its_indexes_after_planning_on_an_empty_table(
     store: Store, conn: asyncpg.Connection
 ) -> None:
-    """claim_v1's generic plans are made once per connection, maybe while the hot table is empty
+    """claim_v2's generic plans are made once per connection, maybe while the hot table is empty
     and its statistics say so. A small claim later, on a table of thousands of rows, still reads
     a few tuples: with sequential scans allowed it read the whole table twice (6,020 tuples of
     3,000 rows for 5 deliveries)."""
     await create(store)
     await emit_n(conn, 1)
-    claim_sql = "SELECT * FROM webhooks.claim_v1('{}'::uuid[], '{}'::integer[], $1, $1)"
+    claim_sql = "SELECT * FROM webhooks.claim_v2('{}'::uuid[], '{}'::integer[], $1, $1)"
     for _ in range(7):  # plans made while the table is tiny...
         await conn.fetch(claim_sql, 10)
     await conn.execute("DELETE FROM webhooks.deliveries")
@@ -1115,7 +1122,7 @@ async def test_engine_functions_are_never_jit_compiled(
 ) -> None:
     """With sequential scans off, the one-row settings table's only plan is costed as disabled
     (10^10), far above jit_above_cost: Postgres 15 built with LLVM (Debian's, CI's) compiled that
-    read inside claim_v1 on every call, 18 ms per claim instead of 0.7 ms. Checked on the
+    read inside the claim on every call, 18 ms per claim instead of 0.7 ms. Checked on the
     statements inside the functions, with JIT made as eager as it gets for the session."""
     if not await conn.fetchval("SELECT pg_jit_available()"):
         # Only the embedded Postgres may lack one; a server named for the tests (CI's Postgres
@@ -1124,7 +1131,7 @@ async def test_engine_functions_are_never_jit_compiled(
         pytest.skip("the embedded Postgres has no JIT provider; CI's Postgres 15 runs this test")
     await create(store)
     await emit_n(conn, 8)
-    claim_sql = "SELECT * FROM webhooks.claim_v1('{}'::uuid[], '{}'::integer[], 4, 4)"
+    claim_sql = "SELECT * FROM webhooks.claim_v2('{}'::uuid[], '{}'::integer[], 4, 4)"
     # Once before listening, so that asyncpg has introspected the types (a statement of its own).
     await _record_sql(conn, list(await conn.fetch(claim_sql)), fail_every=2)
     await conn.execute("LOAD 'auto_explain'")
@@ -1144,7 +1151,7 @@ async def test_engine_functions_are_never_jit_compiled(
     rows = await conn.fetch(claim_sql)
     assert len(rows) == 4
     await _record_sql(conn, list(rows), fail_every=2)
-    calls = ("webhooks.claim_v1(", "webhooks.record_attempts_v1(")
+    calls = ("webhooks.claim_v2(", "webhooks.record_attempts_v1(")
     inside = [p for p in plans if not any(c in p for c in calls)]
     assert len(inside) >= 10, f"auto_explain logged {len(inside)} statements inside the functions"
     compiled = [p for p in inside if "JIT:" in p]

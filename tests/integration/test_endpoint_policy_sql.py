@@ -25,7 +25,7 @@ from engine.models import (
 from tests.support.db import error_of
 
 CREATE = "SELECT id FROM webhooks.create_endpoint('acct_1', 'https://example.com/h', ARRAY['*']"
-CLAIM = "SELECT * FROM webhooks.claim_with_policy_v1('{}'::uuid[], '{}'::integer[], 100, 100)"
+CLAIM = "SELECT * FROM webhooks.claim_v2('{}'::uuid[], '{}'::integer[], 100, 100)"
 RECORD = """
 SELECT * FROM webhooks.record_attempts_v1($1::bigint[], $2::uuid[], $3::timestamptz[],
     $4::integer[], $5::integer[], $6::text[], $7::text[], $8::text[], $9::float8[])"""

@@ -45,7 +45,7 @@ SELECT g, now(), 'email.sent', busy.ids[g % $2 + 1],
   FROM generate_series(1, $1) AS g, busy
 """
 
-# claim_v1's promotion: the waiting rows whose due time has come, oldest due first.
+# The claim's promotion: the waiting rows whose due time has come, oldest due first.
 CLAIM_PROMOTE = """
 SELECT d.id FROM webhooks.deliveries d
  WHERE NOT d.ready AND d.due_at <= now()
@@ -54,7 +54,7 @@ SELECT d.id FROM webhooks.deliveries d
  FOR UPDATE SKIP LOCKED
 """
 
-# claim_v1, dispatch ordering: the endpoint's ready rows, oldest first.
+# The claim, dispatch ordering: the endpoint's ready rows, oldest first.
 CLAIM_DUE = """
 SELECT d.id FROM webhooks.deliveries d
  WHERE d.endpoint_id = $1 AND d.ready AND d.due_at <= now()
@@ -63,7 +63,14 @@ SELECT d.id FROM webhooks.deliveries d
  FOR UPDATE SKIP LOCKED
 """
 
-# claim_v1, strict ordering: the endpoint's oldest live delivery, ready or not...
+# The claim's count of an endpoint's rows in flight, across engines (leased, lease running).
+CLAIM_LEASED = """
+SELECT count(*) FROM webhooks.deliveries d
+ WHERE d.endpoint_id = $1 AND d.lease_token IS NOT NULL AND NOT d.ready
+   AND d.due_at > now()
+"""
+
+# The claim, strict ordering: the endpoint's oldest live delivery, ready or not...
 CLAIM_HEAD = """
 SELECT d.id, d.ready, d.due_at FROM webhooks.deliveries d
  WHERE d.endpoint_id = $1 AND d.attempts >= 0 ORDER BY d.id LIMIT 1
@@ -84,7 +91,7 @@ SELECT least((SELECT d.due_at FROM webhooks.deliveries d
                WHERE d.ready ORDER BY d.endpoint_id, d.id LIMIT 1))
 """
 
-# claim_v1's loose index scan: the endpoints that have ready deliveries, one probe each.
+# The claim's loose index scan: the endpoints that have ready deliveries, one probe each.
 CLAIM_ENDPOINTS = """
 WITH RECURSIVE eps(id) AS (
     (SELECT d.endpoint_id FROM webhooks.deliveries d
@@ -227,6 +234,14 @@ async def test_claim_due_rows_use_ready_index(big: asyncpg.Connection) -> None:
     assert custom == {"deliveries": {"deliveries_ready_idx"}}
     generic = await generic_plan(big, CLAIM_DUE, "uuid, integer", f"{ANY_UUID}, 8")
     assert generic == {"deliveries": {"deliveries_ready_idx"}}
+
+
+async def test_claim_count_of_leases_uses_leased_index(big: asyncpg.Connection) -> None:
+    """The claim counts an endpoint's leases through deliveries_leased_idx, never its other rows."""
+    custom = await custom_plan(big, CLAIM_LEASED, await backlog_endpoint(big))
+    assert custom == {"deliveries": {"deliveries_leased_idx"}}
+    generic = await generic_plan(big, CLAIM_LEASED, "uuid", ANY_UUID)
+    assert generic == {"deliveries": {"deliveries_leased_idx"}}
 
 
 async def test_claim_strict_head_uses_endpoint_id_index(big: asyncpg.Connection) -> None:

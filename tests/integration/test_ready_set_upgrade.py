@@ -23,6 +23,7 @@ from engine.db import sqlfiles
 from engine.db.migrate import migrate
 from engine.db.store import Store
 from engine.models import Delivery, EndpointOptions, Ordering
+from tests.support.db import PreviousEngineStore
 from tests.support.factories import outcome
 from tests.support.previous_release import FUNCTIONS_BEFORE_0008, store_before_0008
 
@@ -74,8 +75,8 @@ async def old_db(empty_db_url: str, tmp_path: Path) -> AsyncIterator[asyncpg.Con
 
 @pytest.fixture
 async def store(empty_db_url: str, old_db: asyncpg.Connection) -> AsyncIterator[Store]:
-    """A Store on the upgraded database, as a running engine uses it (its queries call the
-    functions by name, whatever bodies they have at the time)."""
+    """A Store on the upgraded database, as a running engine of that release uses it (its queries
+    call the functions by name, whatever bodies they have at the time; its claim is claim_v1)."""
     pool = await asyncpg.create_pool(empty_db_url, min_size=1, max_size=2)
     try:
         yield store_before_0008(pool)

@@ -21,7 +21,7 @@ import pytest
 
 from tests.support.db import sql_endpoint
 
-CLAIM_SQL = "SELECT * FROM webhooks.claim_v1('{}'::uuid[], '{}'::integer[], $1, $1)"
+CLAIM_SQL = "SELECT * FROM webhooks.claim_v2('{}'::uuid[], '{}'::integer[], $1, $1)"
 RECORD_SQL = """
 SELECT * FROM webhooks.record_attempts_v1($1::bigint[], $2::uuid[], $3::timestamptz[],
     $4::integer[], $5::integer[], $6::text[], $7::text[], $8::text[], $9::float8[])"""

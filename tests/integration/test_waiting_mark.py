@@ -20,7 +20,7 @@ from engine.delivery.dispatcher import WAITING_REFRESH_S
 from tests.support.db import Listener, listening, sql_endpoint
 
 MARK = "SELECT waiting_until, updated_at FROM webhooks.engine_state"
-CLAIM = "SELECT * FROM webhooks.claim_v1('{}'::uuid[], '{}'::integer[], 8, 100)"
+CLAIM = "SELECT * FROM webhooks.claim_v2('{}'::uuid[], '{}'::integer[], 8, 100)"
 # The requirement the lifetime serves (DESIGN §3): an engine that died asleep stops costing the
 # app NOTIFYs within this.
 DEAD_ENGINE_BOUND = timedelta(seconds=30)

@@ -4,11 +4,13 @@ against it, with no Postgres in the way.
 
 The promises are the real queue's (engine.db.queue.DeliveryQueue over sql/functions/40_claim.sql
 and 50_record.sql): a claim leases due rows, at most each endpoint's room (``default_room`` for an
-endpoint not in ``rooms``) and ``max_rows`` in all, oldest due first, strict endpoints only their
-oldest live row; a leased row is not due until its lease runs out; a claim that leases rows clears
-the engine's waiting mark; release gives unstarted rows back (due at once); record fences each
-result by its lease and answers with a :class:`Recorded` per outcome. Retries are scheduled
-``retry_delay_s`` ahead, and ``max_attempts`` ends a delivery as failed.
+endpoint not in ``rooms``), its limit (``max_in_flight``, 1 when strict) less what it has leased
+already, and ``max_rows`` in all, oldest due first, strict endpoints only their oldest live row;
+a rate-limited endpoint's rows get start times one 1/rate apart (``send_in_s``), only as far
+ahead as a quarter of the lease; a leased row is not due until its lease runs out; a claim that
+leases rows clears the engine's waiting mark; release gives unstarted rows back (due at once);
+record fences each result by its lease and answers with a :class:`Recorded` per outcome. Retries
+are scheduled ``retry_delay_s`` ahead, and ``max_attempts`` ends a delivery as failed.
 
 Every call is logged, and :meth:`MemoryQueue.wait_until` lets a test wait on the queue's state.
 :meth:`MemoryQueue.fail_next` makes the next calls raise DatabaseUnavailable, as a lost database
@@ -18,7 +20,9 @@ does.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
+import math
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -98,6 +102,7 @@ class MemoryQueue:
     claim_calls: list[ClaimCall] = field(default_factory=list)
     record_calls: list[list[Outcome]] = field(default_factory=list)
     released: list[Delivery] = field(default_factory=list)
+    next_slot_at: dict[UUID, datetime] = field(default_factory=dict)  # the rate limits' schedules
     recorded: list[Recorded] = field(default_factory=list)
     failures_raised: int = 0
     _fail_left: int = 0
@@ -158,7 +163,16 @@ class MemoryQueue:
         claimed: list[tuple[Delivery, EndpointConfig]] = []
         token = uuid.uuid4()
         for endpoint in endpoints:
-            room = min(rooms.get(endpoint.id, default_room), max_rows - len(claimed))
+            limit = 1 if endpoint.ordering is Ordering.STRICT else endpoint.max_in_flight
+            room = min(
+                rooms.get(endpoint.id, default_room),
+                max_rows - len(claimed),
+                limit - self.leased(endpoint.id),
+            )
+            slot = max(self.next_slot_at.get(endpoint.id, now), now)
+            if endpoint.rate_limit_per_s is not None:
+                ahead_s = self.lease_s / 4 - (slot - now).total_seconds()
+                room = min(room, math.floor(ahead_s * endpoint.rate_limit_per_s) + 1)
             if room <= 0:
                 continue
             live = sorted((r for r in self.rows.values() if r.endpoint.id == endpoint.id), key=_id)
@@ -168,9 +182,15 @@ class MemoryQueue:
                 due = sorted((r for r in live if r.due_at <= now), key=_due)[:room]
             for row in due:
                 row.lease, row.due_at = token, now + timedelta(seconds=self.lease_s)
-                claimed.append((self._delivery(row), endpoint))
+                send_in_s = 0.0
+                if endpoint.rate_limit_per_s is not None:
+                    send_in_s = (slot - now).total_seconds()
+                    slot += timedelta(seconds=1 / endpoint.rate_limit_per_s)
+                    self.next_slot_at[endpoint.id] = slot
+                delivery = dataclasses.replace(self._delivery(row), send_in_s=send_in_s)
+                claimed.append((delivery, endpoint))
         if claimed:
-            self.waiting = False  # claim_v1 clears the mark as it leases
+            self.waiting = False  # claim_v2 clears the mark as it leases
         self.claim_calls.append(
             ClaimCall(dict(rooms), default_room, max_rows, leased_before, [d for d, _ in claimed])
         )

@@ -54,8 +54,8 @@ async def test_actor_keeps_max_in_flight_and_strict_keeps_one(
     """With receivers that never answer, exactly max_in_flight attempts start (1 when strict)."""
     stage.receiver.script("/hook", HANG)
     endpoint = endpoint_config(stage.receiver.url("/hook"), max_in_flight=max_in_flight)
-    deliveries = await claim_all(stage, endpoint, 5)
-    # The queue claimed them all in dispatch order; the actor alone must hold strict to one.
+    # The queue leases them all (a claim keeps the endpoint's limit; here the actor alone must).
+    deliveries = await claim_all(stage, dataclasses.replace(endpoint, max_in_flight=5), 5)
     actor = EndpointActor(dataclasses.replace(endpoint, ordering=ordering), stage.deps())
     for delivery in deliveries:
         actor.offer(delivery)

@@ -58,7 +58,9 @@ def make_dispatcher(
 async def test_claims_stay_within_each_actors_room_and_the_global_cap(stage: Stage) -> None:
     """Every claim asks for each actor's free room and at most max_outstanding in all, and the
     dispatcher fills exactly up to that cap while nothing finishes."""
-    max_in_flight = {"/a": 1, "/b": 2, "/c": 1}
+    # Their limits add up to more than the cap of 5: the queue leases no more than an endpoint's
+    # max_in_flight, so only the cap and the rooms stop the claims here.
+    max_in_flight = {"/a": 2, "/b": 3, "/c": 2}
     endpoints = {}
     for path, limit in max_in_flight.items():
         stage.receiver.script(path, HANG)
@@ -86,7 +88,8 @@ async def test_shutdown_releases_unstarted_deliveries(stage: Stage) -> None:
     """At stop, claimed deliveries that never started are given back; the one in flight is
     cancelled and recorded as SHUTDOWN."""
     stage.receiver.script("/hook", HANG)
-    endpoint = endpoint_config(stage.receiver.url("/hook"), max_in_flight=1)
+    # A rate limit that schedules the second start 10 s after the first: the other four wait.
+    endpoint = endpoint_config(stage.receiver.url("/hook"), max_in_flight=5, rate_limit_per_s=0.1)
     first, *unstarted = stage.queue.add(endpoint, 5)
     async with running(make_dispatcher(stage)) as stop:
         # A new endpoint gets the default room, so all five are claimed: one starts.
