@@ -15,7 +15,7 @@ from uuid import UUID
 import asyncpg
 import pytest
 
-from tests.support.db import PreviousEngineStore
+from tests.support.previous_release import PreviousReleaseStore
 
 CLAIM = "SELECT * FROM webhooks.claim_v2('{}'::uuid[], '{}'::integer[], $1::integer, $2::integer)"
 CLAIM_V1 = "SELECT * FROM webhooks.claim_v1('{}'::uuid[], '{}'::integer[], $1::integer, 100)"
@@ -197,7 +197,7 @@ async def test_claim_v1_of_a_previous_engine_keeps_the_limit_too(
     assert await engines[1].fetch(CLAIM, 8, 100) == []
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=1)
     try:
-        assert await PreviousEngineStore(pool).claim({}, default_room=8, max_rows=100) == []
+        assert await PreviousReleaseStore(pool).claim({}, default_room=8, max_rows=100) == []
     finally:
         await pool.close()
 

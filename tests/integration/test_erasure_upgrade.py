@@ -1,34 +1,20 @@
 """Migration 0010 (erasure and per-account retention) upgrades a live database: deliveries claimed
 before it are recorded after it, and the new functions work on rows written before it.
 
-The previous release is rebuilt from the shipped tree without migrations 0010 and later, without
-75_erasure.sql, and with 70_maintenance.sql as it was before 0010 (``sql_before_0010/``).
+The previous release is rebuilt as it shipped (tests/support/previous_release.py).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import asyncpg
 
-from engine.db import sqlfiles
 from engine.db.migrate import migrate
 from engine.db.store import Store
 from tests.support.factories import claim, emit, outcome
-
-PREVIOUS = Path(__file__).parent / "sql_before_0010"
-
-
-def previous_release(root: Path) -> Path:
-    shutil.copytree(sqlfiles.sql_root(), root)
-    for path in (root / "migrations").iterdir():
-        if int(path.name[:4]) >= 10:
-            path.unlink()
-    (root / "functions" / "75_erasure.sql").unlink()
-    shutil.copy(PREVIOUS / "70_maintenance.sql", root / "functions" / "70_maintenance.sql")
-    return root
+from tests.support.previous_release import PreviousReleaseStore, release_tree
 
 
 async def test_in_flight_deliveries_survive_the_upgrade_and_old_rows_can_be_erased(
@@ -40,9 +26,9 @@ async def test_in_flight_deliveries_survive_the_upgrade_and_old_rows_can_be_eras
     conn = await asyncpg.connect(empty_db_url)
     pool = await asyncpg.create_pool(empty_db_url, min_size=1, max_size=2)
     try:
-        await migrate(conn, root=previous_release(tmp_path / "old"))
+        await migrate(conn, root=release_tree(tmp_path / "old"))
         assert await conn.fetchval("SELECT to_regclass('webhooks.erasures')") is None
-        store = Store(pool)
+        store = PreviousReleaseStore(pool)
         endpoint, _ = await store.create_endpoint("acct_1", "https://a.example.com/hook")
         for n in range(3):
             await emit(conn, "acct_1", payload={"to": "a@example.com", "n": n})
@@ -55,13 +41,14 @@ async def test_in_flight_deliveries_survive_the_upgrade_and_old_rows_can_be_eras
         assert [r.outcome.value for r in recorded] == ["delivered", "delivered"]
         (last,) = await claim(store, endpoint, 5)
         assert json.loads(last.body)["data"] == {"to": "a@example.com", "n": 2}
-        assert (await store.erase_recipient("acct_1", "a@example.com")).events == 3
+        new = Store(pool)  # an engine of this release
+        assert (await new.erase_recipient("acct_1", "a@example.com")).events == 3
         payloads = await conn.fetch("SELECT payload FROM webhooks.events ORDER BY id")
         assert [json.loads(p["payload"])["to"] for p in payloads] == [
             "redacted@redacted.invalid"
         ] * 3
-        await store.set_account_retention("acct_1", None)
-        assert await store.purge_account_retention(10) == 0
+        await new.set_account_retention("acct_1", None)
+        assert await new.purge_account_retention(10) == 0
     finally:
         await pool.close()
         await conn.close()

@@ -1,44 +1,33 @@
 """Migration 0007 (endpoints.filter, the webhooks.new_event type) upgrades a live database.
 
-The previous release is rebuilt from the shipped tree without 0007 and with emit as it was
-(``sql_before_0007/30_emit.sql``). Deliveries are pending and leased when the migration runs; the
-old emit body keeps working between the migration's commit and the re-applied function files, and
-afterwards the new bodies deliver as before to endpoints without a filter.
+The previous release is rebuilt as it shipped (tests/support/previous_release.py). Deliveries are
+pending and leased when the migration runs; the old emit body keeps working between the
+migrations' commits and the re-applied function files, and afterwards the new bodies deliver as
+before to endpoints without a filter.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from engine.db import sqlfiles
 from engine.db.migrate import migrate
 from engine.db.store import Store
 from tests.support.db import sql_endpoint
+from tests.support.previous_release import PreviousReleaseStore, release_tree, upgrade_window_tree
 
-PREVIOUS_EMIT = Path(__file__).parent / "sql_before_0007" / "30_emit.sql"
 FILTER = "0007_filter_and_emit_many.sql"
-
-
-def tree(root: Path, *, with_filter: bool, new_functions: bool) -> Path:
-    shutil.copytree(sqlfiles.sql_root(), root)
-    if not with_filter:
-        (root / "migrations" / FILTER).unlink()
-    if not new_functions:
-        shutil.copy(PREVIOUS_EMIT, root / "functions" / PREVIOUS_EMIT.name)
-    return root
 
 
 @pytest.fixture
 async def old_db(empty_db_url: str, tmp_path: Path) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(empty_db_url)
     try:
-        await migrate(conn, root=tree(tmp_path / "old", with_filter=False, new_functions=False))
+        await migrate(conn, root=release_tree(tmp_path / "old"))
         yield conn
     finally:
         await conn.close()
@@ -48,7 +37,7 @@ async def old_db(empty_db_url: str, tmp_path: Path) -> AsyncIterator[asyncpg.Con
 async def engine_store(empty_db_url: str, old_db: asyncpg.Connection) -> AsyncIterator[Store]:
     pool = await asyncpg.create_pool(empty_db_url, min_size=1, max_size=2)
     try:
-        yield Store(pool)
+        yield PreviousReleaseStore(pool)
     finally:
         await pool.close()
 
@@ -74,12 +63,12 @@ async def test_upgrade_with_deliveries_in_flight(
     assert len(leased) == 1
     await emit(conn, 2)
 
-    report = await migrate(conn, root=tree(tmp_path / "mid", with_filter=True, new_functions=False))
-    assert report.applied == [FILTER]
+    report = await migrate(conn, root=upgrade_window_tree(tmp_path / "mid"))
+    assert FILTER in report.applied
     assert await conn.fetchval("SELECT filter FROM webhooks.endpoints") is None
     await emit(conn, 3)  # the old body, the new schema
 
-    await migrate(conn, root=tree(tmp_path / "new", with_filter=True, new_functions=True))
+    await migrate(conn)
     await emit(conn, 4)
     claimed = await engine_store.claim({}, default_room=8, max_rows=100)
     assert len(claimed) == 3  # 2, 3 and 4; 1 is still leased

@@ -1,16 +1,14 @@
 """Migration 0008 (the per-endpoint policy) upgrades a live database under an engine of the
 previous release, with deliveries leased and waiting for their retry.
 
-The previous release is rebuilt from the shipped tree: every migration before 0008, with the
-function files 0008 changed as they were (``sql_before_0008/``); its engine's calls are
-:func:`tests.support.previous_release.store_before_0008`'s. Between the migration's commit and the
-re-applied function files that engine runs its old bodies against the new columns; after them it
-runs the new bodies, beside an engine of this release.
+The previous release is rebuilt as it shipped, and its engine's calls are
+:class:`tests.support.previous_release.PreviousReleaseStore`'s. Between the migrations' commits and
+the re-applied function files that engine runs its old bodies against the new columns; after them
+it runs the new bodies, beside an engine of this release.
 """
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,28 +16,16 @@ import asyncpg
 import pytest
 
 from engine.app import check_lease
-from engine.db import sqlfiles
 from engine.db.migrate import migrate
 from engine.db.store import Store
 from engine.errors import ConfigError
 from engine.models import AttemptOutcome, EndpointOptions
 from tests.support.factories import outcome
-from tests.support.previous_release import FUNCTIONS_BEFORE_0008, store_before_0008
-
-POLICY = 8  # the migration under test
-
-
-def tree(root: Path, *, with_policy: bool, new_functions: bool) -> Path:
-    """A copy of the shipped sql/ tree, migration 0008 (and any later one) only if asked for, and
-    the function files as they were before it unless ``new_functions``."""
-    shutil.copytree(sqlfiles.sql_root(), root)
-    for path in (root / "migrations").iterdir():
-        if int(path.name[:4]) > POLICY or (int(path.name[:4]) == POLICY and not with_policy):
-            path.unlink()
-    if not new_functions:
-        for path in FUNCTIONS_BEFORE_0008.iterdir():
-            shutil.copy(path, root / "functions" / path.name)
-    return root
+from tests.support.previous_release import (
+    PreviousReleaseStore,
+    release_tree,
+    upgrade_window_tree,
+)
 
 
 @pytest.fixture
@@ -47,7 +33,7 @@ async def old_db(empty_db_url: str, tmp_path: Path) -> AsyncIterator[asyncpg.Con
     """A database migrated by the release before 0008."""
     conn = await asyncpg.connect(empty_db_url)
     try:
-        await migrate(conn, root=tree(tmp_path / "old", with_policy=False, new_functions=False))
+        await migrate(conn, root=release_tree(tmp_path / "old"))
         yield conn
     finally:
         await conn.close()
@@ -74,7 +60,7 @@ async def test_old_engine_carries_on_through_the_upgrade_beside_a_new_one(
     """Leases and retries taken before 0008 are recorded under the old bodies on the new columns
     and under the new bodies after; the new engine's claim gives the defaults of the policy (no
     headers, the settings' timeout), and endpoints with a policy can be created at once."""
-    old = store_before_0008(pool)
+    old = PreviousReleaseStore(pool)
     await old.create_endpoint("acct_1", "https://example.com/hook", EndpointOptions())
     await old_db.execute("UPDATE webhooks.settings SET retry_schedule = '{1 hour}'")
     await emit(old_db, 4)
@@ -84,7 +70,7 @@ async def test_old_engine_carries_on_through_the_upgrade_beside_a_new_one(
     assert retried.outcome is AttemptOutcome.RETRY
 
     # The migration is committed; the function files are not yet re-applied.
-    await migrate(old_db, root=tree(tmp_path / "mid", with_policy=True, new_functions=False))
+    await migrate(old_db, root=upgrade_window_tree(tmp_path / "mid"))
     await emit(old_db, 1)
     second = await old.claim({}, default_room=2, max_rows=2)
     assert len(second) == 2
@@ -92,7 +78,7 @@ async def test_old_engine_carries_on_through_the_upgrade_beside_a_new_one(
     assert delivered.outcome is AttemptOutcome.DELIVERED
 
     report = await migrate(old_db)
-    assert set(report.functions) >= {p.name for p in FUNCTIONS_BEFORE_0008.iterdir()}
+    assert {"20_endpoints.sql", "40_claim.sql", "50_record.sql"} <= set(report.functions)
     results = await old.record([outcome(d, 200) for d, _ in second])
     assert [r.outcome for r in results] == [AttemptOutcome.DELIVERED] * 2
     new = Store(pool)

@@ -1,54 +1,36 @@
 """Migration 0009 (catalogue schemas, test events, operational events) upgrades a live database
 under an engine of the previous version.
 
-The previous release is the shipped tree without 0009, with the function files it changed as they
-were before it (``sql_before_0009/``) and without the two it added. A delivery is leased when the
-upgrade begins; the old engine's calls (claim_v1, record_attempts_v1, list_deliveries_v1,
-get_delivery_v1) keep working between the migration's commit and the re-applied function files,
-and after them, and the in-flight delivery is recorded once.
+The previous release is rebuilt as it shipped (tests/support/previous_release.py). A delivery is
+leased when the upgrade begins; the old engine's calls (claim_v1, record_attempts_v1,
+list_deliveries_v1, get_delivery_v1) keep working between the migrations' commits and the
+re-applied function files, and after them, and the in-flight delivery is recorded once.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from engine.db import sqlfiles
 from engine.db.migrate import migrate
 from engine.db.store import Store
 from tests.support.db import sql_endpoint
 from tests.support.factories import claim, emit, outcome
+from tests.support.previous_release import PreviousReleaseStore, release_tree, upgrade_window_tree
 
-PREVIOUS = Path(__file__).parent / "sql_before_0009"
 MIGRATION = "0009_portal_catalogue.sql"
-ADDED = ("55_operational.sql", "65_test_events.sql")
 LIST_V1 = "SELECT * FROM webhooks.list_deliveries_v1(NULL, NULL, NULL, NULL, NULL, NULL, NULL, 100)"
-
-
-def tree(root: Path, *, migrated: bool, new_functions: bool) -> Path:
-    """The shipped sql/ tree, with 0009 only if ``migrated``, and the previous release's function
-    files unless ``new_functions``."""
-    shutil.copytree(sqlfiles.sql_root(), root)
-    if not migrated:
-        (root / "migrations" / MIGRATION).unlink()
-    if not new_functions:
-        for name in ADDED:
-            (root / "functions" / name).unlink()
-        for path in PREVIOUS.iterdir():
-            shutil.copy(path, root / "functions" / path.name)
-    return root
 
 
 @pytest.fixture
 async def old_db(empty_db_url: str, tmp_path: Path) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(empty_db_url)
     try:
-        await migrate(conn, root=tree(tmp_path / "old", migrated=False, new_functions=False))
+        await migrate(conn, root=release_tree(tmp_path / "old"))
         yield conn
     finally:
         await conn.close()
@@ -58,7 +40,7 @@ async def old_db(empty_db_url: str, tmp_path: Path) -> AsyncIterator[asyncpg.Con
 async def old_engine(empty_db_url: str, old_db: asyncpg.Connection) -> AsyncIterator[Store]:
     pool = await asyncpg.create_pool(empty_db_url, min_size=1, max_size=2)
     try:
-        yield Store(pool)
+        yield PreviousReleaseStore(pool)
     finally:
         await pool.close()
 
@@ -75,9 +57,9 @@ async def test_an_old_engine_works_across_the_upgrade(
     (leased,) = await claim(old_engine, endpoint, 1)
     await emit(old_db, "acct_1")
 
-    root = tree(tmp_path / "new", migrated=True, new_functions=new_functions)
+    root = upgrade_window_tree(tmp_path / "new") if not new_functions else None
     report = await migrate(old_db, root=root)
-    assert report.applied == [MIGRATION]
+    assert MIGRATION in report.applied
 
     recorded = await old_engine.record([outcome(leased, 200)])
     assert [(r.delivery_id, r.outcome) for r in recorded] == [(leased.id, "delivered")]

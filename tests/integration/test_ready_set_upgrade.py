@@ -1,7 +1,8 @@
 """Migration 0004 (the ready set) upgrades a live database with deliveries in every state.
 
-The previous release is rebuilt from the shipped tree: migrations up to 0003, with the claim and
-record function files as they were then (``sql_before_0004/``, copied from the release before the
+The previous release is rebuilt from the release tree (tests/support/previous_release.py, the
+release that shipped 0004 and 0005): migrations up to 0003, with the claim and record function
+files as they were then (``sql_before_0004/``, copied from the release before the
 ready set) and emit as it was until 0005. Rows are put in every state through those old functions,
 then the database is migrated, and the new bodies must claim and record them correctly, including
 results under leases taken before the migration. An engine of the previous version calls the same
@@ -19,13 +20,11 @@ from uuid import UUID
 import asyncpg
 import pytest
 
-from engine.db import sqlfiles
 from engine.db.migrate import migrate
 from engine.db.store import Store
 from engine.models import Delivery, EndpointOptions, Ordering
-from tests.support.db import PreviousEngineStore
 from tests.support.factories import outcome
-from tests.support.previous_release import FUNCTIONS_BEFORE_0008, store_before_0008
+from tests.support.previous_release import PreviousReleaseStore, release_tree
 
 PREVIOUS = Path(__file__).parent / "sql_before_0004"
 # emit did not change from before 0004 until 0005, whose column it reads.
@@ -34,21 +33,12 @@ PREVIOUS_FILES = [*PREVIOUS.iterdir(), PREVIOUS_EMIT]
 READY_SET = "0004_ready_set.sql"
 
 
-# Later migrations that the shipped function files need (their columns), independent of the one
-# under test: kept, or the shipped functions this test re-applies would not compile.
-INDEPENDENT_LATER = frozenset({"0009_portal_catalogue.sql"})
-
-
 def tree(root: Path, *, with_ready_set: bool) -> Path:
     """A copy of the shipped sql/ tree with the previous release's claim and record functions,
     and migration 0004 (and any later one) only if asked for."""
-    shutil.copytree(sqlfiles.sql_root(), root)
-    # The function files as they were until migration 0008, which later ones need.
-    for path in FUNCTIONS_BEFORE_0008.iterdir():
-        shutil.copy(path, root / "functions" / path.name)
+    release_tree(root)
     for path in (root / "migrations").iterdir():
-        removed = int(path.name[:4]) >= 4 and not (with_ready_set and path.name == READY_SET)
-        if removed and path.name not in INDEPENDENT_LATER:
+        if int(path.name[:4]) >= 4 and not (with_ready_set and path.name == READY_SET):
             path.unlink()
     for path in PREVIOUS_FILES:
         shutil.copy(path, root / "functions" / path.name)
@@ -75,11 +65,11 @@ async def old_db(empty_db_url: str, tmp_path: Path) -> AsyncIterator[asyncpg.Con
 
 @pytest.fixture
 async def store(empty_db_url: str, old_db: asyncpg.Connection) -> AsyncIterator[Store]:
-    """A Store on the upgraded database, as a running engine of that release uses it (its queries
-    call the functions by name, whatever bodies they have at the time; its claim is claim_v1)."""
+    """A Store on the upgraded database, as a running engine uses it (its queries call the
+    functions by name, whatever bodies they have at the time)."""
     pool = await asyncpg.create_pool(empty_db_url, min_size=1, max_size=2)
     try:
-        yield store_before_0008(pool)
+        yield PreviousReleaseStore(pool)
     finally:
         await pool.close()
 
@@ -120,7 +110,7 @@ async def ready(conn: asyncpg.Connection) -> dict[int, bool]:
 
 
 async def test_migration_classifies_live_rows_and_new_bodies_carry_on(
-    store: Store, old_db: asyncpg.Connection
+    store: Store, old_db: asyncpg.Connection, tmp_path: Path
 ) -> None:
     """Pending, due-retry and expired-lease rows become ready; running leases and waiting retries
     do not. The new claim then takes exactly the ready ones, and results under leases taken
@@ -138,11 +128,9 @@ async def test_migration_classifies_live_rows_and_new_bodies_carry_on(
     await make_due(conn, expired.id)
     pending = await emit(conn, "a_pending")
 
-    report = await migrate(conn)
+    report = await migrate(conn, root=release_tree(tmp_path / "release"))
     assert report.applied[0] == READY_SET  # and the migrations after it
-    assert set(report.functions) == {p.name for p in PREVIOUS_FILES} | {
-        p.name for p in FUNCTIONS_BEFORE_0008.iterdir()
-    }
+    assert set(report.functions) == {p.name for p in PREVIOUS_FILES}
 
     assert await ready(conn) == {
         pending: True,
@@ -194,10 +182,8 @@ async def test_old_bodies_between_migration_and_function_files_lease_nothing_twi
     assert recorded.outcome == "retry"
     assert (await ready(conn))[in_window.id] is True  # the old claim did not clear it
 
-    report = await migrate(conn)
-    assert set(report.functions) == {p.name for p in PREVIOUS_FILES} | {
-        p.name for p in FUNCTIONS_BEFORE_0008.iterdir()
-    }
+    report = await migrate(conn, root=release_tree(tmp_path / "release"))
+    assert set(report.functions) == {p.name for p in PREVIOUS_FILES}
     claimed = [d for d, _ in await store.claim({}, default_room=8, max_rows=100)]
     assert [d.id for d in claimed] == [before.id]
     assert strict_next not in [d.id for d in claimed]

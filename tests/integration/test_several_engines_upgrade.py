@@ -1,7 +1,7 @@
 """Migration 0006 (limits across engines) upgrades a live database with deliveries in flight.
 
-The previous release is rebuilt from the shipped tree: migrations up to 0005 and its claim function
-file (``sql_before_0006/``, claim_v1 as it was, which kept no limit across engines). An engine of
+The previous release is rebuilt as it shipped (tests/support/previous_release.py): migrations up
+to 0005 and its function files, whose claim_v1 kept no limit across engines. An engine of
 that release leases rows; the database is migrated under them; the leases it holds count against
 the endpoint's max_in_flight for the new claim, and its own claim_v1, now the new body's wrapper,
 keeps the limit too. Then it stops and a new engine (claim_v2) delivers the rest.
@@ -9,34 +9,16 @@ keeps the limit too. Then it stops and a new engine (claim_v2) delivers the rest
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from engine.db import sqlfiles
 from engine.db.migrate import migrate
 from engine.db.store import Store
-from tests.support.db import PreviousEngineStore
 from tests.support.factories import outcome
-
-PREVIOUS = Path(__file__).parent / "sql_before_0006"
-SEVERAL_ENGINES = 6
-
-
-def tree(root: Path, *, upgraded: bool) -> Path:
-    """The shipped sql/ tree, or the previous release's: without migration 0006 and with its
-    claim function file."""
-    shutil.copytree(sqlfiles.sql_root(), root)
-    if not upgraded:
-        for path in (root / "migrations").iterdir():
-            if int(path.name[:4]) >= SEVERAL_ENGINES:
-                path.unlink()
-        for path in PREVIOUS.iterdir():
-            shutil.copy(path, root / "functions" / path.name)
-    return root
+from tests.support.previous_release import PreviousReleaseStore, release_tree
 
 
 @pytest.fixture
@@ -44,7 +26,7 @@ async def old_db(empty_db_url: str, tmp_path: Path) -> AsyncIterator[asyncpg.Con
     """A database migrated by the previous release, with an endpoint allowing 2 in flight."""
     conn = await asyncpg.connect(empty_db_url)
     try:
-        await migrate(conn, root=tree(tmp_path / "old", upgraded=False))
+        await migrate(conn, root=release_tree(tmp_path / "old"))
         await conn.execute(
             "SELECT webhooks.create_endpoint('acct_1', 'https://example.com/hook', '{*}',"
             " p_max_in_flight => 2)"
@@ -64,7 +46,7 @@ async def pool(empty_db_url: str, old_db: asyncpg.Connection) -> AsyncIterator[a
 
 
 async def test_leases_taken_before_the_upgrade_count_for_the_new_claim(
-    old_db: asyncpg.Connection, pool: asyncpg.Pool, tmp_path: Path
+    old_db: asyncpg.Connection, pool: asyncpg.Pool
 ) -> None:
     """Three rows leased by an old engine before 0006 (its claim kept no limit) hold the endpoint
     at its max_in_flight of 2 after the upgrade: neither the new claim nor the old engine's gets
@@ -73,11 +55,11 @@ async def test_leases_taken_before_the_upgrade_count_for_the_new_claim(
         "SELECT webhooks.emit('acct_1', 'email.sent', jsonb_build_object('n', n))"
         "  FROM generate_series(1, 5) n"
     )
-    old_engine = PreviousEngineStore(pool)
+    old_engine = PreviousReleaseStore(pool)
     before = [d for d, _ in await old_engine.claim({}, default_room=3, max_rows=100)]
     assert len(before) == 3
 
-    await migrate(old_db, root=tree(tmp_path / "new", upgraded=True))
+    await migrate(old_db)
     new_engine = Store(pool)
     assert await new_engine.claim({}, default_room=8, max_rows=100) == []
     assert await old_engine.claim({}, default_room=8, max_rows=100) == []

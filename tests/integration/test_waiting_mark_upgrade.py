@@ -1,9 +1,10 @@
 """Migration 0005 (the waiting mark's expiry) upgrades a live database under an engine of the
 previous version, which calls set_engine_waiting_v1(boolean) and never refreshes.
 
-The previous release is rebuilt from the shipped tree with emit and the claim functions as they
-were before 0005 (``sql_before_0005/``). An old engine's calls are the same SQL by name as the
-new engine's (sql/queries.sql did not change them), so a Store issues them here. Between the
+The previous release is rebuilt from the release tree (tests/support/previous_release.py, the
+release that shipped 0005) with emit and the claim functions as they were before 0005
+(``sql_before_0005/``). An old engine's calls are the same SQL by name as the new engine's
+(queries.sql did not change them), so that release's Store issues them here. Between the
 migration's commit and the re-applied function files the old bodies run against the new column
 (first test); after them, the old engine runs the new bodies (second test). emit must never fail.
 """
@@ -18,32 +19,22 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from engine.db import sqlfiles
 from engine.db.migrate import migrate
 from engine.db.store import Store
 from tests.support.db import Listener, listening, sql_endpoint
-from tests.support.previous_release import FUNCTIONS_BEFORE_0008, store_before_0008
+from tests.support.previous_release import PreviousReleaseStore, release_tree
 
 PREVIOUS = Path(__file__).parent / "sql_before_0005"
 EXPIRY = "0005_waiting_expiry.sql"
 MARK = "SELECT waiting_until FROM webhooks.engine_state"
 
 
-# Later migrations that the shipped function files need (their columns), independent of the one
-# under test: kept, or the shipped functions this test re-applies would not compile.
-INDEPENDENT_LATER = frozenset({"0009_portal_catalogue.sql"})
-
-
 def tree(root: Path, *, with_expiry: bool, new_functions: bool) -> Path:
     """A copy of the shipped sql/ tree, migration 0005 (and any later one) only if asked for, and
     the previous release's emit and claim functions unless ``new_functions``."""
-    shutil.copytree(sqlfiles.sql_root(), root)
-    # The function files as they were until migration 0008, which later ones need.
-    for path in FUNCTIONS_BEFORE_0008.iterdir():
-        shutil.copy(path, root / "functions" / path.name)
+    release_tree(root)
     for path in (root / "migrations").iterdir():
-        removed = int(path.name[:4]) >= 5 and not (with_expiry and path.name == EXPIRY)
-        if removed and path.name not in INDEPENDENT_LATER:
+        if int(path.name[:4]) >= 5 and not (with_expiry and path.name == EXPIRY):
             path.unlink()
     if not new_functions:
         for path in PREVIOUS.iterdir():
@@ -68,7 +59,7 @@ async def old_engine(empty_db_url: str, old_db: asyncpg.Connection) -> AsyncIter
     """The old engine's calls, through a pool as it makes them."""
     pool = await asyncpg.create_pool(empty_db_url, min_size=1, max_size=2)
     try:
-        yield store_before_0008(pool)
+        yield PreviousReleaseStore(pool)
     finally:
         await pool.close()
 

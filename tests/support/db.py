@@ -10,8 +10,6 @@ from uuid import UUID
 
 import asyncpg
 
-from engine.db.store import Store
-
 
 def with_database(url: str, database: str) -> str:
     """The same server URL pointing at another database."""
@@ -107,20 +105,3 @@ async def listening(db_url: str, channel: str = "webhooks_wakeup") -> AsyncItera
         yield listener
     finally:
         await listener.conn.close()
-
-
-# The claim as engines before migration 0006 call it; they know no start times (send_in_s), which
-# Store's parsing expects, so it reads as 0 for them.
-CLAIM_V1 = (
-    "SELECT *, 0::double precision AS send_in_s"
-    "  FROM webhooks.claim_v1($1::uuid[], $2::integer[], $3::integer, $4::integer, $5::uuid)"
-)
-
-
-class PreviousEngineStore(Store):
-    """The calls of an engine of the release before 0006, running during an upgrade: the same
-    statements by name as today's, except its claim, which calls ``claim_v1``."""
-
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        super().__init__(pool)
-        self._q = {**self._q, "claim": CLAIM_V1}

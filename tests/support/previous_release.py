@@ -1,27 +1,69 @@
-"""The release before migration 0008 (the per-endpoint policy), for upgrade tests.
+"""The release this one upgrades from, for the upgrade tests.
 
-Its function files are ``tests/integration/sql_before_0008/`` (the ones 0008 changed, as they were
-in main before it). Its engine made the same calls by name as this one except where 0008 changed
-them: it claimed through ``claim_v1`` (which 0008 kept as it was) and passed no policy when it
-created or updated endpoints or read the settings. :func:`store_before_0008` is a Store making
-those calls, so that today's Python can stand in for that engine against either schema. The
-claim's two policy columns, which that engine did not read, come back as constants.
+Migrations 0006 to 0010 ship together, so each of them upgrades a database that the last release
+before them left: main at 5841c63, whose schema is migrations 0001-0005 and whose function files
+(and queries.sql, the engine's calls) are copied unchanged into
+``tests/integration/sql_release_0005/``.
+An upgrade test migrates a database built from :func:`release_tree` to the shipped tree, with an
+engine of that release (:class:`PreviousReleaseStore`) leasing and recording across the upgrade.
+
+The upgrade tests of 0004 and 0005 test those migrations as that release shipped them: their trees
+start from :func:`release_tree` too, with older function files laid over it.
 """
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 import asyncpg
 
+from engine.db import sqlfiles
 from engine.db.store import Store
 
-FUNCTIONS_BEFORE_0008 = Path(__file__).parents[1] / "integration" / "sql_before_0008"
+RELEASE_SQL = Path(__file__).parents[1] / "integration" / "sql_release_0005"
+RELEASE_LAST_MIGRATION = 5
 
-# The calls the release before 0008 made, with the parameters today's Store passes and that release
-# did not have accepted and ignored (num_nulls(...) >= 0 holds for any values).
-_CALLS_BEFORE_0008 = {
-    "claim": "SELECT *, '{}'::text AS headers, 10 AS timeout_s"
+
+def release_tree(
+    root: Path, *, through: int = RELEASE_LAST_MIGRATION, overlay: Iterable[Path] = ()
+) -> Path:
+    """A sql/ tree with the shipped migrations up to ``through`` and the previous release's
+    function files, then ``overlay`` (function files of older releases) laid over them.
+
+    ``through`` past that release's last migration gives the window of an upgrade: this release's
+    migrations have committed, its function files are not applied yet.
+    """
+    shutil.copytree(sqlfiles.sql_root() / "migrations", root / "migrations")
+    for path in (root / "migrations").iterdir():
+        if int(path.name[:4]) > through:
+            path.unlink()
+    shutil.copytree(RELEASE_SQL, root / "functions", ignore=shutil.ignore_patterns("queries.sql"))
+    for path in overlay:
+        shutil.copy(path, root / "functions" / path.name)
+    return root
+
+
+def upgrade_window_tree(root: Path) -> Path:
+    """Every shipped migration with the previous release's function files (see release_tree)."""
+    return release_tree(root, through=10**4)
+
+
+def _release_queries() -> dict[str, str]:
+    parts = sqlfiles.QUERY_HEADER.split((RELEASE_SQL / "queries.sql").read_text())
+    return {
+        name: body.strip().rstrip(";").strip()
+        for name, body in zip(parts[1::2], parts[2::2], strict=True)
+    }
+
+
+# Where today's Python passes more parameters, or reads more columns, than that release's calls
+# had: the extra parameters are accepted and ignored (num_nulls(...) >= 0 holds for any values),
+# and the extra columns come back as what that release did without them (no start time, no custom
+# headers, the request timeout it used).
+_ADAPTED = {
+    "claim": "SELECT *, 0::double precision AS send_in_s, '{}'::jsonb AS headers, 10 AS timeout_s"
     " FROM webhooks.claim_v1($1::uuid[], $2::integer[], $3::integer, $4::integer, $5::uuid)",
     "create_endpoint": "SELECT id, secret FROM webhooks.create_endpoint($1::text, $2::text,"
     " $3::text[], $4::text, $5::text, $6::integer, $7::text, $8::double precision)"
@@ -35,8 +77,10 @@ _CALLS_BEFORE_0008 = {
 }
 
 
-def store_before_0008(pool: asyncpg.Pool) -> Store:
-    """A Store that calls the database as the release before 0008 did."""
-    store = Store(pool)
-    store._q = {**store._q, **_CALLS_BEFORE_0008}  # the one place calls are swapped
-    return store
+class PreviousReleaseStore(Store):
+    """A Store making the calls of an engine of the previous release (its queries.sql), so that
+    today's Python can stand in for that engine against either schema."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__(pool)
+        self._q = {**self._q, **_release_queries(), **_ADAPTED}  # the one place calls are swapped
