@@ -29,7 +29,7 @@ from tests.support.processes import EngineProcess, engine_process
 from tests.support.receiver import Receiver, Reply
 
 # A killed engine's leases keep its deliveries from the others until they run out: short here, as
-# long as an attempt needs (the request timeout, 3 s in these engines, plus the actor's 5 s margin).
+# long as an attempt needs (the request timeout, set to 3 s with it, plus the actor's 5 s margin).
 SHORT_LEASE = "10 seconds"
 
 
@@ -92,7 +92,9 @@ async def test_killed_engines_endpoints_are_served_by_the_others_after_its_lease
     hanging requests: the two other engines, which could claim nothing meanwhile, deliver the
     whole burst once its leases run out, no endpoint ever sees more than 2 requests at once, and
     only the deliveries it had in flight are sent twice."""
-    await conn.execute(f"UPDATE webhooks.settings SET lease_duration = '{SHORT_LEASE}'")
+    await conn.execute(
+        f"UPDATE webhooks.settings SET request_timeout_s = 3, lease_duration = '{SHORT_LEASE}'"
+    )
     hang = asyncio.Event()  # never set: the kill cuts these requests
     load = await make_load(conn, receiver, endpoints=20, events_per_endpoint=0, max_in_flight=2)
     for path in load.paths:
