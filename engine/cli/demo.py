@@ -7,9 +7,9 @@ one endpoint fail its first tries so retries show, prints progress, and ends wit
 and the SQL that produced it. Everything it started is stopped before it returns.
 
 With ``keep`` it then leaves the engine, the receiver and Postgres running and prints a link to
-the customer portal (``/portal#token=...&account=acct_demo``) for a newcomer to click around in,
-until Ctrl+C or SIGTERM. The link carries the demo engine's operator token (``admin_token``, or
-a random one for this run): this engine and its database live only as long as the demo.
+the customer portal (``/portal#token=...``) for a newcomer to click around in, until Ctrl+C or
+SIGTERM. The link carries a portal token for the demo account, minted as MisarMail's backend would
+have the engine mint it, under ``portal_key`` (or a random key for this run).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from engine.config import Settings
 from engine.db.migrate import migrate
 from engine.db.pool import connect
 from engine.db.sqlfiles import sql_root
+from engine.portal_tokens import DEFAULT_TTL, mint, portal_url
 from engine.signing import SignatureError, verify_signature
 
 ACCOUNT = "acct_demo"
@@ -155,6 +156,7 @@ async def _demo(settings: Settings, keep: bool) -> int:
 async def _with_services(
     url: str, port: int, receiver: DemoReceiver, settings: Settings, keep: bool
 ) -> int:
+    portal_key = settings.portal_key or secrets.token_urlsafe(32)
     conn = await connect(url)
     try:
         await migrate(conn)
@@ -163,10 +165,11 @@ async def _with_services(
             migrate=False,
             shutdown_grace_s=6.0,
             poll_interval_s=0.25,
-            # Kept running, it listens where the settings say (8080 unless WEBHOOKS_ADMIN_PORT)
-            # and asks for a token, which the portal link carries.
+            # Kept running, it listens where the settings say (8080 unless WEBHOOKS_ADMIN_PORT),
+            # asks for an operator token that only this run knows, and signs portal tokens.
             admin_port=settings.admin_port if keep else 0,
             admin_token=(settings.admin_token or secrets.token_urlsafe(32)) if keep else None,
+            portal_key=portal_key if keep else None,
         )
         engine = Engine(engine_settings, url)
         stop = asyncio.Event()
@@ -181,7 +184,7 @@ async def _with_services(
             ok = await _watch(conn, total)
             if keep:
                 await _report(conn, receiver)
-                await _keep_running(engine.admin_url, engine_settings.admin_token)
+                await _keep_running(f"{engine.admin_url}", portal_key)
         finally:
             stop.set()
             await asyncio.wait_for(task, timeout=30)
@@ -196,13 +199,14 @@ async def _with_services(
     return 0
 
 
-async def _keep_running(admin_url: str | None, token: str | None) -> None:
+async def _keep_running(admin_url: str, portal_key: str) -> None:
     """Print the portal link and wait for Ctrl+C or SIGTERM."""
+    token = mint(portal_key, ACCOUNT, DEFAULT_TTL)
     say("\nthe demo keeps running. The customer portal of account acct_demo, for a browser:")
-    say(f"  {admin_url}/portal#token={token}&account={ACCOUNT}")
+    say(f"  {portal_url(admin_url, token.token)}")
     say(
-        "  (the link carries this demo engine's operator token, which only this run knows;"
-        " MisarMail's backend would hand out an account's own short-lived token instead)"
+        f"  (a portal token for {ACCOUNT} alone, valid until {token.expires_at:%H:%M} UTC, as"
+        " MisarMail's backend would have the engine mint it for a logged-in customer)"
     )
     say("press Ctrl+C (or send SIGTERM) to stop everything.")
     done = asyncio.Event()

@@ -45,9 +45,7 @@ async def test_demo_delivers_everything_and_leaves_nothing_running(browser: Brow
                 line = (await proc.stdout.readline()).decode()
                 assert line, "the demo ended before printing its portal link:\n" + "".join(lines)
                 lines.append(line)
-            link = re.search(
-                r"(http://127\.0\.0\.1:\d+)/portal#token=(\S+)&account=acct_demo", "".join(lines)
-            )
+            link = re.search(r"(http://127\.0\.0\.1:\d+)/portal#token=(\S+)", "".join(lines))
             assert link is not None, "".join(lines)
             await _click_around(browser, link[0], link[1], link[2])
             proc.send_signal(signal.SIGTERM)
@@ -76,12 +74,18 @@ async def test_demo_delivers_everything_and_leaves_nothing_running(browser: Brow
 
 
 async def _click_around(browser: Browser, url: str, base: str, token: str) -> None:
-    """The portal link works: its page lists the demo's three endpoints, with the token."""
+    """The portal link works: its token is the demo account's portal token (it lists the demo's
+    three endpoints and may not emit), and its page lists them too."""
     async with aiohttp.ClientSession() as session:
         headers = {"Authorization": f"Bearer {token}"}
-        async with session.get(f"{base}/v1/endpoints?account_id=acct_demo", headers=headers) as r:
+        async with session.get(f"{base}/v1/session", headers=headers) as r:
+            assert r.status == 200
+            assert (await r.json())["account_id"] == "acct_demo"
+        async with session.get(f"{base}/v1/endpoints", headers=headers) as r:
             assert r.status == 200
             assert len((await r.json())["data"]) == 3
+        async with session.post(f"{base}/v1/events", headers=headers, json={}) as r:
+            assert r.status == 403  # operator only
     async with loopback_context(browser, viewport=ViewportSize(width=1280, height=800)) as (
         context,
         _,
