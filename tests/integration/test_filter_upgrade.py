@@ -9,37 +9,16 @@ before to endpoints without a filter.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
-import pytest
 
 from engine.db.migrate import migrate
 from engine.db.store import Store
 from tests.support.db import sql_endpoint
-from tests.support.previous_release import PreviousReleaseStore, release_tree, upgrade_window_tree
+from tests.support.previous_release import upgrade_window_tree
 
 FILTER = "0007_filter_and_emit_many.sql"
-
-
-@pytest.fixture
-async def old_db(empty_db_url: str, tmp_path: Path) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(empty_db_url)
-    try:
-        await migrate(conn, root=release_tree(tmp_path / "old"))
-        yield conn
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
-async def engine_store(empty_db_url: str, old_db: asyncpg.Connection) -> AsyncIterator[Store]:
-    pool = await asyncpg.create_pool(empty_db_url, min_size=1, max_size=2)
-    try:
-        yield PreviousReleaseStore(pool)
-    finally:
-        await pool.close()
 
 
 async def emit(conn: asyncpg.Connection, n: int) -> int:
@@ -51,7 +30,7 @@ async def emit(conn: asyncpg.Connection, n: int) -> int:
 
 
 async def test_upgrade_with_deliveries_in_flight(
-    old_db: asyncpg.Connection, engine_store: Store, tmp_path: Path
+    old_db: asyncpg.Connection, old_engine: Store, tmp_path: Path
 ) -> None:
     """Leased and pending deliveries survive the migration and are claimed as before; the old
     emit works on the new column, and the new bodies deliver to the unfiltered endpoint and
@@ -59,7 +38,7 @@ async def test_upgrade_with_deliveries_in_flight(
     conn = old_db
     endpoint_id = await sql_endpoint(conn, ["email.sent"])
     await emit(conn, 1)
-    leased = await engine_store.claim({}, default_room=8, max_rows=100)
+    leased = await old_engine.claim({}, default_room=8, max_rows=100)
     assert len(leased) == 1
     await emit(conn, 2)
 
@@ -70,7 +49,7 @@ async def test_upgrade_with_deliveries_in_flight(
 
     await migrate(conn)
     await emit(conn, 4)
-    claimed = await engine_store.claim({}, default_room=8, max_rows=100)
+    claimed = await old_engine.claim({}, default_room=8, max_rows=100)
     assert len(claimed) == 3  # 2, 3 and 4; 1 is still leased
     assert await conn.fetchval("SELECT count(*) FROM webhooks.deliveries") == 4
 

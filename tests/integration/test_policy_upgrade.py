@@ -9,7 +9,6 @@ it runs the new bodies, beside an engine of this release.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -23,29 +22,8 @@ from engine.models import AttemptOutcome, EndpointOptions
 from tests.support.factories import outcome
 from tests.support.previous_release import (
     PreviousReleaseStore,
-    release_tree,
     upgrade_window_tree,
 )
-
-
-@pytest.fixture
-async def old_db(empty_db_url: str, tmp_path: Path) -> AsyncIterator[asyncpg.Connection]:
-    """A database migrated by the release before 0008."""
-    conn = await asyncpg.connect(empty_db_url)
-    try:
-        await migrate(conn, root=release_tree(tmp_path / "old"))
-        yield conn
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
-async def pool(empty_db_url: str, old_db: asyncpg.Connection) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(empty_db_url, min_size=1, max_size=2)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 async def emit(conn: asyncpg.Connection, n: int) -> None:
@@ -55,12 +33,12 @@ async def emit(conn: asyncpg.Connection, n: int) -> None:
 
 
 async def test_old_engine_carries_on_through_the_upgrade_beside_a_new_one(
-    old_db: asyncpg.Connection, pool: asyncpg.Pool, tmp_path: Path
+    old_db: asyncpg.Connection, old_pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
     """Leases and retries taken before 0008 are recorded under the old bodies on the new columns
     and under the new bodies after; the new engine's claim gives the defaults of the policy (no
     headers, the settings' timeout), and endpoints with a policy can be created at once."""
-    old = PreviousReleaseStore(pool)
+    old = PreviousReleaseStore(old_pool)
     await old.create_endpoint("acct_1", "https://example.com/hook", EndpointOptions())
     await old_db.execute("UPDATE webhooks.settings SET retry_schedule = '{1 hour}'")
     await emit(old_db, 4)
@@ -81,7 +59,7 @@ async def test_old_engine_carries_on_through_the_upgrade_beside_a_new_one(
     assert {"20_endpoints.sql", "40_claim.sql", "50_record.sql"} <= set(report.functions)
     results = await old.record([outcome(d, 200) for d, _ in second])
     assert [r.outcome for r in results] == [AttemptOutcome.DELIVERED] * 2
-    new = Store(pool)
+    new = Store(old_pool)
     [(last, config)] = await new.claim({}, default_room=8, max_rows=8)
     assert (dict(config.headers), config.timeout_s) == ({}, 10)
     [done] = await new.record([outcome(last, 200)])
@@ -95,13 +73,13 @@ async def test_old_engine_carries_on_through_the_upgrade_beside_a_new_one(
 
 
 async def test_a_lease_left_too_short_is_caught_at_engine_start(
-    old_db: asyncpg.Connection, pool: asyncpg.Pool
+    old_db: asyncpg.Connection, old_pool: asyncpg.Pool
 ) -> None:
     """A lease the previous release accepted but that no attempt fits in upgrades without
     failing; the engine's start check then refuses it, naming both values, and the fix passes."""
     await old_db.execute("UPDATE webhooks.settings SET lease_duration = '12 seconds'")
     await migrate(old_db)
-    new = Store(pool)
+    new = Store(old_pool)
     with pytest.raises(ConfigError, match=r"lease_duration \(12 s\).*\(10 s\)"):
         check_lease(await new.policy())
     await old_db.execute("UPDATE webhooks.settings SET request_timeout_s = 5")

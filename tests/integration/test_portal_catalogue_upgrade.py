@@ -10,7 +10,6 @@ re-applied function files, and after them, and the in-flight delivery is recorde
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -20,29 +19,10 @@ from engine.db.migrate import migrate
 from engine.db.store import Store
 from tests.support.db import sql_endpoint
 from tests.support.factories import claim, emit, outcome
-from tests.support.previous_release import PreviousReleaseStore, release_tree, upgrade_window_tree
+from tests.support.previous_release import upgrade_window_tree
 
 MIGRATION = "0009_portal_catalogue.sql"
 LIST_V1 = "SELECT * FROM webhooks.list_deliveries_v1(NULL, NULL, NULL, NULL, NULL, NULL, NULL, 100)"
-
-
-@pytest.fixture
-async def old_db(empty_db_url: str, tmp_path: Path) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(empty_db_url)
-    try:
-        await migrate(conn, root=release_tree(tmp_path / "old"))
-        yield conn
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
-async def old_engine(empty_db_url: str, old_db: asyncpg.Connection) -> AsyncIterator[Store]:
-    pool = await asyncpg.create_pool(empty_db_url, min_size=1, max_size=2)
-    try:
-        yield PreviousReleaseStore(pool)
-    finally:
-        await pool.close()
 
 
 @pytest.mark.parametrize("new_functions", [False, True])

@@ -9,44 +9,27 @@ keeps the limit too. Then it stops and a new engine (claim_v2) delivers the rest
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import asyncpg
 import pytest
 
 from engine.db.migrate import migrate
 from engine.db.store import Store
 from tests.support.factories import outcome
-from tests.support.previous_release import PreviousReleaseStore, release_tree
+from tests.support.previous_release import PreviousReleaseStore
 
 
 @pytest.fixture
-async def old_db(empty_db_url: str, tmp_path: Path) -> AsyncIterator[asyncpg.Connection]:
-    """A database migrated by the previous release, with an endpoint allowing 2 in flight."""
-    conn = await asyncpg.connect(empty_db_url)
-    try:
-        await migrate(conn, root=release_tree(tmp_path / "old"))
-        await conn.execute(
-            "SELECT webhooks.create_endpoint('acct_1', 'https://example.com/hook', '{*}',"
-            " p_max_in_flight => 2)"
-        )
-        yield conn
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
-async def pool(empty_db_url: str, old_db: asyncpg.Connection) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(empty_db_url, min_size=1, max_size=2)
-    try:
-        yield pool
-    finally:
-        await pool.close()
+async def old_db(old_db: asyncpg.Connection) -> asyncpg.Connection:
+    """The previous release's database (conftest), with an endpoint allowing 2 in flight."""
+    await old_db.execute(
+        "SELECT webhooks.create_endpoint('acct_1', 'https://example.com/hook', '{*}',"
+        " p_max_in_flight => 2)"
+    )
+    return old_db
 
 
 async def test_leases_taken_before_the_upgrade_count_for_the_new_claim(
-    old_db: asyncpg.Connection, pool: asyncpg.Pool
+    old_db: asyncpg.Connection, old_pool: asyncpg.Pool
 ) -> None:
     """Three rows leased by an old engine before 0006 (its claim kept no limit) hold the endpoint
     at its max_in_flight of 2 after the upgrade: neither the new claim nor the old engine's gets
@@ -55,12 +38,12 @@ async def test_leases_taken_before_the_upgrade_count_for_the_new_claim(
         "SELECT webhooks.emit('acct_1', 'email.sent', jsonb_build_object('n', n))"
         "  FROM generate_series(1, 5) n"
     )
-    old_engine = PreviousReleaseStore(pool)
+    old_engine = PreviousReleaseStore(old_pool)
     before = [d for d, _ in await old_engine.claim({}, default_room=3, max_rows=100)]
     assert len(before) == 3
 
     await migrate(old_db)
-    new_engine = Store(pool)
+    new_engine = Store(old_pool)
     assert await new_engine.claim({}, default_room=8, max_rows=100) == []
     assert await old_engine.claim({}, default_room=8, max_rows=100) == []
     await old_engine.record([outcome(before[0], 200), outcome(before[1], 200)])
