@@ -4,7 +4,7 @@
 installs the example app and the lean outbox (bench.outbox), and gives 20 accounts one endpoint
 each. Each variant is a row trigger of the example's shape (the ``webhooks.subscribed`` guard, then
 an emit) calling a copy of emit with one piece taken out, "before" being emit as it was
-(``tests/integration/sql_before_0007/30_emit.sql``) and "after" the shipped one. A procedure
+(``tests/integration/sql_release_0005/30_emit.sql``) and "after" the shipped one. A procedure
 inserts N rows for subscribed accounts, committing after each, so every row pays the per-transaction
 costs an app commit pays, without the client's round trips; the server CPU of that one backend
 (``/proc/PID/stat``, 10 ms ticks) is divided by N. Variants take turns for R rounds and each
@@ -29,7 +29,7 @@ from bench.outbox import LEAN_OUTBOX, LEAN_TRIGGER
 from engine.cli.embedded_postgres import TemporaryPostgres
 from engine.db.migrate import migrate
 
-BEFORE = REPO_ROOT / "tests" / "integration" / "sql_before_0007" / "30_emit.sql"
+BEFORE = REPO_ROOT / "tests" / "integration" / "sql_release_0005" / "30_emit.sql"
 AFTER = REPO_ROOT / "sql" / "functions" / "30_emit.sql"
 PROBE_OLD = """    PERFORM FROM webhooks.endpoints e
      WHERE e.account_id = p_account_id AND e.enabled
