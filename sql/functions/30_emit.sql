@@ -157,6 +157,11 @@ BEGIN
     SELECT k.event_id INTO v_event_id FROM webhooks.idempotency_keys k
      WHERE k.account_id = p_account_id AND k.key = p_idempotency_key;
     IF FOUND THEN
+        -- A repeat is refused as its first call would be: a payload this event could not have
+        -- been stored with is an error in the app's transaction, not the earlier event's id.
+        PERFORM webhooks.storable(p_payload, s.max_payload_bytes)
+                OR webhooks.reject_stored_payload(p_payload, s.max_payload_bytes, '')
+           FROM webhooks.settings s;
         RETURN v_event_id;
     END IF;
 

@@ -151,6 +151,28 @@ async def test_repeated_idempotency_key_returns_same_event(conn: asyncpg.Connect
     assert await table_counts(conn) == counts
 
 
+@pytest.mark.parametrize("over_by", [0, 1])
+async def test_a_repeated_key_is_refused_a_payload_over_the_limit(
+    conn: asyncpg.Connection, over_by: int
+) -> None:
+    """A repeat of a key gets the size check its first call gets: over the limit it raises WH003
+    (not the first event's id), at the limit it returns the first event and writes nothing."""
+    await sql_endpoint(conn, ["email.sent"])
+    first = await emit(conn, key="send-42")
+    counts = await table_counts(conn)
+    payload = json.dumps({"body": "x" * 300})
+    size = await conn.fetchval("SELECT octet_length($1::jsonb::text)", payload)
+    await conn.execute("UPDATE webhooks.settings SET max_payload_bytes = $1", size - over_by)
+    if over_by:
+        with pytest.raises(asyncpg.PostgresError) as info:
+            await conn.fetchval(EMIT, "acct_1", "email.sent", payload, "send-42")
+        assert info.value.sqlstate == "WH003"
+        assert info.value.column_name == "payload"
+    else:
+        assert await conn.fetchval(EMIT, "acct_1", "email.sent", payload, "send-42") == first
+    assert await table_counts(conn) == counts
+
+
 async def test_idempotency_key_is_per_account(conn: asyncpg.Connection) -> None:
     """The same key in another account is a new event."""
     await sql_endpoint(conn, ["email.sent"])
