@@ -2,6 +2,11 @@
 
 Autovacuum is switched off for the hot table in these tests, so that every vacuum counted is the
 engine's and none comes first by chance.
+
+What a vacuum left is read from the table's pages (``pgstattuple``), not from
+``pg_stat_user_tables.n_dead_tup``: a backend that went idle within a second of its last report
+holds its counts for up to ten seconds, so dead rows that the vacuum already removed can be added to
+the statistics after it, and a check on them fails by chance.
 """
 
 from __future__ import annotations
@@ -33,6 +38,16 @@ async def _stats(conn: asyncpg.Connection) -> asyncpg.Record:
 
 async def _no_autovacuum(conn: asyncpg.Connection) -> None:
     await conn.execute("ALTER TABLE webhooks.deliveries SET (autovacuum_enabled = false)")
+
+
+async def _dead_tuples_on_pages(conn: asyncpg.Connection) -> int:
+    """Dead row versions still stored in the hot table's pages, counted by reading them."""
+    await conn.execute("CREATE EXTENSION IF NOT EXISTS pgstattuple")
+    count = await conn.fetchval(
+        "SELECT dead_tuple_count FROM pgstattuple('webhooks.deliveries'::regclass)"
+    )
+    assert isinstance(count, int)
+    return count
 
 
 async def _delivered_by_engine(
@@ -75,7 +90,9 @@ async def test_engine_vacuums_the_hot_table_when_idle_after_a_burst(
     after = await _stats(conn)
     assert after["vacuum_count"] > before["vacuum_count"]
     assert after["autovacuum_count"] == before["autovacuum_count"]
-    assert after["n_dead_tup"] < 300, after
+    # Nothing holds an older snapshot of this database: the vacuum leaves (almost) none of the
+    # 400 deliveries' dead versions, where the run without one below keeps more than half.
+    assert await _dead_tuples_on_pages(conn) < 40
     done = [e for e in logged if e["event"] == "hot_table_vacuumed"]
     assert len(done) == 1, done
     assert done[0]["dead_rows"] >= 300, done
@@ -100,6 +117,9 @@ async def test_engine_leaves_the_hot_table_alone_below_the_threshold(
     assert vacuum.checks >= 2
     assert vacuum.vacuums == 0
     assert (await _stats(conn))["vacuum_count"] == before["vacuum_count"]
+    # Without a vacuum the dead versions stay on the pages (pruning takes some), so the check of
+    # the test above, which reads them the same way, can fail.
+    assert await _dead_tuples_on_pages(conn) >= 100
 
 
 async def test_engine_with_vacuum_dead_rows_0_never_looks(
