@@ -88,7 +88,7 @@ async def w5_backlog(suite: Suite, deliveries: int, endpoints: int, seconds: flo
     engine_us, receiver_us, machine_us = ((b - a) * per_us for a, b in zip(cpu0, cpu1, strict=True))
     server = {
         name: function_delta(functions0, functions1, name)
-        for name in ("webhooks.claim_v1", "webhooks.record_attempts_v1")
+        for name in ("webhooks.claim_v2", "webhooks.record_attempts_v1")
     }
     progress(f"W5 peak RSS {peak:.1f} MB, {drained:,} delivered in {elapsed:.0f} s")
     rest = suite.rest_rss_mb

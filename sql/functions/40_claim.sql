@@ -30,7 +30,11 @@
 -- p_default_room: room for any other endpoint; p_max_rows: cap for the whole claim;
 -- p_after: the endpoint the previous capped claim stopped at, so a capped claim rotates fairly.
 -- Endpoints are found with a loose index scan over deliveries_ready_idx: one probe per endpoint
--- with ready rows, never a query per known endpoint.
+-- with ready rows, never a query per known endpoint. The walk is lazy and stops with the claim:
+-- it runs in id order from p_after to the end, then from the start up to p_after, as two walks
+-- appended rather than one sorted, since a sort would need every endpoint with ready rows before
+-- the first pick. A claim that fills early (a backlog over thousands of endpoints, where each claim
+-- takes the room freed by the last results) probes only the endpoints it reaches.
 -- Picks also require due_at <= now(): ready alone would do for rows this body wrote, but an engine
 -- of an earlier version (running beside a new one during an upgrade, before these bodies were
 -- re-applied) leased rows without clearing ready; its leases are not due, so they are not taken
@@ -91,6 +95,8 @@ DECLARE
     v_head    record;
     v_ids     bigint[];
     v_sent    timestamptz;
+    v_from    uuid;
+    v_e       record;
 BEGIN
     SELECT s.lease_duration, s.request_timeout_s INTO v_lease, v_timeout FROM webhooks.settings s;
 
@@ -110,23 +116,39 @@ BEGIN
         PERFORM set_config('synchronous_commit', 'off', true);
     END IF;
 
+    -- Where the walk turns: after p_after, or, with none, after the largest uuid (all of it is
+    -- then the second walk).
+    v_from := coalesce(p_after, 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid);
     FOR v_ep IN
-        WITH RECURSIVE eps(id) AS (
+        WITH RECURSIVE above(id) AS (
             (SELECT d.endpoint_id FROM webhooks.deliveries d
-              WHERE d.ready ORDER BY d.endpoint_id LIMIT 1)
+              WHERE d.ready AND d.endpoint_id > v_from ORDER BY d.endpoint_id LIMIT 1)
             UNION ALL
             SELECT (SELECT d.endpoint_id FROM webhooks.deliveries d
-                     WHERE d.endpoint_id > eps.id AND d.ready
+                     WHERE d.endpoint_id > above.id AND d.ready
                      ORDER BY d.endpoint_id LIMIT 1)
-              FROM eps WHERE eps.id IS NOT NULL
+              FROM above WHERE above.id IS NOT NULL
+        ), below(id) AS (
+            (SELECT d.endpoint_id FROM webhooks.deliveries d
+              WHERE d.ready AND d.endpoint_id <= v_from ORDER BY d.endpoint_id LIMIT 1)
+            UNION ALL
+            SELECT (SELECT d.endpoint_id FROM webhooks.deliveries d
+                     WHERE d.endpoint_id > below.id AND d.endpoint_id <= v_from AND d.ready
+                     ORDER BY d.endpoint_id LIMIT 1)
+              FROM below WHERE below.id IS NOT NULL
         )
-        SELECT eps.id, e.ordering AS ep_ordering, e.enabled, e.max_in_flight AS ep_limit,
-               e.rate_limit_per_s AS ep_rate
-          FROM eps JOIN webhooks.endpoints e ON e.id = eps.id
-         ORDER BY (p_after IS NOT NULL AND eps.id <= p_after), eps.id
+        SELECT a.id FROM above a WHERE a.id IS NOT NULL
+        UNION ALL
+        SELECT b.id FROM below b WHERE b.id IS NOT NULL
     LOOP
         EXIT WHEN v_left <= 0;
-        CONTINUE WHEN NOT v_ep.enabled;
+        -- Looked up here, not joined in the walk: a join could be planned as a hash join that
+        -- reads the whole walk before its first row.
+        SELECT e.ordering AS ep_ordering, e.enabled, e.max_in_flight AS ep_limit,
+               e.rate_limit_per_s AS ep_rate
+          INTO v_e FROM webhooks.endpoints e WHERE e.id = v_ep.id;
+        CONTINUE WHEN NOT FOUND;
+        CONTINUE WHEN NOT v_e.enabled;
         v_room := coalesce(p_rooms[array_position(p_room_ids, v_ep.id)], p_default_room);
         CONTINUE WHEN v_room <= 0;
         v_room := least(v_room, v_left);
@@ -143,20 +165,20 @@ BEGIN
          WHERE d.endpoint_id = v_ep.id AND d.lease_token IS NOT NULL AND NOT d.ready
            AND d.due_at > now();
         v_room := least(v_room,
-                        CASE WHEN v_ep.ep_ordering = 'strict' THEN 1 ELSE v_ep.ep_limit END - v_busy);
+                        CASE WHEN v_e.ep_ordering = 'strict' THEN 1 ELSE v_e.ep_limit END - v_busy);
         CONTINUE WHEN v_room <= 0;
         v_slot := NULL;
-        IF v_ep.ep_rate IS NOT NULL THEN
-            v_step := make_interval(secs => 1 / v_ep.ep_rate);
+        IF v_e.ep_rate IS NOT NULL THEN
+            v_step := make_interval(secs => 1 / v_e.ep_rate);
             SELECT greatest(p.next_slot_at, now()) INTO v_slot FROM webhooks.endpoint_pacing p
              WHERE p.endpoint_id = v_ep.id;
             v_slot := coalesce(v_slot, now());
             -- Only starts within a quarter of the lease: the rest of it covers the request.
             v_room := least(v_room, floor(extract(epoch FROM now() + v_lease / 4 - v_slot)
-                                          * v_ep.ep_rate)::integer + 1);
+                                          * v_e.ep_rate)::integer + 1);
             CONTINUE WHEN v_room <= 0;
         END IF;
-        IF v_ep.ep_ordering = 'strict' THEN
+        IF v_e.ep_ordering = 'strict' THEN
             -- FIFO: only the oldest live delivery may go, and only when it is ready (not leased,
             -- not waiting for its retry). The head is looked up among all live rows, ready or not.
             SELECT d.id, d.ready, d.due_at INTO v_head FROM webhooks.deliveries d

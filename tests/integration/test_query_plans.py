@@ -91,20 +91,29 @@ SELECT least((SELECT d.due_at FROM webhooks.deliveries d
                WHERE d.ready ORDER BY d.endpoint_id, d.id LIMIT 1))
 """
 
-# The claim's loose index scan: the endpoints that have ready deliveries, one probe each.
+# The claim's loose index scan: the endpoints that have ready deliveries, one probe each, walked
+# from after $1 to the end, then from the start up to $1.
 CLAIM_ENDPOINTS = """
-WITH RECURSIVE eps(id) AS (
+WITH RECURSIVE above(id) AS (
     (SELECT d.endpoint_id FROM webhooks.deliveries d
-      WHERE d.ready ORDER BY d.endpoint_id LIMIT 1)
+      WHERE d.ready AND d.endpoint_id > $1::uuid ORDER BY d.endpoint_id LIMIT 1)
     UNION ALL
     SELECT (SELECT d.endpoint_id FROM webhooks.deliveries d
-             WHERE d.endpoint_id > eps.id AND d.ready
+             WHERE d.endpoint_id > above.id AND d.ready
              ORDER BY d.endpoint_id LIMIT 1)
-      FROM eps WHERE eps.id IS NOT NULL
+      FROM above WHERE above.id IS NOT NULL
+), below(id) AS (
+    (SELECT d.endpoint_id FROM webhooks.deliveries d
+      WHERE d.ready AND d.endpoint_id <= $1::uuid ORDER BY d.endpoint_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT d.endpoint_id FROM webhooks.deliveries d
+             WHERE d.endpoint_id > below.id AND d.endpoint_id <= $1::uuid AND d.ready
+             ORDER BY d.endpoint_id LIMIT 1)
+      FROM below WHERE below.id IS NOT NULL
 )
-SELECT eps.id, e.ordering, e.enabled
-  FROM eps JOIN webhooks.endpoints e ON e.id = eps.id
- ORDER BY ($1::uuid IS NOT NULL AND eps.id <= $1::uuid), eps.id
+SELECT a.id FROM above a WHERE a.id IS NOT NULL
+UNION ALL
+SELECT b.id FROM below b WHERE b.id IS NOT NULL
 """
 
 # emit's probe (all that an account without subscribers costs; subscribed() runs the same) and
@@ -200,6 +209,8 @@ async def backlog_endpoint(conn: asyncpg.Connection) -> UUID:
 
 # With a generic plan the values do not matter; these only fill the parameters.
 ANY_UUID = "'00000000-0000-0000-0000-000000000000'"
+# Where the claim's walk turns when no earlier claim stopped anywhere: the whole walk is the second.
+MAX_UUID = UUID("ffffffff-ffff-ffff-ffff-ffffffffffff")
 
 
 async def test_tables_are_big(big: asyncpg.Connection) -> None:
@@ -257,16 +268,25 @@ async def test_claim_strict_head_uses_endpoint_id_index(big: asyncpg.Connection)
 
 
 async def test_claim_loose_scan_uses_ready_index(big: asyncpg.Connection) -> None:
-    """The claim's walk over endpoints with ready deliveries probes deliveries_ready_idx only, and
-    finds none of the endpoints whose every delivery waits for a retry."""
-    for after in (None, await backlog_endpoint(big)):
+    """The claim's walk over endpoints with ready deliveries probes deliveries_ready_idx only,
+    finds none of the endpoints whose every delivery waits for a retry, and comes out in the
+    claim's rotation (after the turning point, then up to it) without a sort, so that a claim
+    which fills early stops the walk early."""
+    turn = await backlog_endpoint(big)
+    for after in (MAX_UUID, turn):
         plan = await custom_plan(big, CLAIM_ENDPOINTS, after)
-        assert plan["deliveries"] == {"deliveries_ready_idx"}
-        assert plan["endpoints"] == {"endpoints_pkey"}
-    rows = await big.fetch(CLAIM_ENDPOINTS, None)
+        assert plan == {"deliveries": {"deliveries_ready_idx"}}
+    generic = await generic_plan(big, CLAIM_ENDPOINTS, "uuid", ANY_UUID)
+    assert generic == {"deliveries": {"deliveries_ready_idx"}}
+    plan_text = await big.fetchval("EXPLAIN (FORMAT JSON) " + CLAIM_ENDPOINTS, turn)
+    assert '"Sort"' not in json.dumps(plan_text)
+    walk = [r["id"] for r in await big.fetch(CLAIM_ENDPOINTS, MAX_UUID)]
     # Endpoint k holds rows g with g % 1,000 = k - 1, so a fifth of the endpoints hold only rows
     # with g % 5 = 0: waiting ones.
-    assert len(rows) == ENDPOINTS_WITH_BACKLOG * 4 // 5
+    assert len(walk) == ENDPOINTS_WITH_BACKLOG * 4 // 5
+    assert walk == sorted(walk)
+    rotated = [r["id"] for r in await big.fetch(CLAIM_ENDPOINTS, turn)]
+    assert rotated == [i for i in walk if i > turn] + [i for i in walk if i <= turn]
 
 
 async def test_next_due_at_uses_waiting_and_ready_indexes(big: asyncpg.Connection) -> None:

@@ -111,7 +111,9 @@ async def down_endpoints(store: Store, conn: asyncpg.Connection, prefix: str, n:
     await store.record([outcome(d, 500) for d, _ in leased[: n // 2]])
 
 
-async def reads_of_claim(conn: asyncpg.Connection, max_rows: int) -> tuple[list[Any], int, int]:
+async def reads_of_claim(
+    conn: asyncpg.Connection, max_rows: int, room: int = 8
+) -> tuple[list[Any], int, int]:
     """Claim on ``conn``; the rows and the hot table's tuples and buffers the claim read."""
 
     async def reads() -> tuple[int, int]:
@@ -122,7 +124,7 @@ async def reads_of_claim(conn: asyncpg.Connection, max_rows: int) -> tuple[list[
         return int(row["tuples"]), int(row["buffers"])
 
     tuples, buffers = await reads()
-    rows = await conn.fetch(CLAIM_SQL, 8, max_rows)
+    rows = await conn.fetch(CLAIM_SQL, room, max_rows)
     tuples_after, buffers_after = await reads()
     return list(rows), tuples_after - tuples, buffers_after - buffers
 
@@ -162,6 +164,28 @@ async def test_claim_work_does_not_grow_with_endpoints_that_have_nothing_due(
     # From 10 to 1,000 rows the indexes gain a level, which every probe and insert descends.
     assert buffers_1000 - buffers_10 < 990 // 10, f"buffers (10, 1,000, 3,000): {measured}"
     assert buffers_3000 <= buffers_1000 + 4, f"buffers (10, 1,000, 3,000): {measured}"
+
+
+async def test_a_capped_claim_walks_only_the_endpoints_it_reaches(conn: asyncpg.Connection) -> None:
+    """A claim that fills after a few endpoints reads as many tuples of the hot table with 1,000
+    and 3,000 endpoints that have ready rows as with 50: its walk stops where the claim does (a
+    backlog over thousands of endpoints, each claim taking the room the last results freed).
+    Sorting the walk for the rotation would probe every endpoint with ready rows first."""
+    measured: list[tuple[int, int]] = []
+    for n, prefix in ((50, "few"), (950, "more"), (2000, "most")):
+        await endpoints(conn, prefix, n)
+        await emit(conn, prefix, n)
+        await conn.execute("VACUUM (ANALYZE) webhooks.deliveries")
+        await conn.fetch(CLAIM_SQL, 1, 0)  # plans made, as in a long-lived engine connection
+        rows, tuples, buffers = await reads_of_claim(conn, 5, room=1)
+        assert len(rows) == 5
+        measured.append((tuples, buffers))
+        await conn.execute(
+            DELIVER, [r["delivery_id"] for r in rows], [r["lease_token"] for r in rows]
+        )
+    [(tuples_50, _), (tuples_1000, buffers_1000), (tuples_3000, buffers_3000)] = measured
+    assert tuples_50 == tuples_1000 == tuples_3000, f"tuples read (50, 1,000, 3,000): {measured}"
+    assert buffers_3000 <= buffers_1000 + 4, f"buffers (50, 1,000, 3,000): {measured}"
 
 
 async def test_retry_becomes_claimable_once_its_time_comes(
