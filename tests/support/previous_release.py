@@ -6,6 +6,8 @@ before them left: main at 5841c63, whose schema is migrations 0001-0005 and whos
 ``tests/integration/sql_release_0005/``.
 An upgrade test migrates a database built from :func:`release_tree` to the shipped tree, with an
 engine of that release (:class:`PreviousReleaseStore`) leasing and recording across the upgrade.
+The end-to-end upgrade runs that release's engine itself, as a process, from
+:data:`RELEASE_ARCHIVE` (``git archive 5841c63 engine sql``; see :func:`release_engine`).
 
 The upgrade tests of 0004 and 0005 test those migrations as that release shipped them: their trees
 start from :func:`release_tree` too, with older function files laid over it.
@@ -14,6 +16,7 @@ start from :func:`release_tree` too, with older function files laid over it.
 from __future__ import annotations
 
 import shutil
+import tarfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -24,6 +27,20 @@ from engine.db.store import Store
 
 RELEASE_SQL = Path(__file__).parents[1] / "integration" / "sql_release_0005"
 RELEASE_LAST_MIGRATION = 5
+# The release's engine package and sql/ tree as it shipped, written by
+# `git archive --format=tar 5841c63 engine sql | gzip -9n`: a test cannot count on the checkout
+# having that commit. tests/unit/test_previous_release.py holds it equal to RELEASE_SQL and to the
+# shipped migrations it had.
+RELEASE_ARCHIVE = Path(__file__).with_name("release_5841c63.tar.gz")
+
+
+def release_engine(root: Path) -> Path:
+    """Unpack the previous release (its ``engine`` package and ``sql/``) into ``root``; run it
+    with ``root`` first on ``PYTHONPATH``. It uses this environment's libraries, which today's
+    release needs at versions that release ran on too."""
+    with tarfile.open(RELEASE_ARCHIVE) as archive:
+        archive.extractall(root, filter="data")
+    return root
 
 
 def release_tree(

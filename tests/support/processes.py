@@ -112,15 +112,26 @@ class EngineProcess:
 
 @contextlib.asynccontextmanager
 async def engine_process(
-    database_url: str, env: Mapping[str, str] | None = None
+    database_url: str, env: Mapping[str, str] | None = None, *, release: Path | None = None
 ) -> AsyncIterator[EngineProcess]:
-    """Start ``misar-webhooks run`` on ``database_url`` with :data:`BASE_ENV` plus ``env``."""
+    """Start ``misar-webhooks run`` on ``database_url`` with :data:`BASE_ENV` plus ``env``.
+
+    ``release``: run another release's engine instead, from the directory holding its ``engine``
+    package (``python -m engine run`` in that directory, first on the path). Coverage is left
+    out of it: its files are not this tree's.
+    """
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("WEBHOOKS_")}
     full_env.update(BASE_ENV, WEBHOOKS_DATABASE_URL=database_url)
     full_env.update(env or {})
+    command, cwd = [str(CLI), "run"], None
+    if release is not None:
+        # From that directory too: ``-m`` puts the working directory first on the path.
+        command, cwd = [sys.executable, "-m", "engine", "run"], release
+        full_env["PYTHONPATH"] = str(release)
+        full_env = {k: v for k, v in full_env.items() if not k.startswith("COVERAGE_")}
     process = await asyncio.create_subprocess_exec(
-        str(CLI),
-        "run",
+        *command,
+        cwd=cwd,
         env=full_env,
         stdin=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
