@@ -142,16 +142,15 @@ BEGIN
         SELECT b.id FROM below b WHERE b.id IS NOT NULL
     LOOP
         EXIT WHEN v_left <= 0;
+        v_room := coalesce(p_rooms[array_position(p_room_ids, v_ep.id)], p_default_room);
+        CONTINUE WHEN v_room <= 0;
+        v_room := least(v_room, v_left);
         -- Looked up here, not joined in the walk: a join could be planned as a hash join that
         -- reads the whole walk before its first row.
         SELECT e.ordering AS ep_ordering, e.enabled, e.max_in_flight AS ep_limit,
                e.rate_limit_per_s AS ep_rate
           INTO v_e FROM webhooks.endpoints e WHERE e.id = v_ep.id;
-        CONTINUE WHEN NOT FOUND;
-        CONTINUE WHEN NOT v_e.enabled;
-        v_room := coalesce(p_rooms[array_position(p_room_ids, v_ep.id)], p_default_room);
-        CONTINUE WHEN v_room <= 0;
-        v_room := least(v_room, v_left);
+        CONTINUE WHEN NOT FOUND OR NOT v_e.enabled;
         -- Another engine is claiming for this endpoint right now: its next claim comes soon.
         -- One lock per bucket of endpoints, not per endpoint: a claim may walk thousands of
         -- endpoints, and advisory locks take room in the server's shared lock table (sized by
