@@ -168,9 +168,10 @@ async def test_claim_work_does_not_grow_with_endpoints_that_have_nothing_due(
 
 async def test_a_capped_claim_walks_only_the_endpoints_it_reaches(conn: asyncpg.Connection) -> None:
     """A claim that fills after a few endpoints reads as many tuples of the hot table with 1,000
-    and 3,000 endpoints that have ready rows as with 50: its walk stops where the claim does (a
-    backlog over thousands of endpoints, each claim taking the room the last results freed).
-    Sorting the walk for the rotation would probe every endpoint with ready rows first."""
+    and 3,000 endpoints that have ready rows as with 50, give or take a probe: its walk stops
+    where the claim does (a backlog over thousands of endpoints, each claim taking the room the
+    last results freed). Sorting the walk for the rotation would probe every endpoint with ready
+    rows first."""
     measured: list[tuple[int, int]] = []
     for n, prefix in ((50, "few"), (950, "more"), (2000, "most")):
         await endpoints(conn, prefix, n)
@@ -183,9 +184,14 @@ async def test_a_capped_claim_walks_only_the_endpoints_it_reaches(conn: asyncpg.
         await conn.execute(
             DELIVER, [r["delivery_id"] for r in rows], [r["lease_token"] for r in rows]
         )
-    [(tuples_50, _), (tuples_1000, buffers_1000), (tuples_3000, buffers_3000)] = measured
-    assert tuples_50 == tuples_1000 == tuples_3000, f"tuples read (50, 1,000, 3,000): {measured}"
-    assert buffers_3000 <= buffers_1000 + 4, f"buffers (50, 1,000, 3,000): {measured}"
+    tuples = [t for t, _ in measured]
+    buffers = [b for _, b in measured]
+    # Within a probe or two where the walk's cursor stops fetching (Postgres 18 read one fewer at
+    # 1,000 than at 50); the sorted walk read one more per endpoint, about 1,000 more at 1,000.
+    assert max(tuples) - min(tuples) <= 5, f"tuples read (50, 1,000, 3,000): {measured}"
+    # The indexes gain a level or two on the way, which every probe descends; a walk over every
+    # endpoint would add at least a buffer per endpoint.
+    assert buffers[2] - buffers[0] < 100, f"buffers (50, 1,000, 3,000): {measured}"
 
 
 async def test_retry_becomes_claimable_once_its_time_comes(
