@@ -22,6 +22,7 @@ from tests.support.engines import RunningEngine, wait_until
 from tests.support.load import (
     Load,
     add_events,
+    all_delivered,
     check_delivered_once,
     delivered,
     leased,
@@ -91,7 +92,7 @@ async def test_sigkill_at_random_moments_loses_nothing(
 
     async with engine_process(db_url) as engine:
         await wait_until(
-            lambda: _all_delivered(conn, load), timeout_s=120, what="every delivery done"
+            lambda: all_delivered(conn, load), timeout_s=120, what="every delivery done"
         )
         engine.signal(signal.SIGTERM)
         assert await engine.wait() == 0
@@ -154,7 +155,7 @@ async def test_sigterm_under_load_exits_0_in_time_with_every_attempt_recorded(
     receiver.script("/hang0", Reply())
     all_events = Load({**load.events, **hanging.events})
     async with engine_process(db_url) as engine:
-        await wait_until(lambda: _all_delivered(conn, all_events), timeout_s=120, what="the rest")
+        await wait_until(lambda: all_delivered(conn, all_events), timeout_s=120, what="the rest")
         engine.signal(signal.SIGTERM)
         assert await engine.wait() == 0
     history = await check_delivered_once(conn, receiver, all_events)
@@ -199,7 +200,7 @@ async def test_engine_down_while_retries_fall_due_delivers_all_after_restart(
     assert await delivered(conn) == 0
 
     second = await start_engine(listen=False)
-    await wait_until(lambda: _all_delivered(conn, load), timeout_s=90, what="every delivery done")
+    await wait_until(lambda: all_delivered(conn, load), timeout_s=90, what="every delivery done")
     await second.stop()
     history = await check_delivered_once(conn, receiver, load)
     assert history.requests > load.total, "first attempts failed and were retried"
@@ -220,10 +221,6 @@ async def _requests(receiver: Receiver, engine: EngineProcess, count: int) -> No
         raise AssertionError(f"the engine exited with {exited.result()} before {count} requests")
     exited.cancel()
     await arrived
-
-
-async def _all_delivered(conn: asyncpg.Connection, load: Load) -> bool:
-    return await delivered(conn) >= load.total
 
 
 async def _all_attempted(conn: asyncpg.Connection, total: int) -> bool:

@@ -19,11 +19,13 @@ from tests.support.load import (
     Load,
     account_of,
     add_events,
+    all_delivered,
     check_delivered_once,
     delivered,
     emit_many,
     leased,
     make_load,
+    no_session_of,
 )
 from tests.support.processes import EngineProcess, engine_process
 from tests.support.receiver import Receiver, Reply
@@ -50,11 +52,6 @@ async def engines(
         yield started
 
 
-async def stop(engine: EngineProcess) -> None:
-    engine.signal(signal.SIGTERM)
-    assert await engine.wait() == 0
-
-
 @pytest.mark.parametrize("max_in_flight", [1, 2])
 async def test_max_in_flight_holds_across_three_engines(
     db_url: str,
@@ -76,10 +73,10 @@ async def test_max_in_flight_holds_across_three_engines(
     async with engines(db_url, 3) as running:
         load = await add_events(conn, load, 30)  # once all three run
         await wait_until(
-            lambda: _all_delivered(conn, load), timeout_s=120, what="every delivery done"
+            lambda: all_delivered(conn, load), timeout_s=120, what="every delivery done"
         )
         for engine in running:
-            await stop(engine)
+            await engine.stop()
     history = await check_delivered_once(conn, receiver, load)
     assert history.duplicates == 0
     _assert_concurrency(receiver, load, max_in_flight)
@@ -108,16 +105,16 @@ async def test_killed_engines_endpoints_are_served_by_the_others_after_its_lease
             assert await victim.wait() == -signal.SIGKILL
             # A statement the dead engine sent may still commit: read the leases once it is gone.
             await wait_until(
-                lambda: _no_session_of(conn, "victim_0"), what="the killed engine's sessions gone"
+                lambda: no_session_of(conn, "victim_0"), what="the killed engine's sessions gone"
             )
             in_flight_at_kill = await leased(conn)
             assert len(in_flight_at_kill) == 40
             assert await delivered(conn) == 0
             await wait_until(
-                lambda: _all_delivered(conn, load), timeout_s=120, what="every delivery done"
+                lambda: all_delivered(conn, load), timeout_s=120, what="every delivery done"
             )
             for engine in others:
-                await stop(engine)
+                await engine.stop()
     history = await check_delivered_once(conn, receiver, load, may_repeat=in_flight_at_kill)
     assert history.repeated == in_flight_at_kill
     _assert_concurrency(receiver, load, 2)
@@ -147,7 +144,7 @@ async def test_rate_limit_holds_across_engines(
         for path, rate in rates.items():
             await receiver.wait_for(int(rate * seconds), path=path, timeout_s=60)
         for engine in running:
-            await stop(engine)
+            await engine.stop()
     for path, rate in rates.items():
         arrivals = [r.arrived_at for r in receiver.received_on(path)]
         measured = 1 / _slope(arrivals)
@@ -189,9 +186,9 @@ async def test_sigterm_hands_unstarted_deliveries_to_another_engine_at_once(
             release.set()
             assert await first.wait() == 0
             await wait_until(
-                lambda: _all_delivered(conn, load), timeout_s=60, what="every delivery done"
+                lambda: all_delivered(conn, load), timeout_s=60, what="every delivery done"
             )
-            await stop(second)
+            await second.stop()
     history = await check_delivered_once(conn, receiver, load)
     assert history.duplicates == 0
     released = [e for e in first.events() if e.get("event") == "leases_released"]
@@ -205,21 +202,9 @@ def _slope(arrivals: list[float]) -> float:
     return statistics.linear_regression(xs, arrivals).slope
 
 
-async def _all_delivered(conn: asyncpg.Connection, load: Load) -> bool:
-    return await delivered(conn) >= load.total
-
-
 async def _delivered_count(conn: asyncpg.Connection, count: int) -> bool:
     return await delivered(conn) >= count
 
 
 async def _leased_count(conn: asyncpg.Connection, count: int) -> bool:
     return len(await leased(conn)) == count
-
-
-async def _no_session_of(conn: asyncpg.Connection, application_name: str) -> bool:
-    """True once no session of that application is left (a dead engine's are gone)."""
-    count = await conn.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", application_name
-    )
-    return bool(count == 0)

@@ -19,9 +19,17 @@ import pytest
 
 from engine.db import sqlfiles
 from tests.support.engines import create_endpoint, wait_until
-from tests.support.load import Load, account_of, check_delivered_once, emit_many, leased
+from tests.support.load import (
+    Load,
+    account_of,
+    all_delivered,
+    check_delivered_once,
+    emit_many,
+    leased,
+    no_session_of,
+)
 from tests.support.previous_release import RELEASE_LAST_MIGRATION, release_engine
-from tests.support.processes import EngineProcess, engine_process
+from tests.support.processes import engine_process
 from tests.support.receiver import Receiver
 
 ENDPOINTS = 10
@@ -67,11 +75,6 @@ class App:
         return Load({path: list(ids) for path, ids in self.events.items()})
 
 
-async def _stop(engine: EngineProcess) -> None:
-    engine.signal(signal.SIGTERM)
-    assert await engine.wait() == 0
-
-
 async def _schema_version(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT max(version) FROM webhooks.schema_migrations"))
 
@@ -108,12 +111,12 @@ async def test_previous_release_ends_and_this_one_migrates_under_load(
                 await receiver.wait_for(10 * ENDPOINTS, timeout_s=60)
                 held: set[int] = set()
                 if ending == "SIGTERM":
-                    await _stop(old)
+                    await old.stop()
                 else:
                     old.kill()
                     assert await old.wait() == -signal.SIGKILL
                     # A statement the dead engine sent may still commit: read once it is gone.
-                    await wait_until(lambda: _no_session_of(conn, "old"), what="its sessions gone")
+                    await wait_until(lambda: no_session_of(conn, "old"), what="its sessions gone")
                     held = await leased(conn)
                 by_old = len(receiver.received)
                 # No engine runs: the app's events wait, with whatever the old engine released.
@@ -134,9 +137,9 @@ async def test_previous_release_ends_and_this_one_migrates_under_load(
             # The app stopped; the new engine delivers the rest, then stops too.
             load = app.load()
             await wait_until(
-                lambda: _nothing_pending(conn), timeout_s=120, what="every delivery done"
+                lambda: all_delivered(conn, load), timeout_s=120, what="every delivery done"
             )
-            await _stop(new)
+            await new.stop()
         history = await check_delivered_once(conn, receiver, load, may_repeat=held)
         if ending == "SIGTERM":
             assert history.duplicates == 0
@@ -144,14 +147,3 @@ async def test_previous_release_ends_and_this_one_migrates_under_load(
     finally:
         await app_conn.close()
         await conn.close()
-
-
-async def _no_session_of(conn: asyncpg.Connection, application_name: str) -> bool:
-    count = await conn.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", application_name
-    )
-    return bool(count == 0)
-
-
-async def _nothing_pending(conn: asyncpg.Connection) -> bool:
-    return bool(await conn.fetchval("SELECT count(*) FROM webhooks.deliveries") == 0)

@@ -91,6 +91,11 @@ async def delivered(conn: asyncpg.Connection) -> int:
     )
 
 
+async def all_delivered(conn: asyncpg.Connection, load: Load) -> bool:
+    """True once every delivery of ``load`` ended delivered (for ``wait_until``)."""
+    return await delivered(conn) >= load.total
+
+
 async def leased(conn: asyncpg.Connection) -> set[int]:
     """The deliveries whose lease is held right now (claimed, and no result recorded yet)."""
     rows = await conn.fetch("SELECT id FROM webhooks.deliveries WHERE lease_token IS NOT NULL")
@@ -104,6 +109,14 @@ async def only_session(conn: asyncpg.Connection) -> bool:
         " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
     )
     return bool(others == 0)
+
+
+async def no_session_of(conn: asyncpg.Connection, application_name: str) -> bool:
+    """True once no session of that application is left (a dead engine's are gone)."""
+    count = await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", application_name
+    )
+    return bool(count == 0)
 
 
 def sent(receiver: Receiver, paths: Iterable[str] | None = None) -> Counter[tuple[int, int]]:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -89,6 +90,11 @@ class EngineProcess:
 
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)
+
+    async def stop(self) -> None:
+        """SIGTERM, then the exit, which must be clean (0)."""
+        self.signal(signal.SIGTERM)
+        assert await self.wait() == 0
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
