@@ -264,7 +264,7 @@ class _Runner:
             await suite.receiver.reset()
             await asyncio.sleep(0.2)  # NOTIFYs of the probe and readiness checks arrive first
             self.notifies = 0
-            commits, seconds = await _produce(suite.url, accounts, self.connections, seconds)
+            commits, seconds = await produce(suite.url, accounts, self.connections, seconds)
             await asyncio.sleep(0.2)  # the last commits' NOTIFYs
             notifies = self.notifies
             hot = await _row(conn, HOT_TABLE)
@@ -326,7 +326,7 @@ async def _open_snapshot(url: str) -> AsyncIterator[None]:
         await conn.close()
 
 
-async def _produce(url: str, accounts: str, connections: int, seconds: float) -> tuple[int, float]:
+async def produce(url: str, accounts: str, connections: int, seconds: float) -> tuple[int, float]:
     """Run ``python -m bench.producer`` and return (commits, seconds) it printed."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
