@@ -27,12 +27,16 @@ The variants (:func:`w6_producer_cost`), each on an emptied hot table:
   Against c (target), and against z, no engine, which has the same machine load and no NOTIFY.
 - lean outbox: the trigger of bench.outbox, accounts with one endpoint each, no engine: what a
   hand-written outbox in the same trigger shape costs the app; c and "c, engine stopped" against it.
+- lean outbox, relay busy: as lean outbox, with bench.lean_relay delivering its rows to the same
+  receiver while the app writes: the least HTTP work a hand-written outbox takes from the same two
+  cores, so that c (whose engine and receiver share them) has a baseline under the same kind of
+  load.
 - c, open transaction: c while another connection holds a REPEATABLE READ transaction (and so
   its snapshot) open for the whole run, so no dead row of the hot table can be removed.
 
 a, b, "b, no guard" and "b, empty trigger" take turns in 5 rounds of a fifth of the time each, and
 each reports its median round, so that the machine's drift falls on all of them alike; so do c, n,
-z, "c, engine stopped", "z, no engine" and "lean outbox".
+z, "c, engine stopped", "z, no engine" and both lean outbox variants.
 
 Every W6 engine polls every 10 ms when idle, instead of every second: z's engine gets no
 wake-up, and with the default poll it napped and then delivered in cheaper batches, which left the
@@ -59,7 +63,7 @@ from collections.abc import AsyncIterator, Sequence
 import asyncpg
 import uvloop
 
-from bench.harness import REPO_ROOT, BenchError
+from bench.harness import REPO_ROOT, BenchError, Child
 from bench.outbox import CLEAR_LEAN, LEAN_OUTBOX, LEAN_TRIGGER
 from bench.payloads import app_row
 from bench.producer_report import ROUNDS, Variant, report
@@ -151,7 +155,7 @@ async def w6_producer_cost(suite: Suite, seconds: float, connections: int) -> No
                     ),
                 ]
             )
-            c, n, z, c_stopped, z0, lean = await runner.interleaved(
+            c, n, z, c_stopped, z0, lean, lean_busy = await runner.interleaved(
                 [
                     ("c", "email_event_webhook", ACCOUNTS_PREFIX, {}),
                     ("n", "email_event_webhook_notify", ACCOUNTS_PREFIX, {}),
@@ -169,6 +173,12 @@ async def w6_producer_cost(suite: Suite, seconds: float, connections: int) -> No
                         {"engine": False, "hold_busy": True},
                     ),
                     ("lean outbox", LEAN_TRIGGER, ACCOUNTS_PREFIX, no_engine),
+                    (
+                        "lean outbox, relay busy",
+                        LEAN_TRIGGER,
+                        ACCOUNTS_PREFIX,
+                        {"engine": False, "relay": True},
+                    ),
                 ]
             )
             # c once more for the whole time: the baseline of the open-transaction run, whose hot
@@ -183,7 +193,7 @@ async def w6_producer_cost(suite: Suite, seconds: float, connections: int) -> No
     report(
         suite, connections,
         a=a, b=b, b_bare=b_bare, b_empty=b_empty, c=c, n=n, z=z, z0=z0, c_stopped=c_stopped,
-        c_full=c_full, c_open=c_open, lean=lean,
+        c_full=c_full, c_open=c_open, lean=lean, lean_busy=lean_busy,
     )  # fmt: skip
 
 
@@ -238,6 +248,7 @@ class _Runner:
         hold_busy: bool = False,
         dead_mark: bool = False,
         hold_snapshot: bool = False,
+        relay: bool = False,
         seconds: float | None = None,
     ) -> Variant:
         suite, conn = self.suite, self.suite.conn
@@ -260,6 +271,8 @@ class _Runner:
                 await conn.execute(DEAD_MARK)
             if hold_snapshot:
                 await stack.enter_async_context(_open_snapshot(suite.url))
+            if relay:
+                await stack.enter_async_context(_lean_relay(suite))
             claims0 = await _row(conn, CLAIM_STATS)
             await suite.receiver.reset()
             await asyncio.sleep(0.2)  # NOTIFYs of the probe and readiness checks arrive first
@@ -324,6 +337,25 @@ async def _open_snapshot(url: str) -> AsyncIterator[None]:
         await conn.execute("ROLLBACK")
     finally:
         await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def _lean_relay(suite: Suite) -> AsyncIterator[None]:
+    """``python -m bench.lean_relay`` on the suite's database until exit, stopped with SIGTERM."""
+    log_path = suite.workdir / "lean_relay.log"
+    with log_path.open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.lean_relay", "--url", suite.url,
+            cwd=REPO_ROOT, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+        )  # fmt: skip
+    relay = Child("lean relay", proc, log_path)
+    try:
+        yield
+        relay.check_alive()
+    finally:
+        code = await relay.terminate()
+        if code != 0:
+            raise BenchError(f"the lean relay exited {code}; log tail:\n{relay.log_tail()}")
 
 
 async def produce(url: str, accounts: str, connections: int, seconds: float) -> tuple[int, float]:

@@ -36,7 +36,7 @@ def report(suite: Suite, connections: int, **v: Variant) -> None:
     a, b, b_bare, c, n, z = v["a"], v["b"], v["b_bare"], v["c"], v["n"], v["z"]
     b_empty = v["b_empty"]
     z0, c_stopped, c_full, c_open = v["z0"], v["c_stopped"], v["c_full"], v["c_open"]
-    lean = v["lean"]
+    lean, lean_busy = v["lean"], v["lean_busy"]
     cps = "commits/s"
 
     def vs_a(label: str, x: Variant, target: str = "", ok: bool | None = None) -> Row:
@@ -100,6 +100,12 @@ def report(suite: Suite, connections: int, **v: Variant) -> None:
         Row("W6   c (engine busy) / lean outbox (no engine)", c.commits_per_s, cps,
             c.commits_per_s / lean.commits_per_s, "W6 lean outbox", "ratio >= 0.85",
             c.commits_per_s / lean.commits_per_s >= 0.85),
+        vs_a("W6 lean outbox, relay busy: bench.lean_relay delivering its rows", lean_busy),
+        Row(f"W6   delivered by the relay ({rounds})", lean_busy.delivered, "deliveries",
+            decimals=0),
+        Row("W6   c (engine busy) / lean outbox, relay busy", c.commits_per_s, cps,
+            c.commits_per_s / lean_busy.commits_per_s, "W6 lean outbox, relay busy",
+            "ratio >= 0.85", c.commits_per_s / lean_busy.commits_per_s >= 0.85),
         Row("W6   c, engine stopped: server time in the trigger", c_stopped.trigger_us,
             "us/commit"),
         Row("W6   c, engine stopped: server time in webhooks.emit", c_stopped.emit_us,
