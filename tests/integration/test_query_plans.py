@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -116,21 +118,60 @@ UNION ALL
 SELECT b.id FROM below b WHERE b.id IS NOT NULL
 """
 
-# emit's probe (all that an account without subscribers costs; subscribed() runs the same) and
-# its subscriber lookup, as written in sql/functions/30_emit.sql.
-EMIT_PROBE = """
+# The subscriber lookups of sql/functions/30_emit.sql: subscribed()'s probe (the example trigger's
+# guard, all that an account without endpoints costs it), emit's probe (with filters), and the
+# selection of emit's deliveries insert.
+SUBSCRIBED_PROBE = """
 SELECT FROM webhooks.endpoints e
  WHERE e.account_id = $1 AND e.enabled
    AND webhooks.subscribes(e.event_types, $2)
+"""
+EMIT_PROBE = """
+SELECT FROM webhooks.endpoints e
+ WHERE e.account_id = $1 AND e.enabled
+   AND webhooks.takes(e.event_types, e.filter, $2, $3::jsonb)
  LIMIT 1
 """
-EMIT_LOOKUP = """
-SELECT array_agg(e.id ORDER BY e.id)
-  FROM webhooks.endpoints e
- WHERE e.account_id = $1
-   AND e.enabled
-   AND webhooks.subscribes(e.event_types, $2)
+EMIT_SUBSCRIBERS = """
+SELECT $4::bigint, now(), $2, e.id FROM webhooks.endpoints e
+ WHERE e.account_id = $1 AND e.enabled
+   AND webhooks.takes(e.event_types, e.filter, $2, $3::jsonb)
 """
+
+# Where each statement above comes from, and the function's own expression for each parameter:
+# test_the_explained_statements_are_the_ones_the_functions_run holds the copies to the files.
+SOURCES: dict[str, tuple[str, str, dict[str, str]]] = {
+    "CLAIM_PROMOTE": (CLAIM_PROMOTE, "40_claim.sql", {}),
+    "CLAIM_DUE": (CLAIM_DUE, "40_claim.sql", {"$1": "v_ep.id", "$2": "v_room"}),
+    "CLAIM_LEASED": (CLAIM_LEASED, "40_claim.sql", {"$1": "v_ep.id"}),
+    "CLAIM_HEAD": (CLAIM_HEAD, "40_claim.sql", {"$1": "v_ep.id"}),
+    "CLAIM_HEAD_LOCK": (CLAIM_HEAD_LOCK, "40_claim.sql", {"$1": "v_head.id"}),
+    "NEXT_DUE": (NEXT_DUE, "40_claim.sql", {}),
+    "CLAIM_ENDPOINTS": (CLAIM_ENDPOINTS, "40_claim.sql", {"$1::uuid": "v_from"}),
+    "SUBSCRIBED_PROBE": (
+        SUBSCRIBED_PROBE, "30_emit.sql", {"$1": "p_account_id", "$2": "p_event_type"}
+    ),
+    "EMIT_PROBE": (
+        EMIT_PROBE, "30_emit.sql",
+        {"$1": "p_account_id", "$2": "p_event_type", "$3::jsonb": "p_payload"},
+    ),
+    "EMIT_SUBSCRIBERS": (
+        EMIT_SUBSCRIBERS, "30_emit.sql",
+        {"$1": "p_account_id", "$2": "p_event_type", "$3::jsonb": "p_payload",
+         "$4::bigint": "v_event_id"},
+    ),
+}  # fmt: skip
+FUNCTIONS = Path(__file__).resolve().parents[2] / "sql" / "functions"
+
+
+def normalized_sql(text: str) -> str:
+    """SQL with comments dropped and whitespace collapsed, PL/pgSQL's ``PERFORM`` read as
+    ``SELECT`` and its ``INTO v_...`` targets dropped: what a copy above must appear in."""
+    text = re.sub(r"--[^\n]*", " ", text)
+    text = re.sub(r"\bPERFORM\b", "SELECT", text)
+    text = re.sub(r"\s+INTO\s+v_\w+", " ", text)
+    text = " ".join(text.split())
+    return text.replace("( ", "(").replace(" )", ")")
 
 
 @pytest.fixture(scope="module")
@@ -322,21 +363,54 @@ async def test_per_endpoint_indexes_serve_only_statements_that_ask_for_them(
     )
 
 
-@pytest.mark.parametrize("query", [EMIT_PROBE, EMIT_LOOKUP], ids=["probe", "lookup"])
-async def test_emit_lookup_uses_enabled_account_index(big: asyncpg.Connection, query: str) -> None:
-    """emit's probe and subscriber lookup use endpoints_enabled_account_idx, not the whole table
-    (the inlined webhooks.subscribes filter does not get in the way)."""
-    custom = await custom_plan(big, query, "acct_7", "email.sent")
+# acct_7's endpoints in the big tables: FILL_ENDPOINTS gives it the endpoints g = 7 + k x ACCOUNTS,
+# all enabled (g % 10 is 7), and every event_types value it writes covers email.sent.
+EMIT_ARGS = ("acct_7", "email.sent", '{"n": 1}', 1)
+EMIT_LOOKUPS = [
+    (SUBSCRIBED_PROBE, 2, "text, text", "'acct_7', 'email.sent'"),
+    (EMIT_PROBE, 3, "text, text, jsonb", """'acct_7', 'email.sent', '{"n": 1}'"""),
+    (EMIT_SUBSCRIBERS, 4, "text, text, jsonb, bigint", """'acct_7', 'email.sent', '{"n": 1}', 1"""),
+]
+
+
+@pytest.mark.parametrize(
+    ("query", "arity", "types", "values"), EMIT_LOOKUPS, ids=["guard", "probe", "subscribers"]
+)
+async def test_emit_lookup_uses_enabled_account_index(
+    big: asyncpg.Connection, query: str, arity: int, types: str, values: str
+) -> None:
+    """The guard's and emit's probes and emit's subscriber selection use
+    endpoints_enabled_account_idx, not the whole table (the inlined webhooks.subscribes and
+    webhooks.takes filters do not get in the way)."""
+    args = EMIT_ARGS[:arity]
+    custom = await custom_plan(big, query, *args)
     assert custom == {"endpoints": {"endpoints_enabled_account_idx"}}
-    generic = await generic_plan(big, query, "text, text", "'acct_7', 'email.sent'")
+    generic = await generic_plan(big, query, types, values)
     assert generic == {"endpoints": {"endpoints_enabled_account_idx"}}
-    assert len(await big.fetch(EMIT_PROBE, "acct_7", "email.sent")) == 1
-    found = await big.fetchval(EMIT_LOOKUP, "acct_7", "email.sent")
-    # FILL_ENDPOINTS gives acct_7 the endpoints g = 7 + k x ACCOUNTS; all are enabled (g % 10 is
-    # 7) and every event_types value it writes covers email.sent.
+    rows = await big.fetch(query, *args)
     expected = await big.fetch(
         "SELECT id FROM webhooks.endpoints WHERE url = ANY ($1::text[]) ORDER BY id",
         [f"https://example.com/hooks/{g}" for g in range(7, ROWS + 1, ACCOUNTS)],
     )
     assert len(expected) == ROWS // ACCOUNTS
-    assert found == [r["id"] for r in expected]
+    if query is EMIT_SUBSCRIBERS:
+        assert sorted(r[-1] for r in rows) == [r["id"] for r in expected]
+    elif query is EMIT_PROBE:
+        assert len(rows) == 1
+    else:
+        assert len(rows) == len(expected)
+
+
+@pytest.mark.parametrize("name", sorted(SOURCES))
+def test_the_explained_statements_are_the_ones_the_functions_run(name: str) -> None:
+    """Each statement this module EXPLAINs appears in its function's file, with the function's
+    own expressions in place of the parameters, so that a change to the function that the copy
+    does not follow fails here instead of leaving the plan test checking a statement nobody
+    runs."""
+    copy, file, parameters = SOURCES[name]
+    text = copy
+    for parameter, expression in sorted(parameters.items(), key=lambda p: -len(p[0])):
+        text = text.replace(parameter, expression)
+    assert "$" not in text, f"{name}: a parameter without its expression"
+    source = normalized_sql((FUNCTIONS / file).read_text())
+    assert normalized_sql(text) in source, f"{name} no longer appears in sql/functions/{file}"
