@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import pytest
 
-from tests.support.engines import RunningEngine, create_endpoint, delivery_counts, wait_until
+from tests.support.engines import RunningEngine, create_endpoint, wait_until
+from tests.support.load import delivered_at_least
 from tests.support.receiver import Receiver, Reply
 
 StartEngine = Callable[..., Awaitable[RunningEngine]]
@@ -46,7 +47,7 @@ async def test_dispatch_ordering_starts_attempts_in_event_order(
     await start_engine()
     await _emit(conn, 40)
     await receiver.wait_for(40, "/d")
-    await wait_until(lambda: _all_delivered(conn, 40), what="40 delivered")
+    await wait_until(lambda: delivered_at_least(conn, 40), what="40 delivered")
     rows = await conn.fetch("SELECT event_id FROM webhooks.attempts ORDER BY started_at, id")
     started = [r["event_id"] for r in rows]
     assert started == sorted(started)
@@ -108,7 +109,7 @@ async def test_slow_endpoint_does_not_slow_the_others(
     await _emit(conn, 5, account="slow")
     await _emit(conn, 60, account="fast")
     await receiver.wait_for(60, "/fast", timeout_s=60)
-    await wait_until(lambda: _all_delivered(conn, 60), timeout_s=60, what="60 delivered")
+    await wait_until(lambda: delivered_at_least(conn, 60), timeout_s=60, what="60 delivered")
     assert len(receiver.received_on("/slow")) == 1, "the held request was not the only one"
     assert await _leased(conn, "slow") >= 1, "the slow endpoint's attempt is still in flight"
     release.set()
@@ -142,10 +143,6 @@ async def test_ssrf_guard_refuses_non_public_addresses(
     assert {r["error_kind"] for r in rows} == {"blocked_address"}
     assert all(r["error_message"] for r in rows)
     assert receiver.received == []
-
-
-async def _all_delivered(conn: asyncpg.Connection, n: int) -> bool:
-    return (await delivery_counts(conn)).get("delivered", 0) >= n
 
 
 async def _leased(conn: asyncpg.Connection, account: str | None = None) -> int:
@@ -234,7 +231,7 @@ async def test_claimed_work_is_capped_across_all_endpoints(
     # asserted above on the test's own connection: on PG15 the sampler sometimes read nothing
     # but zeros in a loaded run, although the cap stood for seconds.
     assert peak <= cap, f"{peak} leased at the peak, the cap is {cap}"
-    await wait_until(lambda: _all_delivered(conn, 100), timeout_s=60, what="100 delivered")
+    await wait_until(lambda: delivered_at_least(conn, 100), timeout_s=60, what="100 delivered")
 
 
 async def _leased_is(conn: asyncpg.Connection, n: int) -> bool:

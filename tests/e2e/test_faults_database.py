@@ -24,6 +24,7 @@ from tests.support.engines import RunningEngine, launch_engine, wait_until
 from tests.support.load import (
     History,
     Load,
+    all_delivered,
     check_delivered_once,
     delivered,
     leased,
@@ -124,7 +125,7 @@ async def _cut_under_load(
 
         proxy.restore()
         await wait_until(
-            lambda: _all_delivered(conn, load.total), timeout_s=120, what="every delivery done"
+            lambda: all_delivered(conn, load), timeout_s=120, what="every delivery done"
         )
         await wait_until(_ready(running), timeout_s=30, what="ready again")
         assert _drained(writer), "every buffered result was written"
@@ -171,9 +172,7 @@ async def test_database_refusing_connections_does_not_stop_the_engine(
                 assert answer["checks"]["database"] in ("unreachable", "timeout"), answer
             finally:
                 await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
-            await wait_until(
-                lambda: _all_delivered(conn, load.total), timeout_s=90, what="every delivery"
-            )
+            await wait_until(lambda: all_delivered(conn, load), timeout_s=90, what="every delivery")
             await wait_until(_ready(running), timeout_s=30, what="ready again")
     finally:
         await admin.close()
@@ -215,7 +214,3 @@ def _ready(running: RunningEngine) -> Callable[[], Awaitable[bool]]:
 
 def _drained(writer: ResultWriter) -> bool:
     return writer.healthy and writer.buffered == 0
-
-
-async def _all_delivered(conn: asyncpg.Connection, total: int) -> bool:
-    return await delivered(conn) >= total

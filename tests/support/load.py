@@ -91,9 +91,14 @@ async def delivered(conn: asyncpg.Connection) -> int:
     )
 
 
+async def delivered_at_least(conn: asyncpg.Connection, count: int) -> bool:
+    """True once ``count`` deliveries ended delivered (for ``wait_until``)."""
+    return await delivered(conn) >= count
+
+
 async def all_delivered(conn: asyncpg.Connection, load: Load) -> bool:
     """True once every delivery of ``load`` ended delivered (for ``wait_until``)."""
-    return await delivered(conn) >= load.total
+    return await delivered_at_least(conn, load.total)
 
 
 async def leased(conn: asyncpg.Connection) -> set[int]:
