@@ -37,6 +37,7 @@ import asyncpg
 import uvloop
 
 from bench.cpu import cpu_seconds
+from bench.emit_pieces import AFTER, emit_copy
 from bench.harness import REPO_ROOT
 from bench.outbox import CLEAR_LEAN, LEAN_OUTBOX, LEAN_TRIGGER
 from bench.producer import produce
@@ -60,6 +61,27 @@ INLINE_INSERTS = f"""
         INSERT INTO webhooks.deliveries (event_id, event_created_at, event_type, endpoint_id)
         SELECT v_event_id, now(), 'email.' || NEW.kind, e.id {SUBSCRIBERS};"""
 GUARD = "webhooks.subscribed(NEW.account_id, 'email.' || NEW.kind)"
+# The shipped emit (renamed webhooks.emit_piece_100) writing the intake row in place of the event,
+# and no deliveries: every check, read and probe as shipped.
+INTAKE_EMIT_NAME = "webhooks.emit_piece_100"
+INTAKE_EMIT = emit_copy(
+    100,
+    AFTER,
+    (
+        (
+            "INSERT INTO webhooks.events (account_id, type, payload)",
+            "INSERT INTO app.layer_intake (account_id, type, payload)",
+        ),
+        (
+            "    INSERT INTO webhooks.deliveries"
+            " (event_id, event_created_at, event_type, endpoint_id)\n"
+            "    SELECT v_event_id, now(), p_event_type, e.id FROM webhooks.endpoints e\n"
+            "     WHERE e.account_id = p_account_id AND e.enabled\n"
+            "       AND webhooks.takes(e.event_types, e.filter, p_event_type, p_payload);\n",
+            "",
+        ),
+    ),
+)
 LAYERS_SQL = f"""
 CREATE OR REPLACE FUNCTION app.layer_engine_tables() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
@@ -111,36 +133,7 @@ CREATE TABLE IF NOT EXISTS app.layer_intake (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 
-CREATE OR REPLACE FUNCTION app.layer_intake_emit(
-    p_account_id text, p_event_type text, p_payload jsonb)
-RETURNS bigint LANGUAGE plpgsql AS $$
-DECLARE
-    v_id      bigint;
-    v_checked boolean;
-    v_woken   boolean;
-BEGIN
-    IF NOT webhooks.is_event_source(p_account_id, p_event_type)
-       OR jsonb_typeof(p_payload) IS DISTINCT FROM 'object' THEN
-        PERFORM webhooks.check_emit_args(p_account_id, p_event_type, p_payload, NULL);
-    END IF;
-    PERFORM FROM webhooks.endpoints e
-     WHERE e.account_id = p_account_id AND e.enabled
-       AND webhooks.takes(e.event_types, e.filter, p_event_type, p_payload)
-     LIMIT 1;
-    IF NOT FOUND THEN
-        RETURN NULL;
-    END IF;
-    INSERT INTO app.layer_intake (account_id, type, payload)
-    VALUES (p_account_id, p_event_type, p_payload)
-    RETURNING id,
-        (SELECT webhooks.storable(payload, s.max_payload_bytes)
-                OR webhooks.reject_stored_payload(payload, s.max_payload_bytes, '')
-           FROM webhooks.settings s),
-        (SELECT CASE WHEN st.waiting_until > now() THEN pg_notify('webhooks_wakeup', '') END IS NULL
-           FROM webhooks.engine_state st)
-    INTO v_id, v_checked, v_woken;
-    RETURN v_id;
-END $$;
+{INTAKE_EMIT};
 
 -- What the engine would run instead: the oldest intake rows become events and deliveries in one
 -- statement, one fan-out at a time (so deliveries keep the events' order).
@@ -171,7 +164,7 @@ END $$;
 CREATE OR REPLACE FUNCTION app.layer_intake() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF {GUARD} THEN
-        PERFORM app.layer_intake_emit(NEW.account_id, 'email.' || NEW.kind, {PAYLOAD});
+        PERFORM {INTAKE_EMIT_NAME}(NEW.account_id, 'email.' || NEW.kind, {PAYLOAD});
     END IF;
     RETURN NULL;
 END $$"""

@@ -104,17 +104,22 @@ async def _round(
     return load
 
 
-async def measure(url: str, *, concurrency: int, requests: int) -> BaselineResult:
-    """POST ``requests`` envelopes to ``url`` with ``concurrency`` requests in flight."""
-    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0)
-    async with aiohttp.ClientSession(
-        connector=connector,
+def client_session(concurrency: int) -> aiohttp.ClientSession:
+    """A session configured like the engine's sender, with ``concurrency`` connections at most
+    (also bench.lean_relay's)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=concurrency, limit_per_host=0),
         timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
         cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,
         skip_auto_headers=("Accept-Encoding",),
         auto_decompress=False,
-    ) as session:
+    )
+
+
+async def measure(url: str, *, concurrency: int, requests: int) -> BaselineResult:
+    """POST ``requests`` envelopes to ``url`` with ``concurrency`` requests in flight."""
+    async with client_session(concurrency) as session:
         await _round(session, url, concurrency, concurrency * 4, first_id=-concurrency * 4)
         started = time.perf_counter()
         cpu0 = time.process_time(), machine_cpu_seconds()

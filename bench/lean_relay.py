@@ -27,7 +27,7 @@ import aiohttp
 import asyncpg
 import uvloop
 
-from bench.http_baseline import REQUEST_TIMEOUT_S, USER_AGENT
+from bench.http_baseline import USER_AGENT, client_session
 from bench.payloads import new_secret
 from engine.signing import sign
 
@@ -95,16 +95,8 @@ class Relay:
 
 async def relay(url: str) -> dict[str, int]:
     conn = await asyncpg.connect(url)
-    connector = aiohttp.TCPConnector(limit=CONCURRENCY, limit_per_host=0)
     try:
-        async with aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            trust_env=False,
-            skip_auto_headers=("Accept-Encoding",),
-            auto_decompress=False,
-        ) as session:
+        async with client_session(CONCURRENCY) as session:
             worker = Relay(conn, session)
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, worker.stopping.set)
             await worker.run()
