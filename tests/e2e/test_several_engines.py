@@ -22,6 +22,7 @@ from tests.support.load import (
     all_delivered,
     check_delivered_once,
     delivered,
+    delivered_at_least,
     emit_many,
     leased,
     make_load,
@@ -173,7 +174,7 @@ async def test_sigterm_hands_unstarted_deliveries_to_another_engine_at_once(
         async with engines(db_url, 1, "second") as [second]:
             first.signal(signal.SIGTERM)
             # The second engine delivers the other three while the first one's attempt hangs.
-            await wait_until(lambda: _delivered_count(conn, 3), what="three delivered")
+            await wait_until(lambda: delivered_at_least(conn, 3), what="three delivered")
             assert first.process.returncode is None
             still = await conn.fetchval(
                 "SELECT count(*) FROM webhooks.deliveries d"
@@ -200,10 +201,6 @@ def _slope(arrivals: list[float]) -> float:
     late or early single arrival (a loaded machine) moves far less than the first and last do."""
     xs = list(range(len(arrivals)))
     return statistics.linear_regression(xs, arrivals).slope
-
-
-async def _delivered_count(conn: asyncpg.Connection, count: int) -> bool:
-    return await delivered(conn) >= count
 
 
 async def _leased_count(conn: asyncpg.Connection, count: int) -> bool:
