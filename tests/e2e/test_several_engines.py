@@ -87,9 +87,9 @@ async def test_killed_engines_endpoints_are_served_by_the_others_after_its_lease
     db_url: str, conn: asyncpg.Connection, receiver: Receiver, open_policy: None
 ) -> None:
     """An engine SIGKILLed mid-burst while it holds every endpoint's max_in_flight (2) in
-    hanging requests: the two other engines, which could claim nothing meanwhile, deliver the
-    whole burst once its leases run out, no endpoint ever sees more than 2 requests at once, and
-    only the deliveries it had in flight are sent twice."""
+    hanging requests: two other engines, started while its leases run, send none of its
+    deliveries before their lease ends, then deliver the whole burst; no endpoint ever sees more
+    than 2 requests at once, and only the deliveries it had in flight are sent twice."""
     await conn.execute(
         f"UPDATE webhooks.settings SET request_timeout_s = 3, lease_duration = '{SHORT_LEASE}'"
     )
@@ -100,22 +100,33 @@ async def test_killed_engines_endpoints_are_served_by_the_others_after_its_lease
     async with engines(db_url, 1, "victim") as [victim]:
         load = await add_events(conn, load, 30)
         await receiver.wait_for(40, timeout_s=60)
-        async with engines(db_url, 2, "other") as others:
-            assert len(await leased(conn)) == 40, "the victim holds every endpoint's limit"
-            victim.kill()
-            assert await victim.wait() == -signal.SIGKILL
-            # A statement the dead engine sent may still commit: read the leases once it is gone.
-            await wait_until(
-                lambda: no_session_of(conn, "victim_0"), what="the killed engine's sessions gone"
-            )
-            in_flight_at_kill = await leased(conn)
-            assert len(in_flight_at_kill) == 40
-            assert await delivered(conn) == 0
-            await wait_until(
-                lambda: all_delivered(conn, load), timeout_s=120, what="every delivery done"
-            )
-            for engine in others:
-                await engine.stop()
+        # Killed at once, so that no hanging request reaches its timeout and gives its lease up
+        # (starting the others first once took longer than that timeout).
+        victim.kill()
+        assert await victim.wait() == -signal.SIGKILL
+    # A statement the dead engine sent may still commit: read the leases once it is gone.
+    await wait_until(lambda: no_session_of(conn, "victim_0"), what="the killed engine's sessions")
+    leases = await conn.fetch(
+        "SELECT id, due_at AS lease_ends FROM webhooks.deliveries WHERE lease_token IS NOT NULL"
+    )
+    in_flight_at_kill = {r["id"] for r in leases}
+    assert len(in_flight_at_kill) == 40, "the victim held every endpoint's limit"
+    assert await delivered(conn) == 0
+    async with engines(db_url, 2, "other") as others:
+        await wait_until(
+            lambda: all_delivered(conn, load), timeout_s=120, what="every delivery done"
+        )
+        for engine in others:
+            await engine.stop()
+    early = await conn.fetch(
+        "SELECT a.delivery_id, a.started_at, l.lease_ends FROM webhooks.attempts a"
+        "  JOIN unnest($1::bigint[], $2::timestamptz[]) AS l(id, lease_ends)"
+        "    ON a.delivery_id = l.id"
+        " WHERE a.started_at < l.lease_ends",
+        [r["id"] for r in leases],
+        [r["lease_ends"] for r in leases],
+    )
+    assert early == [], "the others sent a killed engine's delivery before its lease ended"
     history = await check_delivered_once(conn, receiver, load, may_repeat=in_flight_at_kill)
     assert history.repeated == in_flight_at_kill
     _assert_concurrency(receiver, load, 2)
