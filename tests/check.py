@@ -7,8 +7,8 @@ then runs ruff, ``mypy --strict``, ``lint-imports`` (the module boundaries in py
 the test suite against an embedded Postgres that the suite starts itself. With
 ``WEBHOOKS_TEST_DATABASE_URL`` set (CI sets the machine's Postgres 15) the suite also runs against
 that server, at the same time. A run of the whole suite must cover COVERAGE_FLOOR % of the engine
-(lines and branches). Extra arguments go to pytest, and then no floor applies. Any failure, or a run that
-collected no tests, exits non-zero.
+(lines and branches). Extra arguments go to pytest, and then no floor applies. Any failure, or a
+run that collected no tests, exits non-zero.
 """
 
 from __future__ import annotations
