@@ -5,9 +5,11 @@
 -- expression for all the argument checks plus one probe of endpoints_enabled_account_idx, and it
 -- writes nothing. Each plpgsql statement has a cost of its own on its first use in a transaction,
 -- so that path is kept to three statements (see docs/decisions/0005-emit-common-path.md).
--- With subscribers it writes the event and one delivery per endpoint that takes it (subscribes to
--- the type, and its filter, if any, matches the payload) in few statements
--- (docs/decisions/0010-emit-near-a-lean-outbox.md), and sends a NOTIFY only while
+-- With subscribers (an enabled endpoint takes the event: subscribes to the type, and its filter,
+-- if any, matches the payload) it writes one row into webhooks.intake, which the engine fans out
+-- into the event and its deliveries (35_intake.sql; docs/decisions/0012-emit-cost-by-layer.md),
+-- after checking in the app's transaction everything that could refuse the event, and sends a
+-- NOTIFY only while
 -- a listening engine says it is asleep (engine_state.waiting_until is in the future): NOTIFY takes
 -- a cluster-wide lock at commit that serialises the app's commits, so a busy engine (which never
 -- sleeps) costs the app no NOTIFY, and neither does an engine that is not there (the mark expires
@@ -124,8 +126,8 @@ BEGIN
     -- must cost no more than the probe above. The NOTIFY goes only while a listening engine says it
     -- is asleep (its mark is in the future); now() is the transaction's start, so a long app
     -- transaction may still see a mark that expired during it, which costs one NOTIFY, never a lost
-    -- wake-up.
-    INSERT INTO webhooks.events (account_id, type, payload)
+    -- wake-up. The endpoints that get the event are matched at fan-out (35_intake.sql).
+    INSERT INTO webhooks.intake (account_id, type, payload)
     VALUES (p_account_id, p_event_type, p_payload)
     RETURNING id,
         (SELECT webhooks.storable(payload, s.max_payload_bytes)
@@ -134,66 +136,47 @@ BEGIN
         (SELECT CASE WHEN st.waiting_until > now() THEN pg_notify('webhooks_wakeup', '') END IS NULL
            FROM webhooks.engine_state st)
     INTO v_event_id, v_checked, v_woken;
-
-    -- An endpoint disabled since the probe by a concurrent commit gets no delivery; if it was the
-    -- only one, the event stays without deliveries, as one whose endpoint was disabled just after.
-    INSERT INTO webhooks.deliveries (event_id, event_created_at, event_type, endpoint_id)
-    SELECT v_event_id, now(), p_event_type, e.id FROM webhooks.endpoints e
-     WHERE e.account_id = p_account_id AND e.enabled
-       AND webhooks.takes(e.event_types, e.filter, p_event_type, p_payload);
     RETURN v_event_id;
 END $$;
 
 -- emit with an idempotency key, after emit's checks and probe. A repeated key for the same account
--- returns the first event and writes nothing.
+-- returns the first event and writes nothing. The key is taken here, in the app's transaction,
+-- with the event id it maps to; the event goes through the intake as emit's do, so that keyed
+-- and other events keep their order into the deliveries.
 CREATE OR REPLACE FUNCTION webhooks.emit_keyed(
     p_account_id text, p_event_type text, p_payload jsonb, p_idempotency_key text)
 RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     v_event_id bigint;
-    v_checked  boolean;
     v_woken    boolean;
 BEGIN
-    SELECT k.event_id INTO v_event_id FROM webhooks.idempotency_keys k
-     WHERE k.account_id = p_account_id AND k.key = p_idempotency_key;
-    IF FOUND THEN
-        -- A repeat is refused as its first call would be: a payload this event could not have
-        -- been stored with is an error in the app's transaction, not the earlier event's id.
-        PERFORM webhooks.storable(p_payload, s.max_payload_bytes)
-                OR webhooks.reject_stored_payload(p_payload, s.max_payload_bytes, '')
-           FROM webhooks.settings s;
-        RETURN v_event_id;
-    END IF;
-
-    INSERT INTO webhooks.events (account_id, type, payload, idempotency_key)
-    VALUES (p_account_id, p_event_type, p_payload, p_idempotency_key)
-    RETURNING id,
-        (SELECT webhooks.storable(payload, s.max_payload_bytes)
-                OR webhooks.reject_stored_payload(payload, s.max_payload_bytes, '')
-           FROM webhooks.settings s),
-        (SELECT CASE WHEN st.waiting_until > now() THEN pg_notify('webhooks_wakeup', '') END IS NULL
-           FROM webhooks.engine_state st)
-    INTO v_event_id, v_checked, v_woken;
+    -- Checked before the key is looked up: a repeat is refused as its first call would be, since
+    -- a payload this event could not have been stored with is an error in the app's transaction,
+    -- not the earlier event's id.
+    PERFORM webhooks.storable(p_payload, s.max_payload_bytes)
+            OR webhooks.reject_stored_payload(p_payload, s.max_payload_bytes, '')
+       FROM webhooks.settings s;
 
     -- A concurrent transaction with the same key makes this insert wait for it to end; if it
-    -- committed, nothing is inserted and the winner's event is returned (this event is deleted).
+    -- committed, nothing is inserted and the winner's event is returned, as for any repeat.
     -- ON CONFLICT rather than an EXCEPTION block: each EXCEPTION block is a subtransaction, and an
     -- app transaction emitting hundreds of events would overflow the backend's subtransaction
     -- cache, which slows every snapshot on the server.
     INSERT INTO webhooks.idempotency_keys (account_id, key, event_id)
-    VALUES (p_account_id, p_idempotency_key, v_event_id)
-    ON CONFLICT (account_id, key) DO NOTHING;
+    VALUES (p_account_id, p_idempotency_key, nextval('webhooks.events_id_seq'))
+    ON CONFLICT (account_id, key) DO NOTHING
+    RETURNING event_id INTO v_event_id;
     IF NOT FOUND THEN
-        DELETE FROM webhooks.events ev WHERE ev.id = v_event_id AND ev.created_at = now();
         SELECT k.event_id INTO v_event_id FROM webhooks.idempotency_keys k
          WHERE k.account_id = p_account_id AND k.key = p_idempotency_key;
         RETURN v_event_id;
     END IF;
 
-    INSERT INTO webhooks.deliveries (event_id, event_created_at, event_type, endpoint_id)
-    SELECT v_event_id, now(), p_event_type, e.id FROM webhooks.endpoints e
-     WHERE e.account_id = p_account_id AND e.enabled
-       AND webhooks.takes(e.event_types, e.filter, p_event_type, p_payload);
+    INSERT INTO webhooks.intake (id, account_id, type, payload, idempotency_key)
+    VALUES (v_event_id, p_account_id, p_event_type, p_payload, p_idempotency_key)
+    RETURNING (SELECT CASE WHEN st.waiting_until > now() THEN pg_notify('webhooks_wakeup', '') END IS NULL
+                 FROM webhooks.engine_state st)
+    INTO v_woken;
     RETURN v_event_id;
 END $$;
 
@@ -237,7 +220,7 @@ END $$;
 --
 -- The endpoints of all the accounts in the array are read in one index scan, and every statement
 -- below works on the whole set, so the cost per event is a share of a few statements instead of
--- emit's statements per event. An array of webhooks.new_event rather than a query: a function
+-- emit's statements per event. Stored events go into the intake, as emit's do. An array of webhooks.new_event rather than a query: a function
 -- cannot see its caller's transition table, and rows keep their order and their types (jsonb would
 -- serialise every payload once more inside the array and lose both).
 CREATE OR REPLACE FUNCTION webhooks.emit_many(p_events webhooks.new_event[])
@@ -250,7 +233,6 @@ AS $$
 DECLARE
     v_bad       record;
     v_positions bigint[];
-    v_endpoints uuid[];
     v_stored    integer;
 BEGIN
     IF p_events IS NULL THEN
@@ -277,11 +259,10 @@ BEGIN
         SELECT e.id, e.account_id, e.event_types, e.filter FROM webhooks.endpoints e
          WHERE e.enabled
            AND e.account_id = ANY (ARRAY(SELECT DISTINCT x.account_id FROM unnest(p_events) x)))
-    SELECT array_agg(u.i ORDER BY u.i, eps.id), array_agg(eps.id ORDER BY u.i, eps.id)
-      INTO v_positions, v_endpoints
+    SELECT array_agg(u.i ORDER BY u.i) INTO v_positions
       FROM unnest(p_events) WITH ORDINALITY AS u(account_id, event_type, payload, idempotency_key, i)
-      JOIN eps ON eps.account_id = u.account_id
-     WHERE webhooks.takes(eps.event_types, eps.filter, u.event_type, u.payload);
+     WHERE EXISTS (SELECT FROM eps WHERE eps.account_id = u.account_id
+                     AND webhooks.takes(eps.event_types, eps.filter, u.event_type, u.payload));
     IF v_positions IS NULL THEN
         RETURN 0;
     END IF;
@@ -297,8 +278,8 @@ BEGIN
                                                webhooks.event_position(v_bad.i, v_bad.idempotency_key));
     END IF;
 
-    -- The writes, in one statement. Event ids are drawn first, in the events' order, so that keys,
-    -- events and deliveries can refer to them. Keys go in before the events: ON CONFLICT skips an
+    -- The writes, in one statement. Event ids are drawn first, in the events' order, so that keys
+    -- and intake rows can refer to them. Keys go in before the events: ON CONFLICT skips an
     -- event whose key was used before or earlier in this array, and makes an insert of a key that a
     -- concurrent transaction holds wait for it (if that one commits, this event is skipped), all
     -- without a subtransaction (see emit_keyed).
@@ -319,15 +300,9 @@ BEGIN
         SELECT t.* FROM taken t
          WHERE t.idempotency_key IS NULL OR t.id IN (SELECT k.event_id FROM keys k)),
     ev AS (
-        INSERT INTO webhooks.events (id, account_id, type, payload, idempotency_key)
-        OVERRIDING SYSTEM VALUE
+        INSERT INTO webhooks.intake (id, account_id, type, payload, idempotency_key)
         SELECT k.id, k.account_id, k.event_type, k.payload, k.idempotency_key FROM kept k
-         ORDER BY k.i),
-    d AS (
-        INSERT INTO webhooks.deliveries (event_id, event_created_at, event_type, endpoint_id)
-        SELECT k.id, now(), k.event_type, m.endpoint_id
-          FROM kept k JOIN unnest(v_positions, v_endpoints) AS m(i, endpoint_id) ON m.i = k.i
-         ORDER BY k.i, m.endpoint_id)
+         ORDER BY k.i)
     SELECT count(*) INTO v_stored FROM kept;
 
     -- As emit: a NOTIFY only while a listening engine says it is asleep.

@@ -98,6 +98,8 @@ DECLARE
     v_from    uuid;
     v_e       record;
 BEGIN
+    -- Accepted events first (35_intake.sql), so that this claim sees their deliveries.
+    PERFORM webhooks.fan_out_v1(200);
     SELECT s.lease_duration, s.request_timeout_s INTO v_lease, v_timeout FROM webhooks.settings s;
 
     -- Promotion. SKIP LOCKED: engines claiming at once split the due rows instead of queueing on
@@ -358,11 +360,13 @@ $$;
 
 -- When the next delivery falls due, for the engine's retry timer: the earliest of the waiting set
 -- (a retry's time, a lease's expiry), or, when a ready row exists, that row's due_at, which has
--- normally passed already (any ready row says "due now", so the first one found will do).
+-- normally passed already (any ready row says "due now", so the first one found will do), or,
+-- when an accepted event waits in the intake for its fan-out, its created_at (due now as well).
 CREATE OR REPLACE FUNCTION webhooks.next_due_at_v1()
 RETURNS timestamptz LANGUAGE sql STABLE AS $$
     SELECT least((SELECT d.due_at FROM webhooks.deliveries d
                    WHERE NOT d.ready ORDER BY d.due_at LIMIT 1),
                  (SELECT d.due_at FROM webhooks.deliveries d
-                   WHERE d.ready ORDER BY d.endpoint_id, d.id LIMIT 1))
+                   WHERE d.ready ORDER BY d.endpoint_id, d.id LIMIT 1),
+                 (SELECT i.created_at FROM webhooks.intake i ORDER BY i.id LIMIT 1))
 $$;

@@ -1,9 +1,10 @@
 -- Erasure: webhooks.erase_recipient(account, email) removes one recipient's address from what one
 -- account's stored data holds (README "Erasure and retention").
 --
--- Where the address can be: events' payloads (and their idempotency keys, which apps sometimes
--- build from the recipient), the idempotency_keys table, attempts' response excerpts and error
--- messages (a receiver may echo the body back), and the last_error of live and ended deliveries.
+-- Where the address can be: events' payloads, accepted ones still in the intake included (and
+-- their idempotency keys, which apps sometimes build from the recipient), the idempotency_keys
+-- table, attempts' response excerpts and error messages (a receiver may echo the body back), and
+-- the last_error of live and ended deliveries.
 -- A delivery has no body of its own: claim_v1 builds it from the event row at every claim, so a
 -- pending delivery of a redacted event sends the redacted payload, freshly signed. A delivery
 -- already claimed by an engine when the erasure commits goes out with the body it was claimed
@@ -118,6 +119,19 @@ BEGIN
       FROM webhooks.endpoints e WHERE e.account_id = p_account_id;
     SELECT now() - s.retention INTO v_cutoff FROM webhooks.settings s;
 
+    -- Accepted events not fanned out yet (35_intake.sql). First: a row that a fan-out is taking
+    -- makes this wait for it, then is gone, and the statements below see it as an event.
+    WITH changed AS (
+        UPDATE webhooks.intake i
+           SET payload = webhooks.redact_v1(i.payload::text, v_re)::jsonb,
+               idempotency_key = webhooks.redact_v1(i.idempotency_key, v_re)
+         WHERE i.account_id = p_account_id
+           AND (webhooks.mentions_v1(i.payload::text, v_re)
+                OR webhooks.mentions_v1(i.idempotency_key, v_re))
+        RETURNING i.id
+    )
+    SELECT coalesce(array_agg(c.id), '{}') INTO v_changed FROM changed c;
+
     WITH ids AS (
         SELECT d.event_id, d.event_created_at FROM webhooks.deliveries d
          WHERE d.endpoint_id = ANY (v_endpoints) AND d.attempts >= 0
@@ -135,7 +149,7 @@ BEGIN
                 OR webhooks.mentions_v1(ev.idempotency_key, v_re))
         RETURNING ev.id
     )
-    SELECT coalesce(array_agg(c.id), '{}') INTO v_changed FROM changed c;
+    SELECT v_changed || coalesce(array_agg(c.id), '{}') INTO v_changed FROM changed c;
 
     -- Events past the global retention, kept for another event's live delivery: read whole (see
     -- the top of this file). Those changed above no longer mention the address.

@@ -14,7 +14,7 @@ from uuid import UUID
 import asyncpg
 import pytest
 
-from tests.support.db import sql_endpoint
+from tests.support.db import fan_out, sql_endpoint
 
 EMIT = "SELECT webhooks.emit($1, $2, $3::jsonb, $4)"
 EMIT_MANY = """
@@ -65,6 +65,7 @@ async def test_emit_delivers_exactly_the_matching_events(tx: asyncpg.Connection,
     for payload in PAYLOADS:
         event_id = await tx.fetchval(EMIT, "acct_1", "email.bounced", json.dumps(payload), None)
         assert event_id is not None
+        await fan_out(tx)
         got = {
             r["endpoint_id"]
             for r in await tx.fetch(
@@ -83,6 +84,7 @@ async def test_emit_many_filters_as_emit(tx: asyncpg.Connection, path: str) -> N
     await set_filter(tx, endpoint_id, path)
     expected = [p for p in PAYLOADS if await matches(tx, p, path)]
     assert await tx.fetchval(EMIT_MANY, json.dumps(PAYLOADS)) == len(expected)
+    await fan_out(tx)
     rows = await tx.fetch("SELECT payload FROM webhooks.events ORDER BY id")
     assert [json.loads(r["payload"]) for r in rows] == expected
     assert await tx.fetchval("SELECT count(*) FROM webhooks.deliveries") == len(expected)
@@ -98,7 +100,7 @@ async def test_no_matching_filter_writes_nothing(tx: asyncpg.Connection) -> None
     assert await tx.fetchval(EMIT, "acct_1", "email.bounced", soft, "k") is None
     assert (
         await tx.fetchval(
-            "SELECT (SELECT count(*) FROM webhooks.events)"
+            "SELECT (SELECT count(*) FROM webhooks.intake)"
             " + (SELECT count(*) FROM webhooks.idempotency_keys)"
         )
         == 0
@@ -113,6 +115,7 @@ async def test_filter_of_an_endpoint_not_subscribed_is_irrelevant(tx: asyncpg.Co
     assert await tx.fetchval(EMIT, "acct_1", "email.bounced", json.dumps({"x": 1}), None) is None
     taker = await sql_endpoint(tx, ["email.bounced"])
     event_id = await tx.fetchval(EMIT, "acct_1", "email.bounced", json.dumps({"x": 1}), None)
+    await fan_out(tx)
     rows = await tx.fetch(
         "SELECT endpoint_id FROM webhooks.deliveries WHERE event_id = $1", event_id
     )

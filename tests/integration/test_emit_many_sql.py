@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from engine.db import sqlfiles
-from tests.support.db import error_of, listening, sql_endpoint, wait_for_lock_wait
+from tests.support.db import error_of, fan_out, listening, sql_endpoint, wait_for_lock_wait
 
 # Events as JSON: [{"account_id", "event_type", "payload", "key"}, ...] in order; a missing field
 # is SQL NULL, so a test can pass anything emit_many may be given.
@@ -55,6 +55,8 @@ async def emit_many(conn: asyncpg.Connection, events: list[dict[str, Any]]) -> i
 
 
 async def counts(conn: asyncpg.Connection) -> tuple[int, int, int]:
+    """Events, deliveries and keys, once what the intake holds is fanned out."""
+    await fan_out(conn)
     row = await conn.fetchrow(
         """SELECT (SELECT count(*) FROM webhooks.events),
                   (SELECT count(*) FROM webhooks.deliveries),
@@ -65,6 +67,7 @@ async def counts(conn: asyncpg.Connection) -> tuple[int, int, int]:
 
 
 async def stored(conn: asyncpg.Connection) -> list[tuple[Any, ...]]:
+    await fan_out(conn)
     return [tuple(r) for r in await conn.fetch(STORED)]
 
 
@@ -82,6 +85,7 @@ async def test_events_go_to_the_endpoints_that_take_them(tx: asyncpg.Connection)
         event("acct_2", "contact.created", {"n": 5}),
     ]
     assert await emit_many(tx, events) == 3
+    await fan_out(tx)
     rows = await tx.fetch(
         """SELECT ev.account_id, ev.type, ev.payload->>'n' AS n, d.endpoint_id,
                   d.event_created_at = ev.created_at AS same_time, d.ready, d.attempts
@@ -308,6 +312,7 @@ async def test_example_bulk_insert_emits_one_event_per_row(app: asyncpg.Connecti
         endpoints[f"acct_{n}"] = await sql_endpoint(app, ["email.sent"], f"acct_{n}")
     await app.execute(BULK_SENDS, 1000, 4)  # acct_3 has no endpoint
     sends = await app.fetch("SELECT * FROM app.campaign_sends ORDER BY id")
+    await fan_out(app)
     events = await app.fetch("SELECT * FROM webhooks.events ORDER BY id")
     expected = [s for s in sends if s["account_id"] != "acct_3"]
     assert len(events) == len(expected) == 750

@@ -1,5 +1,6 @@
 """webhooks.emit on a real Postgres: subscribers, idempotency and validation (its wake-up NOTIFY:
-test_waiting_mark.py)."""
+test_waiting_mark.py). emit writes an accepted event into the intake; the deliveries it leads to
+are counted once fanned out (``fan_out``, as the engine's next claim does)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from uuid import UUID
 import asyncpg
 import pytest
 
-from tests.support.db import Listener, error_of, sql_endpoint, wait_for_lock_wait
+from tests.support.db import Listener, error_of, fan_out, sql_endpoint, wait_for_lock_wait
 
 EMIT = "SELECT webhooks.emit($1, $2, $3::jsonb, $4)"
 SUBSCRIBED = "SELECT webhooks.subscribed($1, $2)"
@@ -32,6 +33,8 @@ async def emit(
 
 
 async def table_counts(conn: asyncpg.Connection) -> dict[str, int]:
+    """The rows of each table, once what the intake holds is fanned out."""
+    await fan_out(conn)
     row = await conn.fetchrow(
         """SELECT (SELECT count(*) FROM webhooks.events)           AS events,
                   (SELECT count(*) FROM webhooks.deliveries)       AS deliveries,
@@ -42,6 +45,7 @@ async def table_counts(conn: asyncpg.Connection) -> dict[str, int]:
 
 
 async def delivered_to(conn: asyncpg.Connection, event_id: int) -> set[UUID]:
+    await fan_out(conn)
     rows = await conn.fetch(
         "SELECT endpoint_id FROM webhooks.deliveries WHERE event_id = $1", event_id
     )
@@ -64,8 +68,14 @@ async def test_event_and_delivery_rows(conn: asyncpg.Connection) -> None:
         event_id = await emit(conn, payload={"message_id": "m1", "to": "a@example.com"}, key="k")
         now = await conn.fetchval("SELECT now()")
     assert event_id is not None
+    accepted = await conn.fetchrow("SELECT * FROM webhooks.intake")
+    assert accepted is not None
+    assert await conn.fetchval("SELECT count(*) FROM webhooks.deliveries") == 0
+    assert await fan_out(conn) == 1
+    assert await conn.fetchval("SELECT count(*) FROM webhooks.intake") == 0
     event = await conn.fetchrow("SELECT * FROM webhooks.events WHERE id = $1", event_id)
     assert event is not None
+    assert dict(event.items()) == dict(accepted.items()) | {"test": False}
     assert event["account_id"] == "acct_1"
     assert event["type"] == "email.sent"
     assert json.loads(event["payload"]) == {"message_id": "m1", "to": "a@example.com"}
@@ -80,6 +90,7 @@ async def test_event_and_delivery_rows(conn: asyncpg.Connection) -> None:
     assert delivery["attempts"] == 0
     assert delivery["due_at"] == now
     assert delivery["lease_token"] is None
+    assert delivery["created_at"] == now
 
 
 async def test_exact_and_wildcard_subscribers_each_get_one_delivery(

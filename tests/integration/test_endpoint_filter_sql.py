@@ -19,6 +19,7 @@ import asyncpg
 from hypothesis import strategies as st
 
 from tests.support.badinput import run_examples
+from tests.support.db import fan_out
 
 EXAMPLES = 150
 KEYS = ("bounce_type", "campaign_id", "n", "tags", "email", "flag")
@@ -100,6 +101,7 @@ async def _check(conn: asyncpg.Connection, example: tuple[dict[str, Any], str | 
     await conn.execute(
         "SELECT webhooks.emit($1, 'email.bounced', $2::jsonb)", account, json.dumps(payload)
     )
+    await fan_out(conn)
     delivered = await conn.fetchval(
         "SELECT count(*) FROM webhooks.deliveries WHERE endpoint_id = $1", endpoint_id
     )

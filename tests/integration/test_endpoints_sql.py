@@ -11,7 +11,7 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 
-from tests.support.db import error_of
+from tests.support.db import error_of, fan_out
 
 CREATE = """
 SELECT id, secret FROM webhooks.create_endpoint(
@@ -59,6 +59,7 @@ async def emit(conn: asyncpg.Connection, account_id: str = "acct_1") -> int:
         "SELECT webhooks.emit($1, 'email.sent', $2::jsonb)", account_id, json.dumps({"n": 1})
     )
     assert event_id is not None
+    await fan_out(conn)  # its deliveries, as the engine's next claim writes them
     return event_id
 
 

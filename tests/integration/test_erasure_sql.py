@@ -13,7 +13,7 @@ import pytest
 
 from engine.db.store import Store
 from engine.errors import InvalidInput
-from tests.support.db import error_of
+from tests.support.db import error_of, fan_out
 from tests.support.factories import attempt, claim, outcome
 
 ADDRESS = "alice@example.com"
@@ -89,13 +89,18 @@ def belongs_to(row: dict[str, Any], account: str, endpoints: set[str]) -> bool:
 
 
 class Setup:
-    def __init__(self, a: UUID, b: UUID, c: UUID, mixed: int, plain: int, pending: int) -> None:
+    def __init__(
+        self, a: UUID, b: UUID, c: UUID, mixed: int, plain: int, pending: int, fanned_out: bool
+    ) -> None:
         self.a, self.b, self.c = a, b, c
         self.mixed, self.plain, self.pending = mixed, plain, pending
+        self.fanned_out = fanned_out
 
 
-@pytest.fixture
-async def two_accounts(store: Store, conn: asyncpg.Connection) -> Setup:
+@pytest.fixture(params=[True, False], ids=["pending-fanned-out", "pending-in-intake"])
+async def two_accounts(
+    store: Store, conn: asyncpg.Connection, request: pytest.FixtureRequest
+) -> Setup:
     """acct_1 (endpoints a, b) and acct_2 (endpoint c) both hold the address: in payloads, keys,
     response excerpts and error texts of live and ended deliveries."""
     await conn.execute("UPDATE webhooks.settings SET retry_schedule = '{1 hour}', retry_jitter = 0")
@@ -117,8 +122,14 @@ async def two_accounts(store: Store, conn: asyncpg.Connection) -> Setup:
     await attempt(store, b, 200, excerpt=echo)  # b: both delivered
     await store.record([outcome(d, 500, response_excerpt=echo) for d in await claim(store, c, 1)])
     await attempt(store, c, 200, excerpt=echo)
+    # The last event either has its deliveries or still waits in the intake (no engine claimed
+    # since it was accepted): the erasure must reach it either way.
     pending = await emit(conn, "acct_1", {"recipient": ADDRESS.upper()})
-    return Setup(a, b, c, mixed, plain, pending)
+    fanned_out = bool(request.param)
+    if fanned_out:
+        assert await fan_out(conn) == 1
+    assert await conn.fetchval("SELECT count(*) FROM webhooks.intake") == (0 if fanned_out else 1)
+    return Setup(a, b, c, mixed, plain, pending, fanned_out)
 
 
 async def test_erasure_leaves_no_trace_in_the_account_and_touches_no_other(
@@ -154,7 +165,8 @@ async def test_erasure_leaves_no_trace_in_the_account_and_touches_no_other(
     assert erasure["account_id"] == "acct_1"
     assert {k: erasure[k] for k in ("events", "deliveries", "attempts", "outcomes")} == {
         "events": 2,
-        "deliveries": 4,  # a's two retries (error texts) and the pending event's two deliveries
+        # a's two retries (error texts) and the pending event's two deliveries, once it has them
+        "deliveries": 4 if s.fanned_out else 2,
         "attempts": 4,  # a's two failures, b's two successes
         "outcomes": 0,  # a 200 leaves no error text
     }

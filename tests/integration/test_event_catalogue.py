@@ -16,7 +16,7 @@ from jsonschema import Draft202012Validator
 from engine.cli import demo
 from engine.db.sqlfiles import sql_root
 from engine.db.store import Store
-from tests.support.db import error_of
+from tests.support.db import error_of, fan_out
 from tests.support.engines import create_endpoint
 
 OPERATIONAL = {"endpoint.disabled", "delivery.failed", "endpoint.recovered"}
@@ -74,6 +74,7 @@ async def test_the_app_triggers_and_the_demo_emit_what_the_catalogue_describes(
         "INSERT INTO app.contacts (account_id, email) VALUES ($1, 'c@example.com')", demo.ACCOUNT
     )
     checks = await schemas(conn)
+    await fan_out(conn)
     events = await conn.fetch("SELECT type, payload FROM webhooks.events")
     types = {e["type"] for e in events}
     assert types >= {
@@ -130,6 +131,7 @@ async def test_send_test_queues_the_example_marked_as_a_test(
         "SELECT test FROM webhooks.delivery_log WHERE delivery_id = $1", delivery_id
     )
     await store.emit("acct_1", "email.sent", {"email_event_id": 1})
+    await fan_out(conn)
     page = await store.list_deliveries()
     # the app's email.sent goes to the endpoint that subscribes to it, and is no test
     assert sorted((d.endpoint_id == other, d.test) for d in page.items) == [

@@ -15,7 +15,7 @@ import structlog.testing
 from engine.db.pool import open_engine_pool
 from engine.db.store import Store
 from engine.delivery.idle_vacuum import LOCK_NOT_AVAILABLE, IdleVacuum
-from tests.support.db import with_user
+from tests.support.db import fan_out, with_user
 from tests.support.engines import create_endpoint, wait_until
 
 
@@ -36,6 +36,7 @@ async def _dead_rows(conn: asyncpg.Connection, store: Store, n: int) -> None:
         " FROM generate_series(1, $1::integer) g",
         n,
     )
+    await fan_out(conn)
     await conn.execute("DELETE FROM webhooks.deliveries")
     # An idle session reports its counts up to 10 s late unless told otherwise (PG15+).
     await conn.execute("SELECT pg_stat_force_next_flush()")

@@ -90,7 +90,8 @@ NEXT_DUE = """
 SELECT least((SELECT d.due_at FROM webhooks.deliveries d
                WHERE NOT d.ready ORDER BY d.due_at LIMIT 1),
              (SELECT d.due_at FROM webhooks.deliveries d
-               WHERE d.ready ORDER BY d.endpoint_id, d.id LIMIT 1))
+               WHERE d.ready ORDER BY d.endpoint_id, d.id LIMIT 1),
+             (SELECT i.created_at FROM webhooks.intake i ORDER BY i.id LIMIT 1))
 """
 
 # The claim's loose index scan: the endpoints that have ready deliveries, one probe each, walked
@@ -119,8 +120,7 @@ SELECT b.id FROM below b WHERE b.id IS NOT NULL
 """
 
 # The subscriber lookups of sql/functions/30_emit.sql: subscribed()'s probe (the example trigger's
-# guard, all that an account without endpoints costs it), emit's probe (with filters), and the
-# selection of emit's deliveries insert.
+# guard, all that an account without endpoints costs it) and emit's probe (with filters).
 SUBSCRIBED_PROBE = """
 SELECT FROM webhooks.endpoints e
  WHERE e.account_id = $1 AND e.enabled
@@ -132,10 +132,32 @@ SELECT FROM webhooks.endpoints e
    AND webhooks.takes(e.event_types, e.filter, $2, $3::jsonb)
  LIMIT 1
 """
-EMIT_SUBSCRIBERS = """
-SELECT $4::bigint, now(), $2, e.id FROM webhooks.endpoints e
- WHERE e.account_id = $1 AND e.enabled
-   AND webhooks.takes(e.event_types, e.filter, $2, $3::jsonb)
+
+# fan_out_v1 (sql/functions/35_intake.sql): the oldest intake rows out, their events and one
+# delivery per endpoint that takes each, in one statement; claim_v2 calls it for FAN_OUT_BATCH.
+FAN_OUT_BATCH = 200
+FAN_OUT = """
+WITH taken AS MATERIALIZED (
+    DELETE FROM webhooks.intake i
+     WHERE i.id = ANY (ARRAY(SELECT n.id FROM webhooks.intake n ORDER BY n.id LIMIT $1))
+    RETURNING i.*),
+matched AS MATERIALIZED (
+    SELECT t.id, t.type, t.created_at, e.id AS endpoint_id
+      FROM taken t
+      JOIN webhooks.endpoints e
+        ON e.account_id = t.account_id AND e.enabled AND e.created_at <= t.created_at
+       AND webhooks.takes(e.event_types, e.filter, t.type, t.payload)),
+ev AS (
+    INSERT INTO webhooks.events (id, account_id, type, payload, idempotency_key, created_at)
+    OVERRIDING SYSTEM VALUE
+    SELECT t.id, t.account_id, t.type, t.payload, t.idempotency_key, t.created_at
+      FROM taken t WHERE t.id IN (SELECT m.id FROM matched m)),
+d AS (
+    INSERT INTO webhooks.deliveries (event_id, event_created_at, event_type, endpoint_id,
+                                     created_at, due_at)
+    SELECT m.id, m.created_at, m.type, m.endpoint_id, m.created_at, m.created_at
+      FROM matched m ORDER BY m.id, m.endpoint_id)
+SELECT count(*) FROM taken
 """
 
 # Where each statement above comes from, and the function's own expression for each parameter:
@@ -155,11 +177,7 @@ SOURCES: dict[str, tuple[str, str, dict[str, str]]] = {
         EMIT_PROBE, "30_emit.sql",
         {"$1": "p_account_id", "$2": "p_event_type", "$3::jsonb": "p_payload"},
     ),
-    "EMIT_SUBSCRIBERS": (
-        EMIT_SUBSCRIBERS, "30_emit.sql",
-        {"$1": "p_account_id", "$2": "p_event_type", "$3::jsonb": "p_payload",
-         "$4::bigint": "v_event_id"},
-    ),
+    "FAN_OUT": (FAN_OUT, "35_intake.sql", {"$1": "p_limit"}),
 }  # fmt: skip
 FUNCTIONS = Path(__file__).resolve().parents[2] / "sql" / "functions"
 
@@ -331,10 +349,11 @@ async def test_claim_loose_scan_uses_ready_index(big: asyncpg.Connection) -> Non
 
 
 async def test_next_due_at_uses_waiting_and_ready_indexes(big: asyncpg.Connection) -> None:
-    """The engine's retry timer reads one entry of deliveries_waiting_idx and one of
-    deliveries_ready_idx, however many rows wait."""
+    """The engine's retry timer reads one entry of deliveries_waiting_idx, one of
+    deliveries_ready_idx and one of the intake's primary key, however many rows wait."""
     assert await custom_plan(big, NEXT_DUE) == {
-        "deliveries": {"deliveries_waiting_idx", "deliveries_ready_idx"}
+        "deliveries": {"deliveries_waiting_idx", "deliveries_ready_idx"},
+        "intake": {"intake_pkey"},
     }
     assert await big.fetchval(NEXT_DUE) == await big.fetchval("SELECT webhooks.next_due_at_v1()")
 
@@ -369,19 +388,17 @@ EMIT_ARGS = ("acct_7", "email.sent", '{"n": 1}', 1)
 EMIT_LOOKUPS = [
     (SUBSCRIBED_PROBE, 2, "text, text", "'acct_7', 'email.sent'"),
     (EMIT_PROBE, 3, "text, text, jsonb", """'acct_7', 'email.sent', '{"n": 1}'"""),
-    (EMIT_SUBSCRIBERS, 4, "text, text, jsonb, bigint", """'acct_7', 'email.sent', '{"n": 1}', 1"""),
 ]
 
 
 @pytest.mark.parametrize(
-    ("query", "arity", "types", "values"), EMIT_LOOKUPS, ids=["guard", "probe", "subscribers"]
+    ("query", "arity", "types", "values"), EMIT_LOOKUPS, ids=["guard", "probe"]
 )
 async def test_emit_lookup_uses_enabled_account_index(
     big: asyncpg.Connection, query: str, arity: int, types: str, values: str
 ) -> None:
-    """The guard's and emit's probes and emit's subscriber selection use
-    endpoints_enabled_account_idx, not the whole table (the inlined webhooks.subscribes and
-    webhooks.takes filters do not get in the way)."""
+    """The guard's and emit's probes use endpoints_enabled_account_idx, not the whole table (the
+    inlined webhooks.subscribes and webhooks.takes filters do not get in the way)."""
     args = EMIT_ARGS[:arity]
     custom = await custom_plan(big, query, *args)
     assert custom == {"endpoints": {"endpoints_enabled_account_idx"}}
@@ -393,12 +410,49 @@ async def test_emit_lookup_uses_enabled_account_index(
         [f"https://example.com/hooks/{g}" for g in range(7, ROWS + 1, ACCOUNTS)],
     )
     assert len(expected) == ROWS // ACCOUNTS
-    if query is EMIT_SUBSCRIBERS:
-        assert sorted(r[-1] for r in rows) == [r["id"] for r in expected]
-    elif query is EMIT_PROBE:
+    if query is EMIT_PROBE:
         assert len(rows) == 1
     else:
         assert len(rows) == len(expected)
+
+
+@pytest.mark.parametrize("accepted", [10, 200, 20_000])
+async def test_fan_out_reads_only_the_accepted_events_accounts_endpoints(
+    big: asyncpg.Connection, accepted: int
+) -> None:
+    """The fan-out finds each accepted event's endpoints through endpoints_enabled_account_idx,
+    never by reading the 100,000 endpoints, whether few events wait or a backlog (after an
+    outage) does; and it writes exactly one delivery per endpoint that takes each event. In a
+    transaction rolled back at the end: the module's tables stay as they were."""
+    tx = big.transaction()
+    await tx.start()
+    try:
+        await big.execute(
+            "INSERT INTO webhooks.intake (account_id, type, payload, created_at)"
+            " SELECT 'acct_' || (g % $2), 'email.sent', '{}', now() FROM generate_series(1, $1) g",
+            accepted,
+            ACCOUNTS,
+        )
+        await big.execute("ANALYZE webhooks.intake")
+        for plan in (
+            await custom_plan(big, FAN_OUT, FAN_OUT_BATCH),
+            await generic_plan(big, FAN_OUT, "integer", str(FAN_OUT_BATCH)),
+        ):
+            assert plan["endpoints"] == {"endpoints_enabled_account_idx"}, plan
+            if accepted > FAN_OUT_BATCH:  # a backlog: only the batch is read, by the key
+                assert plan["intake"] == {"intake_pkey"}, plan
+        expected = await big.fetchval(
+            "SELECT count(*) FROM (SELECT id, account_id FROM webhooks.intake ORDER BY id"
+            "  LIMIT $1) i JOIN webhooks.endpoints e ON e.account_id = i.account_id"
+            " WHERE e.enabled",  # every endpoint of these tables takes email.sent
+            FAN_OUT_BATCH,
+        )
+        assert expected > 0
+        before = await big.fetchval("SELECT count(*) FROM webhooks.deliveries")
+        assert await big.fetchval(FAN_OUT, FAN_OUT_BATCH) == min(accepted, FAN_OUT_BATCH)
+        assert await big.fetchval("SELECT count(*) FROM webhooks.deliveries") == before + expected
+    finally:
+        await tx.rollback()
 
 
 @pytest.mark.parametrize("name", sorted(SOURCES))

@@ -14,6 +14,7 @@ import asyncpg
 
 from engine.db.store import Store
 from engine.models import Delivery, EndpointConfig
+from tests.support.db import fan_out
 from tests.support.factories import outcome
 
 Claimed = list[tuple[Delivery, EndpointConfig]]
@@ -74,6 +75,7 @@ async def emit(conn: asyncpg.Connection, prefix: str, n: int, events: int = 1) -
         n,
         events,
     )
+    await fan_out(conn)
     rows = await conn.fetch("SELECT id FROM webhooks.deliveries WHERE id > $1 ORDER BY id", first)
     return [r["id"] for r in rows]
 

@@ -10,7 +10,7 @@ import json
 import asyncpg
 import pytest
 
-from tests.support.db import sql_endpoint
+from tests.support.db import fan_out, sql_endpoint
 
 APP_SCHEMA = """
 CREATE TABLE email_events (
@@ -41,6 +41,9 @@ async def app(conn: asyncpg.Connection) -> asyncpg.Connection:
 
 
 async def counts(conn: asyncpg.Connection) -> tuple[int, int, int]:
+    """App rows, events and deliveries, once the intake is fanned out (inside the transaction, if
+    one is open: the fan-out then rolls back with it)."""
+    await fan_out(conn)
     row = await conn.fetchrow(
         """SELECT (SELECT count(*) FROM email_events)        AS app_rows,
                   (SELECT count(*) FROM webhooks.events)     AS events,

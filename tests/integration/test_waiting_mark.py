@@ -73,7 +73,7 @@ async def test_emit_notifies_only_before_the_mark_expires(
     await emit(conn)
     await emit(conn)
     assert await wakeups.drain() == (["", ""] if notified else [])
-    assert await conn.fetchval("SELECT count(*) FROM webhooks.deliveries") == 2
+    assert await conn.fetchval("SELECT count(*) FROM webhooks.intake") == 2
 
 
 async def test_set_waiting_marks_for_the_lifetime_and_false_clears(

@@ -105,3 +105,15 @@ async def listening(db_url: str, channel: str = "webhooks_wakeup") -> AsyncItera
         yield listener
     finally:
         await listener.conn.close()
+
+
+async def fan_out(conn: asyncpg.Connection) -> int:
+    """Fan every accepted event out of the intake into its event and deliveries, as the engine's
+    next claim does first (sql/functions/35_intake.sql); returns how many it took. On a schema
+    from before the intake (an upgrade test's), emit wrote the deliveries itself: nothing to do."""
+    if await conn.fetchval("SELECT to_regprocedure('webhooks.fan_out_v1(integer)') IS NULL"):
+        return 0
+    taken = 0
+    while count := await conn.fetchval("SELECT webhooks.fan_out_v1(1000)"):
+        taken += count
+    return taken

@@ -17,6 +17,7 @@ import asyncpg
 
 from engine.db.store import Store
 from engine.models import Delivery, EndpointOptions, ErrorKind, Outcome, Recorded
+from tests.support.db import fan_out
 
 
 async def emit(
@@ -25,7 +26,8 @@ async def emit(
     event_type: str = "email.sent",
     payload: Mapping[str, Any] | None = None,
 ) -> int:
-    """Emit an event as the app's trigger would; returns its id (something must subscribe)."""
+    """Emit an event as the app's trigger would, and fan it out as the engine's next claim would;
+    returns its id (something must subscribe)."""
     event_id: int | None = await conn.fetchval(
         "SELECT webhooks.emit($1, $2, $3::jsonb)",
         account_id,
@@ -33,6 +35,7 @@ async def emit(
         json.dumps(dict(payload or {"n": 1})),
     )
     assert event_id is not None, f"no endpoint of {account_id} subscribes to {event_type}"
+    await fan_out(conn)
     return event_id
 
 
