@@ -93,7 +93,8 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             PREFIX + "queue_depth",
-            "Live deliveries by state: due (claimable now), in_flight (leased), retry_waiting.",
+            "Live deliveries by state: due (claimable now), in_flight (leased), retry_waiting;"
+            " accepted: events waiting in the intake, not yet fanned out into deliveries.",
             ["state"],
             registry=registry,
         )
@@ -169,6 +170,7 @@ class Metrics:
         self.queue_depth.labels("due").set(depths.due)
         self.queue_depth.labels("in_flight").set(depths.in_flight)
         self.queue_depth.labels("retry_waiting").set(depths.retry_waiting)
+        self.queue_depth.labels("accepted").set(depths.accepted)
         self.notification_queue_usage.set(depths.notification_queue_usage)
         self.queue_depth_updated.set_to_current_time()
 

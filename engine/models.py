@@ -226,10 +226,13 @@ class QueueDepths:
     """Live deliveries by state, and the share of Postgres's NOTIFY queue in use (0..1).
 
     ``due``: claimable now (new, a retry whose time came, or a lease that expired); ``in_flight``:
-    leased and the lease still running; ``retry_waiting``: waiting for a scheduled retry.
+    leased and the lease still running; ``retry_waiting``: waiting for a scheduled retry;
+    ``accepted``: events accepted by emit that wait in the intake for a claim to fan them out
+    (their deliveries do not exist yet).
     """
 
     due: int
     in_flight: int
     retry_waiting: int
+    accepted: int
     notification_queue_usage: float

@@ -21,10 +21,12 @@ SELECT webhooks.refresh_engine_waiting_v1();
 SELECT webhooks.next_due_at_v1();
 
 -- name: queue_depths
--- One pass over the hot table (live deliveries only) for the metrics gauges; see QueueDepths.
+-- One pass over the hot table (live deliveries only) and the intake for the metrics gauges; see
+-- QueueDepths.
 SELECT count(*) FILTER (WHERE due_at <= now()) AS due,
        count(*) FILTER (WHERE due_at > now() AND lease_token IS NOT NULL) AS in_flight,
        count(*) FILTER (WHERE due_at > now() AND lease_token IS NULL) AS retry_waiting,
+       (SELECT count(*) FROM webhooks.intake) AS accepted,
        pg_notification_queue_usage() AS notification_queue_usage
   FROM webhooks.deliveries;
 

@@ -165,6 +165,7 @@ class DeliveryQueue(Gateway):
             due=row["due"],
             in_flight=row["in_flight"],
             retry_waiting=row["retry_waiting"],
+            accepted=row["accepted"],
             notification_queue_usage=row["notification_queue_usage"],
         )
 

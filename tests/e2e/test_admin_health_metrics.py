@@ -263,7 +263,7 @@ async def test_metrics_count_exactly_the_attempts_that_happened(
     assert value(samples, "misar_webhooks_listener_reconnects_total") == 0
     assert 0 <= value(samples, "misar_webhooks_pg_notification_queue_usage_ratio") < 1
     await wait_until(
-        lambda: _depths_are(running, {"due": 0, "in_flight": 0, "retry_waiting": 0}),
+        lambda: _depths_are(running, {"due": 0, "in_flight": 0, "retry_waiting": 0, "accepted": 0}),
         what="an empty queue counted",
     )
     labels = {k for (_, labelset) in samples for k, _ in labelset}
@@ -287,7 +287,7 @@ async def test_queue_depth_gauges_count_due_in_flight_and_retry_waiting(
         await conn.execute("SELECT webhooks.emit('slow', 'email.sent', '{}')")
     # Strict ordering: the first /slow delivery is in flight for 3 s; the other two wait, due.
     await wait_until(
-        lambda: _depths_are(running, {"due": 2, "in_flight": 1, "retry_waiting": 1}),
+        lambda: _depths_are(running, {"due": 2, "in_flight": 1, "retry_waiting": 1, "accepted": 0}),
         what="the depths counted",
     )
     samples = await scrape(running)
@@ -295,6 +295,38 @@ async def test_queue_depth_gauges_count_due_in_flight_and_retry_waiting(
     # The actors' supervisors and the attempt in flight are tasks of the engine's loop.
     assert value(samples, "misar_webhooks_tasks") > value(samples, "misar_webhooks_actors")
     assert value(samples, "misar_webhooks_queue_depth_updated_timestamp_seconds") > 0
+
+
+async def test_queue_depth_gauge_counts_events_waiting_in_the_intake(
+    db_url: str,
+    conn: asyncpg.Connection,
+    receiver: Receiver,
+    open_policy: None,
+    start_engine: StartEngine,
+) -> None:
+    """Accepted events that no claim could fan out yet (another session holds the fan-out's lock)
+    show as accepted, with no deliveries; once the lock goes, they are fanned out and sent."""
+    await create_endpoint(conn, receiver.url("/hook"))
+    running = await start_engine(metrics_refresh_s=0.1)
+    holder = await asyncpg.connect(db_url)
+    try:
+        await holder.execute("SELECT pg_advisory_lock(hashtext('webhooks.fan_out'))")
+        for _ in range(3):
+            await conn.execute("SELECT webhooks.emit('acct_1', 'email.sent', '{}')")
+        await wait_until(
+            lambda: _depths_are(
+                running, {"due": 0, "in_flight": 0, "retry_waiting": 0, "accepted": 3}
+            ),
+            what="three events counted as accepted",
+        )
+        assert await conn.fetchval("SELECT count(*) FROM webhooks.deliveries") == 0
+    finally:
+        await holder.close()  # its session lock goes with it
+    await receiver.wait_for(3, "/hook")
+    await wait_until(
+        lambda: _depths_are(running, {"due": 0, "in_flight": 0, "retry_waiting": 0, "accepted": 0}),
+        what="the intake counted empty",
+    )
 
 
 async def test_metrics_require_the_token_when_one_is_set(start_engine: StartEngine) -> None:
