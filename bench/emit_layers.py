@@ -15,14 +15,13 @@ Each trigger adds one layer to the one before it, from the lean outbox to the sh
   indexes): what the engine's tables cost, before any function;
 - the example's guard (``webhooks.subscribed``) in place of the ``EXISTS``;
 - the inserts moved into a PL/pgSQL function with no checks and no probe: the call;
-- ``webhooks.emit`` as shipped (its checks, the settings and waiting-mark reads, its probe): the
-  example trigger (W6 "c, engine stopped").
+- ``webhooks.emit`` as shipped: its checks, the settings and waiting-mark reads and its probe,
+  then one row into ``webhooks.intake`` instead of the event and its deliveries: the example
+  trigger (W6 "c, engine stopped"; docs/decisions/0012-emit-cost-by-layer.md).
 
-And one design that is not shipped, for comparison: emit with every check and read, writing one
-row into a one-index intake table instead of the event and its deliveries, which an engine would
-fan out later (docs/decisions/0012-emit-cost-by-layer.md); and what that fan-out would cost the
-engine's side: the server CPU per event of fanning out the intake's last round, 200 rows per
-call. Nothing here runs in CI.
+And what the intake moves to the engine's side: the server CPU per event of fanning out what the
+example's last round accepted with ``webhooks.fan_out_v1``, 200 rows per call (as a claim does).
+Nothing here runs in CI.
 """
 
 from __future__ import annotations
@@ -37,7 +36,6 @@ import asyncpg
 import uvloop
 
 from bench.cpu import cpu_seconds
-from bench.emit_pieces import AFTER, emit_copy
 from bench.harness import REPO_ROOT
 from bench.outbox import CLEAR_LEAN, LEAN_OUTBOX, LEAN_TRIGGER
 from bench.producer import produce
@@ -61,27 +59,6 @@ INLINE_INSERTS = f"""
         INSERT INTO webhooks.deliveries (event_id, event_created_at, event_type, endpoint_id)
         SELECT v_event_id, now(), 'email.' || NEW.kind, e.id {SUBSCRIBERS};"""
 GUARD = "webhooks.subscribed(NEW.account_id, 'email.' || NEW.kind)"
-# The shipped emit (renamed webhooks.emit_piece_100) writing the intake row in place of the event,
-# and no deliveries: every check, read and probe as shipped.
-INTAKE_EMIT_NAME = "webhooks.emit_piece_100"
-INTAKE_EMIT = emit_copy(
-    100,
-    AFTER,
-    (
-        (
-            "INSERT INTO webhooks.events (account_id, type, payload)",
-            "INSERT INTO app.layer_intake (account_id, type, payload)",
-        ),
-        (
-            "    INSERT INTO webhooks.deliveries"
-            " (event_id, event_created_at, event_type, endpoint_id)\n"
-            "    SELECT v_event_id, now(), p_event_type, e.id FROM webhooks.endpoints e\n"
-            "     WHERE e.account_id = p_account_id AND e.enabled\n"
-            "       AND webhooks.takes(e.event_types, e.filter, p_event_type, p_payload);\n",
-            "",
-        ),
-    ),
-)
 LAYERS_SQL = f"""
 CREATE OR REPLACE FUNCTION app.layer_engine_tables() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
@@ -123,61 +100,16 @@ BEGIN
         PERFORM app.layer_bare_emit(NEW.account_id, 'email.' || NEW.kind, {PAYLOAD});
     END IF;
     RETURN NULL;
-END $$;
-
-CREATE TABLE IF NOT EXISTS app.layer_intake (
-    id         bigint PRIMARY KEY DEFAULT nextval('webhooks.events_id_seq'),
-    account_id text NOT NULL,
-    type       text NOT NULL,
-    payload    jsonb NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
-);
-
-{INTAKE_EMIT};
-
--- What the engine would run instead: the oldest intake rows become events and deliveries in one
--- statement, one fan-out at a time (so deliveries keep the events' order).
-CREATE OR REPLACE FUNCTION app.layer_fan_out(p_limit integer) RETURNS integer LANGUAGE plpgsql AS $$
-DECLARE
-    v_moved integer;
-BEGIN
-    PERFORM pg_advisory_xact_lock(hashtext('app.layer_fan_out'));
-    WITH moved AS (
-        DELETE FROM app.layer_intake i
-         WHERE i.id IN (SELECT l.id FROM app.layer_intake l ORDER BY l.id LIMIT p_limit)
-        RETURNING i.*),
-    ev AS (
-        INSERT INTO webhooks.events (id, account_id, type, payload, created_at)
-        OVERRIDING SYSTEM VALUE
-        SELECT m.id, m.account_id, m.type, m.payload, m.created_at FROM moved m),
-    d AS (
-        INSERT INTO webhooks.deliveries (event_id, event_created_at, event_type, endpoint_id)
-        SELECT m.id, m.created_at, m.type, e.id
-          FROM moved m JOIN webhooks.endpoints e
-            ON e.account_id = m.account_id AND e.enabled AND e.created_at <= m.created_at
-           AND webhooks.takes(e.event_types, e.filter, m.type, m.payload)
-         ORDER BY m.id, e.id)
-    SELECT count(*) INTO v_moved FROM moved;
-    RETURN v_moved;
-END $$;
-
-CREATE OR REPLACE FUNCTION app.layer_intake() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF {GUARD} THEN
-        PERFORM {INTAKE_EMIT_NAME}(NEW.account_id, 'email.' || NEW.kind, {PAYLOAD});
-    END IF;
-    RETURN NULL;
-END $$"""
+END $$;"""
 # (name, trigger function), the lean outbox first: the others are reported against it.
 LAYERS: tuple[tuple[str, str], ...] = (
     ("lean outbox", LEAN_TRIGGER),
     ("+ the engine's tables", "layer_engine_tables"),
     ("+ the guard (webhooks.subscribed)", "layer_guard"),
     ("+ the inserts in a called function", "layer_call"),
-    ("+ emit's checks, reads and probe: the example", "email_event_webhook"),
-    ("not shipped: emit into a one-row intake", "layer_intake"),
+    ("emit (checks, probe, intake row): the example", "email_event_webhook"),
 )
-CLEAR = "TRUNCATE webhooks.deliveries, webhooks.events, app.email_events, app.layer_intake"
+CLEAR = "TRUNCATE webhooks.deliveries, webhooks.events, webhooks.intake, app.email_events"
 # As an engine that died asleep leaves the mark: no NOTIFY (W6 "c, engine stopped").
 DEAD_MARK = "UPDATE webhooks.engine_state SET waiting_until = now() - interval '1 second'"
 
@@ -226,12 +158,12 @@ async def measure(
 
 
 async def fan_out_cost(conn: asyncpg.Connection) -> tuple[int, float]:
-    """Fan out what the intake layer's last round left, FAN_OUT_BATCH rows per call (its own
+    """Fan out what the example's last round accepted, FAN_OUT_BATCH rows per call (its own
     transaction each, as an engine's claims are): (events, server CPU per event in µs)."""
     pid = await conn.fetchval("SELECT pg_backend_pid()")
     events = 0
     before = cpu_seconds(pid)
-    while moved := await conn.fetchval("SELECT app.layer_fan_out($1)", FAN_OUT_BATCH):
+    while moved := await conn.fetchval("SELECT webhooks.fan_out_v1($1)", FAN_OUT_BATCH):
         events += moved
     spent = cpu_seconds(pid) - before
     return events, spent * 1e6 / events if events else 0.0
@@ -265,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rate, ratio = statistics.median(rates), statistics.median(ratios)
         print(f"{name:48} {rate:10,.0f} {ratio:14.2f}  {spread}")
     print(
-        f"not shipped: fanning out the intake's last round ({events:,} events, {FAN_OUT_BATCH}"
+        f"the engine's fan-out of the example's last round ({events:,} events, {FAN_OUT_BATCH}"
         f" per call): {fan_out_us:.1f} us server CPU per event"
     )
     return 0

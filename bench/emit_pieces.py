@@ -4,7 +4,8 @@
 installs the example app and the lean outbox (bench.outbox), and gives 20 accounts one endpoint
 each. Each variant is a row trigger of the example's shape (the ``webhooks.subscribed`` guard, then
 an emit) calling a copy of emit with one piece taken out, "before" being emit as it was
-(``tests/integration/sql_release_0005/30_emit.sql``) and "after" the shipped one. A procedure
+(``tests/integration/sql_release_0005/30_emit.sql``) and "after" the shipped one, which since
+migration 0011 writes one intake row in place of the event and its deliveries. A procedure
 inserts N rows for subscribed accounts, committing after each, so every row pays the per-transaction
 costs an app commit pays, without the client's round trips; the server CPU of that one backend
 (``/proc/PID/stat``, 10 ms ticks) is divided by N. Variants take turns for R rounds and each
@@ -76,9 +77,7 @@ VARIANTS: tuple[tuple[str, Path, tuple[tuple[str, str], ...]], ...] = (
     ("after, no checks or reads on the insert", AFTER, ((RETURNING_NEW, RETURNING_BARE),)),
     ("after, no probe", AFTER, ((PROBE_NEW, ""),)),
 )  # fmt: skip
-# Not copies of emit: the table or the trigger differs.
-PARTITION_ROUTING = "after, into the day's partition (no routing)"
-NO_INDEX = "after, without deliveries_endpoint_id_idx"
+# Not a copy of emit: the trigger differs.
 UNGUARDED = "after, trigger without the guard"
 TRIGGER = """
 CREATE OR REPLACE FUNCTION app.{name}() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -103,12 +102,8 @@ BEGIN
         COMMIT;
     END LOOP;
 END $$"""
-CLEAR = """TRUNCATE webhooks.deliveries, webhooks.events, app.email_events, app.lean_events,
-                   app.lean_deliveries"""
-INDEX = (
-    "CREATE INDEX deliveries_endpoint_id_idx ON webhooks.deliveries (endpoint_id, id)"
-    " WHERE attempts >= 0"
-)
+CLEAR = """TRUNCATE webhooks.deliveries, webhooks.events, webhooks.intake, app.email_events,
+                   app.lean_events, app.lean_deliveries"""
 
 
 def emit_copy(index: int, source: Path, cuts: Sequence[tuple[str, str]]) -> str:
@@ -143,15 +138,6 @@ async def install(conn: asyncpg.Connection) -> dict[str, str]:
         fn = f"emit_piece_{i}_trigger"
         await conn.execute(TRIGGER.format(name=fn, guard=GUARD, emit=f"webhooks.emit_piece_{i}"))
         triggers[name] = fn
-    day = await conn.fetchval("SELECT 'webhooks.events_p' || to_char(now(), 'YYYYMMDD')")
-    await conn.execute(
-        emit_copy(99, AFTER, (("INSERT INTO webhooks.events (", f"INSERT INTO {day} ("),))
-    )
-    await conn.execute(
-        TRIGGER.format(name="emit_piece_99_trigger", guard=GUARD, emit="webhooks.emit_piece_99")
-    )
-    triggers[PARTITION_ROUTING] = "emit_piece_99_trigger"
-    triggers[NO_INDEX] = triggers["after"]
     await conn.execute(TRIGGER.format(name="emit_unguarded", guard="true", emit="webhooks.emit"))
     triggers[UNGUARDED] = "emit_unguarded"
     return triggers
@@ -170,8 +156,6 @@ async def measure(url: str, commits: int, rounds: int) -> dict[str, float]:
             for name in names:
                 await admin.execute("DROP TRIGGER IF EXISTS piece ON app.email_events")
                 await admin.execute(CLEAR)
-                if name == NO_INDEX:
-                    await admin.execute("DROP INDEX webhooks.deliveries_endpoint_id_idx")
                 if name != "no trigger":
                     await admin.execute(
                         "CREATE TRIGGER piece AFTER INSERT ON app.email_events FOR EACH ROW"
@@ -181,8 +165,6 @@ async def measure(url: str, commits: int, rounds: int) -> dict[str, float]:
                 before = cpu_seconds(pid)
                 await worker.execute(f"CALL app.bench_commits({commits})")
                 costs[name].append((cpu_seconds(pid) - before) * 1e6 / commits)
-                if name == NO_INDEX:
-                    await admin.execute(INDEX)
         return {name: statistics.median(values) for name, values in costs.items()}
     finally:
         await admin.close()

@@ -66,7 +66,10 @@ SET track_functions = 'all'"""
 # as a busy engine's claim does.
 ENGINE_WAITING = "SELECT coalesce(waiting_until > now(), false) FROM webhooks.engine_state"
 ENGINE_BUSY = "UPDATE webhooks.engine_state SET waiting_until = NULL"
-LIVE_DELIVERIES = "SELECT count(*) FROM webhooks.deliveries"
+# Live deliveries, and accepted events not fanned out yet (each becomes one or more of them).
+LIVE_DELIVERIES = (
+    "SELECT (SELECT count(*) FROM webhooks.deliveries) + (SELECT count(*) FROM webhooks.intake)"
+)
 FUNCTION_TIMES = """
 SELECT schemaname || '.' || funcname AS name, sum(calls)::bigint AS calls,
        sum(self_time)::float8 AS self_ms
@@ -75,7 +78,7 @@ SELECT schemaname || '.' || funcname AS name, sum(calls)::bigint AS calls,
 # and deliveries, and the app's rows. Endpoints stay.
 CLEAR = """
 TRUNCATE webhooks.deliveries, webhooks.events, webhooks.attempts, webhooks.delivery_outcomes,
-         webhooks.idempotency_keys, app.email_events"""
+         webhooks.idempotency_keys, webhooks.intake, app.email_events"""
 
 
 FunctionTimes = dict[str, tuple[int, float]]

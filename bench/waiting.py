@@ -51,7 +51,10 @@ INSERT INTO webhooks.deliveries
 SELECT ev.id, ev.created_at, ev.type, e.id, 1, now() + interval '1 hour', 0,
        'connect: connection refused', now(){ready_value}
   FROM ev JOIN webhooks.endpoints e ON e.account_id = ev.account_id"""
-LIVE_DELIVERIES = "SELECT count(*) FROM webhooks.deliveries"
+# Live deliveries, and accepted events not fanned out yet (each becomes one or more of them).
+LIVE_DELIVERIES = (
+    "SELECT (SELECT count(*) FROM webhooks.deliveries) + (SELECT count(*) FROM webhooks.intake)"
+)
 
 
 async def w8_waiting_endpoints(suite: Suite, events: int, waiting: int) -> None:

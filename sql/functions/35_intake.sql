@@ -56,8 +56,14 @@ END $$;
 
 -- Accepted events not fanned out yet, for operators (README "Delivery log"): while an engine runs
 -- they wait at most one claim; while none runs, they wait here, and their deliveries do not exist
--- yet.
+-- yet. deliveries: how many the fan-out would write now (endpoints matched as fan_out_v1 does).
 CREATE OR REPLACE VIEW webhooks.intake_backlog AS
-SELECT count(*) AS events, min(i.created_at) AS oldest_accepted_at,
+SELECT count(*) AS events,
+       coalesce(sum((SELECT count(*) FROM webhooks.endpoints e
+                      WHERE e.account_id = i.account_id AND e.enabled
+                        AND e.created_at <= i.created_at
+                        AND webhooks.takes(e.event_types, e.filter, i.type, i.payload))), 0)::bigint
+           AS deliveries,
+       min(i.created_at) AS oldest_accepted_at,
        now() - min(i.created_at) AS oldest_age
   FROM webhooks.intake i;

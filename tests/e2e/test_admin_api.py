@@ -29,6 +29,7 @@ from referencing.jsonschema import DRAFT202012
 from engine.admin.portal import PATHS as PORTAL_PATHS
 from engine.admin.routes import openapi_document
 from tests.e2e.conftest import TEST_SETTINGS
+from tests.support.db import intake_drained
 from tests.support.engines import RunningEngine, launch_engine, wait_until
 from tests.support.pgproxy import PgProxy
 from tests.support.receiver import Receiver, Reply
@@ -512,7 +513,7 @@ async def test_emit_delivers_and_the_delivery_log_shows_every_attempt(
 
 
 async def test_emit_answers_null_when_nobody_listens_and_honours_idempotency_keys(
-    api: Api, receiver: Receiver
+    api: Api, receiver: Receiver, conn: asyncpg.Connection
 ) -> None:
     """Emitting to an account or type nobody subscribes to answers event_id null; the same
     idempotency key answers the first event's id and creates no second delivery."""
@@ -531,6 +532,7 @@ async def test_emit_answers_null_when_nobody_listens_and_honours_idempotency_key
     second = await api.ok("POST", "/v1/events", {**keyed, "payload": {"contact": 8}})
     assert first == second
     assert first["event_id"] is not None
+    await wait_until(lambda: intake_drained(conn), what="the accepted event fanned out")
     rows = await api.all_pages("/v1/deliveries", {"account_id": "acct_idem"})
     assert [r["event_id"] for r in rows] == [first["event_id"]]
 
@@ -569,7 +571,9 @@ async def test_recover_resends_what_failed_and_refuses_a_disabled_endpoint(
     assert await api.ok("POST", f"/v1/endpoints/{the_id}/recover", since) == {"count": 0}
 
 
-async def test_lists_page_through_every_row_once_with_cursors(api: Api, receiver: Receiver) -> None:
+async def test_lists_page_through_every_row_once_with_cursors(
+    api: Api, receiver: Receiver, conn: asyncpg.Connection
+) -> None:
     """Pages of 2 cover 5 endpoints and 5 deliveries once each, in order, ending with a null
     cursor; a cursor of one list is refused by the other, naming the cursor."""
     ids = [(await api.create("acct_page", receiver.url(f"/p{n}")))["id"] for n in range(5)]
@@ -587,6 +591,7 @@ async def test_lists_page_through_every_row_once_with_cursors(api: Api, receiver
 
     event = {"account_id": "acct_page", "type": "email.opened", "payload": {}}
     event_id = (await api.ok("POST", "/v1/events", event))["event_id"]
+    await wait_until(lambda: intake_drained(conn), what="the accepted event fanned out")
     rows = await api.all_pages("/v1/deliveries", {"account_id": "acct_page", "limit": "2"})
     assert len(rows) == 5 == len({r["delivery_id"] for r in rows})
     assert {r["event_id"] for r in rows} == {event_id}

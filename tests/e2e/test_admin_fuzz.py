@@ -55,6 +55,7 @@ from schemathesis.specs.openapi.checks import (
 from yarl import URL
 
 from engine.delivery.http import InvalidUrlError, Sender
+from tests.support.db import intake_drained
 from tests.support.engines import RunningEngine, wait_until
 from tests.support.receiver import Receiver
 
@@ -409,8 +410,9 @@ def api(method: str, base_url: str, path: str, body: Any = None) -> Any:
     return response.json()
 
 
-def seed_pool(base_url: str) -> Pool:
-    """Endpoints on the fenced loopback port, events for them and so deliveries: ids to fuzz."""
+def seed_pool(base_url: str) -> list[str]:
+    """Endpoints on the fenced loopback port, and events for them; returns the endpoints' ids.
+    The engine fans the events out into deliveries (see pool_of)."""
     endpoint_ids = [
         api(
             "POST",
@@ -427,6 +429,11 @@ def seed_pool(base_url: str) -> Pool:
             "/v1/events",
             {"account_id": POOL_ACCOUNT, "type": "email.sent", "payload": {"n": n}},
         )
+    return endpoint_ids
+
+
+def pool_of(base_url: str, endpoint_ids: list[str]) -> Pool:
+    """The ids to fuzz: the pool's endpoints and, once fanned out, their deliveries."""
     listed = api("GET", base_url, f"/v1/deliveries?account_id={POOL_ACCOUNT}&limit=1000")
     delivery_ids = [row["delivery_id"] for row in listed["data"]]
     assert len(delivery_ids) == 6 * 4
@@ -489,7 +496,9 @@ async def test_the_admin_api_holds_to_its_document_under_fuzzing(
     probe = {"account_id": PROBE_ACCOUNT, "url": f"https://{LOOPBACK}:{FENCED_PORT}/probe"}
     await asyncio.to_thread(api, "POST", base_url, "/v1/endpoints", probe)
     await canary_arrives(base_url, receiver, "before the fuzz")
-    pool = await asyncio.to_thread(seed_pool, base_url)
+    endpoint_ids = await asyncio.to_thread(seed_pool, base_url)
+    await wait_until(lambda: intake_drained(conn), what="the pool's events fanned out")
+    pool = await asyncio.to_thread(pool_of, base_url, endpoint_ids)
 
     await set_policy(conn, running, guarded=True)
     started = time.monotonic()

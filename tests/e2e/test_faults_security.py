@@ -110,9 +110,7 @@ async def test_turning_the_guard_on_applies_to_a_running_engine(
     ):
         await emit_many(conn, "acct_1", 1)
         await wait_until(
-            lambda: _count(
-                conn, "SELECT count(*) FROM webhooks.deliveries WHERE attempts = 0", 0, eq=True
-            ),
+            lambda: _all_attempted(conn),
             what="the probe attempted",
         )
     await wait_until(
@@ -127,9 +125,7 @@ async def test_turning_the_guard_on_applies_to_a_running_engine(
     sent = len(receiver.received)
     await emit_many(conn, "acct_1", 5)
     await wait_until(
-        lambda: _count(
-            conn, "SELECT count(*) FROM webhooks.deliveries WHERE attempts = 0", 0, eq=True
-        ),
+        lambda: _all_attempted(conn),
         what="every new delivery attempted",
     )
     assert len(receiver.received) == sent, "nothing reached localhost after the guard went on"
@@ -155,17 +151,13 @@ async def test_turning_allow_http_off_applies_to_a_running_engine(
     ):
         await emit_many(conn, "acct_1", 1)
         await wait_until(
-            lambda: _count(
-                conn, "SELECT count(*) FROM webhooks.deliveries WHERE attempts = 0", 0, eq=True
-            ),
+            lambda: _all_attempted(conn),
             what="the probe attempted",
         )
     sent = len(receiver.received)
     await emit_many(conn, "acct_1", 3)
     await wait_until(
-        lambda: _count(
-            conn, "SELECT count(*) FROM webhooks.deliveries WHERE attempts = 0", 0, eq=True
-        ),
+        lambda: _all_attempted(conn),
         what="every new delivery attempted",
     )
     assert len(receiver.received) == sent, "nothing went over http:// once it was refused"
@@ -340,3 +332,14 @@ def _unreachable(url: str) -> str:
 async def _count(conn: asyncpg.Connection, sql: str, n: int, *, eq: bool = False) -> bool:
     value = int(await conn.fetchval(sql))
     return value == n if eq else value >= n
+
+
+async def _all_attempted(conn: asyncpg.Connection) -> bool:
+    """Every accepted event fanned out, and every delivery attempted at least once (one snapshot:
+    a fan-out between two reads cannot slip a new delivery past the check)."""
+    return bool(
+        await conn.fetchval(
+            "SELECT NOT EXISTS (SELECT FROM webhooks.intake)"
+            " AND NOT EXISTS (SELECT FROM webhooks.deliveries WHERE attempts = 0)"
+        )
+    )

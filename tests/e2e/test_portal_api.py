@@ -16,7 +16,8 @@ import pytest
 from engine import verify_signature
 from engine.portal_tokens import MAX_TTL, MIN_TTL, mint
 from tests.e2e.test_admin_api import HTTP_TIMEOUT, NO_BODY, TOKEN, Api, assert_error
-from tests.support.engines import RunningEngine
+from tests.support.db import intake_drained
+from tests.support.engines import RunningEngine, wait_until
 from tests.support.receiver import Receiver
 
 StartEngine = Callable[..., Awaitable[RunningEngine]]
@@ -118,6 +119,7 @@ async def test_a_portal_token_sees_and_changes_its_account_only(
     await api.ok(
         "POST", "/v1/events", {"account_id": "acct_b", "type": "email.sent", "payload": {"x": 1}}
     )
+    await wait_until(lambda: intake_drained(conn), what="the accepted event fanned out")
     b_delivery = (await api.ok("GET", "/v1/deliveries", query={"account_id": "acct_b"}))["data"][0]
     token = (await portal_token(api, "acct_a"))["token"]
 

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 from schemathesis import Response
 from schemathesis.config import SchemathesisConfig
@@ -33,7 +34,8 @@ from tests.e2e.test_admin_fuzz import (
     fuzz,
     summary,
 )
-from tests.support.engines import RunningEngine
+from tests.support.db import intake_drained
+from tests.support.engines import RunningEngine, wait_until
 
 StartEngine = Callable[..., Awaitable[RunningEngine]]
 
@@ -54,8 +56,9 @@ PORTAL_REFUSALS = (
 )
 
 
-def seed(base_url: str, account: str, endpoints: int, events: int) -> tuple[list[str], list[int]]:
-    """Endpoints (fenced, never reached) and deliveries of one account, made by the operator."""
+def seed(base_url: str, account: str, endpoints: int, events: int) -> list[str]:
+    """Endpoints (fenced, never reached) and events of one account, made by the operator; returns
+    the endpoints' ids. The engine fans the events out into deliveries (see deliveries_of)."""
     ids = [
         api(
             "POST",
@@ -68,8 +71,12 @@ def seed(base_url: str, account: str, endpoints: int, events: int) -> tuple[list
     for n in range(events):
         event = {"account_id": account, "type": "email.sent", "payload": {"n": n}}
         api("POST", base_url, "/v1/events", event)
+    return ids
+
+
+def deliveries_of(base_url: str, account: str) -> list[int]:
     listed = api("GET", base_url, f"/v1/deliveries?account_id={account}&limit=1000")
-    return ids, [row["delivery_id"] for row in listed["data"]]
+    return [row["delivery_id"] for row in listed["data"]]
 
 
 class Leaks:
@@ -117,6 +124,7 @@ class Leaks:
 async def test_a_portal_token_never_sees_another_accounts_data_under_fuzzing(
     open_policy: None,
     start_engine: StartEngine,
+    conn: asyncpg.Connection,
     fence: list[str],  # noqa: F811 - the fixture imported above
 ) -> None:
     """Generated requests with a portal token get documented answers, and none holds the other
@@ -124,8 +132,12 @@ async def test_a_portal_token_never_sees_another_accounts_data_under_fuzzing(
     running = await start_engine(admin_token=TOKEN, portal_key=PORTAL_KEY)
     base_url = running.engine.admin_url
     assert base_url is not None
-    their_endpoints, their_deliveries = await asyncio.to_thread(seed, base_url, THEIRS, 3, 3)
-    my_endpoints, my_deliveries = await asyncio.to_thread(seed, base_url, MINE, 3, 3)
+    their_endpoints = await asyncio.to_thread(seed, base_url, THEIRS, 3, 3)
+    my_endpoints = await asyncio.to_thread(seed, base_url, MINE, 3, 3)
+    await wait_until(lambda: intake_drained(conn), what="the seeded events fanned out")
+    their_deliveries = await asyncio.to_thread(deliveries_of, base_url, THEIRS)
+    my_deliveries = await asyncio.to_thread(deliveries_of, base_url, MINE)
+    assert len(their_deliveries) == len(my_deliveries) == 3 * 3
     secrets = [
         (await asyncio.to_thread(api, "GET", base_url, f"/v1/endpoints/{e}?reveal_secret=true"))[
             "secret"

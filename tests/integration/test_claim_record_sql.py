@@ -1065,6 +1065,7 @@ async def test_record_plans_for_the_hot_table_it_finds_not_the_one_it_first_saw(
         "SELECT webhooks.emit('acct_1', 'email.sent', jsonb_build_object('n', i))"
         "  FROM generate_series(1, 1500) i"
     )
+    await fan_out(conn)
     batch = await conn.fetch(
         "SELECT * FROM webhooks.claim_v2('{}'::uuid[], '{}'::integer[], 300, 300)"
     )

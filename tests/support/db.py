@@ -117,3 +117,8 @@ async def fan_out(conn: asyncpg.Connection) -> int:
     while count := await conn.fetchval("SELECT webhooks.fan_out_v1(1000)"):
         taken += count
     return taken
+
+
+async def intake_drained(conn: asyncpg.Connection) -> bool:
+    """True once a running engine has fanned out every accepted event (for ``wait_until``)."""
+    return bool(await conn.fetchval("SELECT NOT EXISTS (SELECT FROM webhooks.intake)"))

@@ -152,7 +152,7 @@ async def check_delivered_once(
 ) -> History:
     """Assert that every delivery of ``load`` ended delivered, recorded once, as the receiver saw.
 
-    - every event reached its endpoint at least once, and the hot table is empty;
+    - every event reached its endpoint at least once, and the hot table and the intake are empty;
     - each delivery has one outcome, ``delivered``, naming the attempt that succeeded;
     - each delivery has exactly one ``delivered`` attempt row, and every attempt row that is not
       ``stale`` describes a request the receiver saw (and each such request has one);
@@ -168,6 +168,7 @@ async def check_delivered_once(
         f"{len(missing)} events never reached their endpoint, e.g. {sorted(missing)[:3]}"
     )
     assert await conn.fetchval("SELECT count(*) FROM webhooks.deliveries") == 0
+    assert await conn.fetchval("SELECT count(*) FROM webhooks.intake") == 0
 
     outcomes = await conn.fetch(
         "SELECT o.delivery_id, o.status, o.attempts, a.attempt, a.delivered_rows"
