@@ -8,12 +8,12 @@
 -- With subscribers (an enabled endpoint takes the event: subscribes to the type, and its filter,
 -- if any, matches the payload) it writes one row into webhooks.intake, which the engine fans out
 -- into the event and its deliveries (35_intake.sql; docs/decisions/0012-emit-cost-by-layer.md),
--- after checking in the app's transaction everything that could refuse the event, and sends a
--- NOTIFY only while
--- a listening engine says it is asleep (engine_state.waiting_until is in the future): NOTIFY takes
--- a cluster-wide lock at commit that serialises the app's commits, so a busy engine (which never
--- sleeps) costs the app no NOTIFY, and neither does an engine that is not there (the mark expires
--- unless a live engine refreshes it; see set_engine_waiting_v1 in 40_claim.sql).
+-- after checking in the app's transaction everything that could refuse the event. It sends a
+-- NOTIFY only while a listening engine says it is asleep (engine_state.waiting_until is in the
+-- future; docs/decisions/0007-waiting-expiry.md): NOTIFY takes a cluster-wide lock at commit
+-- that serialises the app's commits, so a busy engine (which never sleeps) costs the app no
+-- NOTIFY, and neither does an engine that is not there (the mark expires unless a live engine
+-- refreshes it; see set_engine_waiting_v1 in 40_claim.sql).
 
 -- Whether an endpoint's subscription list takes an event type ('*', 'email.*' or the exact name).
 -- A SQL function the planner inlines, so it costs nothing over writing the expression out.
@@ -220,9 +220,10 @@ END $$;
 --
 -- The endpoints of all the accounts in the array are read in one index scan, and every statement
 -- below works on the whole set, so the cost per event is a share of a few statements instead of
--- emit's statements per event. Stored events go into the intake, as emit's do. An array of webhooks.new_event rather than a query: a function
--- cannot see its caller's transition table, and rows keep their order and their types (jsonb would
--- serialise every payload once more inside the array and lose both).
+-- emit's statements per event. Stored events go into the intake, as emit's do. An array of
+-- webhooks.new_event rather than a query: a function cannot see its caller's transition table,
+-- and rows keep their order and their types (jsonb would serialise every payload once more inside
+-- the array and lose both).
 CREATE OR REPLACE FUNCTION webhooks.emit_many(p_events webhooks.new_event[])
 RETURNS integer LANGUAGE plpgsql
 -- Planned for each call with the arrays' contents as constants: the planner then knows how many
