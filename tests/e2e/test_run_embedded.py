@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
 import re
 import signal
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
+
+from engine.cli.main import EMBEDDED_PORT
+
+
+@contextlib.contextmanager
+def _embedded_port() -> Iterator[None]:
+    """Holds the embedded Postgres's fixed port for this process: tests/check.py runs the suite on
+    two servers at once, and both runs come to this test, whose `run` always listens on
+    EMBEDDED_PORT. A lock file, so the second waits for the first instead of failing to bind."""
+    lock = Path(tempfile.gettempdir()) / f"misar-webhooks-test-port-{EMBEDDED_PORT}.lock"
+    with lock.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 async def _start(data_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
@@ -49,7 +66,11 @@ async def test_run_without_database_url_uses_a_persistent_embedded_postgres(
     tmp_path: Path,
 ) -> None:
     """The printed URL works, SIGTERM exits 0 and stops Postgres, and a restart keeps the data."""
-    data_dir = tmp_path / "pgdata"
+    with _embedded_port():
+        await _start_stop_start(tmp_path / "pgdata")
+
+
+async def _start_stop_start(data_dir: Path) -> None:
     proc, url = await _start(data_dir)
     try:
         conn = await asyncpg.connect(url)

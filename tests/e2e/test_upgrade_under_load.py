@@ -125,6 +125,10 @@ async def test_previous_release_ends_and_this_one_migrates_under_load(
                 "UPDATE webhooks.settings SET allow_http = true, allow_private_networks = true,"
                 f" lease_duration = '{SHORT_LEASE}'"
             )
+            # The engine applies settings when their NOTIFY reaches it: an event sent before
+            # that would be refused as http:// and wait minutes for its retry.
+            reloaded = await old.logged("settings_reloaded")
+            assert reloaded["allow_http"] is True
             for path in paths:
                 await create_endpoint(conn, receiver.url(path), account=account_of(path))
 
