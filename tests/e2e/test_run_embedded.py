@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import os
 import re
+import shutil
 import signal
 import tempfile
 from collections.abc import Iterator
@@ -62,12 +63,17 @@ async def _stop(proc: asyncio.subprocess.Process) -> int:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-async def test_run_without_database_url_uses_a_persistent_embedded_postgres(
-    tmp_path: Path,
-) -> None:
+async def test_run_without_database_url_uses_a_persistent_embedded_postgres() -> None:
     """The printed URL works, SIGTERM exits 0 and stops Postgres, and a restart keeps the data."""
-    with _embedded_port():
-        await _start_stop_start(tmp_path / "pgdata")
+    # Not under tmp_path: run gives the server's own user a way through the data directory's
+    # parents, and a second pytest session starting (check.py runs two at once) sets
+    # pytest-of-<user> back to 0700, which cut the server off mid-initdb ("Permission denied").
+    parent = Path(tempfile.mkdtemp(prefix="misar-webhooks-run-test-"))
+    try:
+        with _embedded_port():
+            await _start_stop_start(parent / "pgdata")
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 async def _start_stop_start(data_dir: Path) -> None:
