@@ -74,7 +74,8 @@ def run_suites(
     and prints each output whole once its run ends. At once, because most of a run is spent
     waiting (on leases, timeouts and other processes): two runs on two cores take far less than
     the two one after the other. The tests synchronise on state with generous time-outs, so the
-    other run's load slows them without changing what they check."""
+    other run's load slows them; a test that needs a machine-wide resource (the embedded server's
+    fixed port) takes a lock on it."""
     with tempfile.TemporaryDirectory() as logs:
         running = []
         for name, url in servers:

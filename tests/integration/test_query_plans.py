@@ -178,6 +178,10 @@ SOURCES: dict[str, tuple[str, str, dict[str, str]]] = {
         {"$1": "p_account_id", "$2": "p_event_type", "$3::jsonb": "p_payload"},
     ),
     "FAN_OUT": (FAN_OUT, "35_intake.sql", {"$1": "p_limit"}),
+    # The batch the plans are checked for is the one the claim asks for.
+    "CLAIM_FAN_OUT": (
+        "SELECT webhooks.fan_out_v1($1);", "40_claim.sql", {"$1": str(FAN_OUT_BATCH)}
+    ),
 }  # fmt: skip
 FUNCTIONS = Path(__file__).resolve().parents[2] / "sql" / "functions"
 
