@@ -17,6 +17,19 @@
 -- (its created_at later than the intake row's) gets nothing, and one disabled or deleted since gets
 -- nothing, as with a disable that commits just after an emit. Filters are evaluated as emit's
 -- probe evaluates them.
+-- Whether an endpoint of the event's account receives an accepted event at fan-out: it is enabled,
+-- it existed when the event was accepted (p_accepted_at), and it takes the event (type and filter).
+-- One place for the rule that fan_out_v1 applies and intake_backlog counts by. A SQL function the
+-- planner inlines: the join's `enabled` still selects the partial index endpoints_enabled_account_idx
+-- (tests/integration/test_query_plans.py).
+CREATE OR REPLACE FUNCTION webhooks.receives(
+    p_enabled boolean, p_created_at timestamptz, p_event_types text[], p_filter jsonpath,
+    p_accepted_at timestamptz, p_event_type text, p_payload jsonb)
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT p_enabled AND p_created_at <= p_accepted_at
+       AND webhooks.takes(p_event_types, p_filter, p_event_type, p_payload)
+$$;
+
 CREATE OR REPLACE FUNCTION webhooks.fan_out_v1(p_limit integer)
 RETURNS integer LANGUAGE plpgsql
 SET enable_seqscan = on
@@ -36,8 +49,9 @@ BEGIN
         SELECT t.id, t.type, t.created_at, e.id AS endpoint_id
           FROM taken t
           JOIN webhooks.endpoints e
-            ON e.account_id = t.account_id AND e.enabled AND e.created_at <= t.created_at
-           AND webhooks.takes(e.event_types, e.filter, t.type, t.payload)),
+            ON e.account_id = t.account_id
+           AND webhooks.receives(e.enabled, e.created_at, e.event_types, e.filter,
+                                 t.created_at, t.type, t.payload)),
     -- Only events that some endpoint still takes are stored, so every stored event has a
     -- delivery (erasure finds an account's events through them, 75_erasure.sql).
     ev AS (
@@ -56,13 +70,13 @@ END $$;
 
 -- Accepted events not fanned out yet, for operators (README "Delivery log"): while an engine runs
 -- they wait at most one claim; while none runs, they wait here, and their deliveries do not exist
--- yet. deliveries: how many the fan-out would write now (endpoints matched as fan_out_v1 does).
+-- yet. deliveries: how many the fan-out would write now (webhooks.receives, as fan_out_v1).
 CREATE OR REPLACE VIEW webhooks.intake_backlog AS
 SELECT count(*) AS events,
        coalesce(sum((SELECT count(*) FROM webhooks.endpoints e
-                      WHERE e.account_id = i.account_id AND e.enabled
-                        AND e.created_at <= i.created_at
-                        AND webhooks.takes(e.event_types, e.filter, i.type, i.payload))), 0)::bigint
+                      WHERE e.account_id = i.account_id
+                        AND webhooks.receives(e.enabled, e.created_at, e.event_types, e.filter,
+                                              i.created_at, i.type, i.payload))), 0)::bigint
            AS deliveries,
        min(i.created_at) AS oldest_accepted_at,
        now() - min(i.created_at) AS oldest_age

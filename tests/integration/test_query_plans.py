@@ -145,8 +145,9 @@ matched AS MATERIALIZED (
     SELECT t.id, t.type, t.created_at, e.id AS endpoint_id
       FROM taken t
       JOIN webhooks.endpoints e
-        ON e.account_id = t.account_id AND e.enabled AND e.created_at <= t.created_at
-       AND webhooks.takes(e.event_types, e.filter, t.type, t.payload)),
+        ON e.account_id = t.account_id
+       AND webhooks.receives(e.enabled, e.created_at, e.event_types, e.filter,
+                             t.created_at, t.type, t.payload)),
 ev AS (
     INSERT INTO webhooks.events (id, account_id, type, payload, idempotency_key, created_at)
     OVERRIDING SYSTEM VALUE
