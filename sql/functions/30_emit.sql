@@ -211,6 +211,19 @@ EXCEPTION WHEN SQLSTATE 'WH001' OR SQLSTATE 'WH002' THEN
         ERRCODE = v_state, COLUMN = v_column, HINT = coalesce(v_hint, '');
 END $$;
 
+-- The payload of emit_many's event at p_position, if it may be stored; otherwise the error that
+-- names the event (reject_stored_payload). Inlined by the planner; the CASE evaluates the error's
+-- text only for a payload that fails, and the function is volatile so that the planner evaluates
+-- it after sorting the events: the first event that fails, in the events' order, is the one named.
+CREATE OR REPLACE FUNCTION webhooks.stored_payload(
+    p_payload jsonb, p_position bigint, p_idempotency_key text, p_limit integer)
+RETURNS jsonb LANGUAGE sql VOLATILE AS $$
+    SELECT CASE WHEN webhooks.storable(p_payload, p_limit) THEN p_payload
+                WHEN webhooks.reject_stored_payload(
+                         p_payload, p_limit, webhooks.event_position(p_position, p_idempotency_key))
+                THEN NULL END
+$$;
+
 -- emit for a set of events at once, for statement-level triggers with a transition table
 -- (REFERENCING NEW TABLE AS ...): one call per statement instead of one per row. The same rules
 -- as emit, event by event: each event's arguments are checked (an error names the event's position
@@ -226,85 +239,98 @@ END $$;
 -- the array and lose both).
 CREATE OR REPLACE FUNCTION webhooks.emit_many(p_events webhooks.new_event[])
 RETURNS integer LANGUAGE plpgsql
--- Planned for each call with the arrays' contents as constants: the planner then knows how many
--- events there are (and joins and hashes accordingly), and "= ANY (array)" is hashed instead of
--- searched for every event. Planning once per statement is a small share of a thousand rows.
-SET plan_cache_mode = force_custom_plan
+-- One generic plan per statement, cached, never one made for each call with the array as a
+-- constant: such a plan copies the whole array (a thousand payloads) into every statement it
+-- plans, which cost more than the checks themselves. Without an estimate of the array's size, no
+-- statement below joins two sets the planner could nest (each event compared with every other),
+-- and the match is a hashed semi-join (tests/integration/test_query_plans.py).
+-- docs/decisions/0012-emit-cost-by-layer.md has the figures.
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
-    v_bad       record;
-    v_positions bigint[];
-    v_stored    integer;
+    v_args     record;
+    v_stored   integer;
 BEGIN
     IF p_events IS NULL THEN
         PERFORM webhooks.invalid('events', 'must be an array of webhooks.new_event, not NULL');
     END IF;
 
     -- Every event's arguments, as emit checks them (one expression for all; the first event that
-    -- fails is named).
-    SELECT u.i, u.account_id, u.event_type, u.payload, u.idempotency_key INTO v_bad
-      FROM unnest(p_events) WITH ORDINALITY AS u(account_id, event_type, payload, idempotency_key, i)
-     WHERE NOT (webhooks.is_event_source(u.account_id, u.event_type)
-                AND jsonb_typeof(u.payload) IS NOT DISTINCT FROM 'object'
-                AND coalesce(length(u.idempotency_key) BETWEEN 1 AND 255, true))
-     ORDER BY u.i LIMIT 1;
-    IF FOUND THEN
-        PERFORM webhooks.check_event_at(v_bad.i,
-            ROW(v_bad.account_id, v_bad.event_type, v_bad.payload,
-                v_bad.idempotency_key)::webhooks.new_event);
-    END IF;
-
-    -- Which endpoints take which event: the accounts' enabled endpoints in one index scan, then
-    -- matched in memory. Accounts without endpoints end here, having written nothing.
-    WITH eps AS MATERIALIZED (
-        SELECT e.id, e.account_id, e.event_types, e.filter FROM webhooks.endpoints e
-         WHERE e.enabled
-           AND e.account_id = ANY (ARRAY(SELECT DISTINCT x.account_id FROM unnest(p_events) x)))
-    SELECT array_agg(u.i ORDER BY u.i) INTO v_positions
-      FROM unnest(p_events) WITH ORDINALITY AS u(account_id, event_type, payload, idempotency_key, i)
-     WHERE EXISTS (SELECT FROM eps WHERE eps.account_id = u.account_id
-                     AND webhooks.takes(eps.event_types, eps.filter, u.event_type, u.payload));
-    IF v_positions IS NULL THEN
-        RETURN 0;
-    END IF;
-
-    -- Size and depth, only of the events that are stored (as emit).
-    SELECT u.i, u.payload, u.idempotency_key, s.max_payload_bytes AS max_bytes INTO v_bad
-      FROM unnest(p_events) WITH ORDINALITY AS u(account_id, event_type, payload, idempotency_key, i)
-     CROSS JOIN webhooks.settings s
-     WHERE u.i = ANY (v_positions) AND NOT webhooks.storable(u.payload, s.max_payload_bytes)
-     ORDER BY u.i LIMIT 1;
-    IF FOUND THEN
-        PERFORM webhooks.reject_stored_payload(v_bad.payload, v_bad.max_bytes,
-                                               webhooks.event_position(v_bad.i, v_bad.idempotency_key));
-    END IF;
-
-    -- The writes, in one statement. Event ids are drawn first, in the events' order, so that keys
-    -- and intake rows can refer to them. Keys go in before the events: ON CONFLICT skips an
-    -- event whose key was used before or earlier in this array, and makes an insert of a key that a
-    -- concurrent transaction holds wait for it (if that one commits, this event is skipped), all
-    -- without a subtransaction (see emit_keyed).
-    WITH taken AS MATERIALIZED (
-        SELECT t.*, nextval('webhooks.events_id_seq') AS id FROM (
-            SELECT u.i, u.account_id, u.event_type, u.payload, u.idempotency_key
+    -- fails is named), whether any event has a key, and the accounts, in one pass; and the size
+    -- limit, as a value: an argument that is a subquery would keep stored_payload from being
+    -- inlined.
+    SELECT min(u.i) FILTER (WHERE NOT u.ok) AS bad_at,
+           (array_agg(ROW(u.account_id, u.event_type, u.payload, u.idempotency_key)::webhooks.new_event
+                      ORDER BY u.i) FILTER (WHERE NOT u.ok))[1] AS bad,
+           coalesce(bool_or(u.idempotency_key IS NOT NULL), false) AS keyed,
+           array_agg(DISTINCT u.account_id) AS accounts,
+           (SELECT s.max_payload_bytes FROM webhooks.settings s) AS max_bytes
+      INTO v_args
+      FROM (SELECT a.*, webhooks.is_event_source(a.account_id, a.event_type)
+                        AND jsonb_typeof(a.payload) IS NOT DISTINCT FROM 'object'
+                        AND coalesce(length(a.idempotency_key) BETWEEN 1 AND 255, true) AS ok
               FROM unnest(p_events) WITH ORDINALITY
-                   AS u(account_id, event_type, payload, idempotency_key, i)
-             WHERE u.i = ANY (v_positions)
-             ORDER BY u.i) t),
-    keys AS (
-        INSERT INTO webhooks.idempotency_keys (account_id, key, event_id)
-        SELECT t.account_id, t.idempotency_key, t.id FROM taken t
-         WHERE t.idempotency_key IS NOT NULL ORDER BY t.i
-        ON CONFLICT (account_id, key) DO NOTHING
-        RETURNING event_id),
-    kept AS (
-        SELECT t.* FROM taken t
-         WHERE t.idempotency_key IS NULL OR t.id IN (SELECT k.event_id FROM keys k)),
-    ev AS (
-        INSERT INTO webhooks.intake (id, account_id, type, payload, idempotency_key)
-        SELECT k.id, k.account_id, k.event_type, k.payload, k.idempotency_key FROM kept k
-         ORDER BY k.i)
-    SELECT count(*) INTO v_stored FROM kept;
+                   AS a(account_id, event_type, payload, idempotency_key, i)) u;
+    IF v_args.bad_at IS NOT NULL THEN
+        PERFORM webhooks.check_event_at(v_args.bad_at, v_args.bad);
+    END IF;
+
+    -- The events some endpoint takes (the accounts' enabled endpoints in one index scan, matched
+    -- in memory) are written in one statement. Size and depth are checked only for stored
+    -- events, as emit checks them: the first event (in the events' order) that fails raises, which
+    -- rolls the write back with the app's statement. Accounts without endpoints write nothing.
+    IF NOT v_args.keyed THEN
+        -- Without keys (a statement-level trigger's usual array), the events go straight into
+        -- the intake, their ids drawn in the events' order.
+        WITH eps AS MATERIALIZED (
+            SELECT e.account_id, e.event_types, e.filter FROM webhooks.endpoints e
+             WHERE e.enabled AND e.account_id = ANY (v_args.accounts))
+        INSERT INTO webhooks.intake (id, account_id, type, payload)
+        SELECT nextval('webhooks.events_id_seq'), u.account_id, u.event_type,
+               webhooks.stored_payload(u.payload, u.i, u.idempotency_key, v_args.max_bytes)
+          FROM unnest(p_events) WITH ORDINALITY
+               AS u(account_id, event_type, payload, idempotency_key, i)
+         WHERE EXISTS (SELECT FROM eps WHERE eps.account_id = u.account_id
+                         AND webhooks.takes(eps.event_types, eps.filter, u.event_type, u.payload))
+         ORDER BY u.i;
+        GET DIAGNOSTICS v_stored = ROW_COUNT;
+    ELSE
+        -- With keys, ids are drawn first, in the events' order, so that keys and intake rows can
+        -- refer to them. Keys go in before the events: ON CONFLICT skips an event whose key was
+        -- used before or earlier in this array, and makes an insert of a key that a concurrent
+        -- transaction holds wait for it (if that one commits, this event is skipped), all without
+        -- a subtransaction (see emit_keyed). Size and depth are checked before the keys, so for
+        -- repeats too, as emit_keyed checks them.
+        WITH eps AS MATERIALIZED (
+            SELECT e.account_id, e.event_types, e.filter FROM webhooks.endpoints e
+             WHERE e.enabled
+               AND e.account_id = ANY (v_args.accounts)),
+        taken AS MATERIALIZED (
+            SELECT t.*, nextval('webhooks.events_id_seq') AS id FROM (
+                SELECT u.i, u.account_id, u.event_type, u.idempotency_key,
+                       webhooks.stored_payload(u.payload, u.i, u.idempotency_key,
+                                               v_args.max_bytes)
+                           AS payload
+                  FROM unnest(p_events) WITH ORDINALITY
+                       AS u(account_id, event_type, payload, idempotency_key, i)
+                 WHERE EXISTS (SELECT FROM eps WHERE eps.account_id = u.account_id
+                                 AND webhooks.takes(eps.event_types, eps.filter, u.event_type, u.payload))
+                 ORDER BY u.i) t),
+        keys AS (
+            INSERT INTO webhooks.idempotency_keys (account_id, key, event_id)
+            SELECT t.account_id, t.idempotency_key, t.id FROM taken t
+             WHERE t.idempotency_key IS NOT NULL ORDER BY t.i
+            ON CONFLICT (account_id, key) DO NOTHING
+            RETURNING event_id),
+        kept AS (
+            SELECT t.* FROM taken t
+             WHERE t.idempotency_key IS NULL OR t.id IN (SELECT k.event_id FROM keys k)),
+        ev AS (
+            INSERT INTO webhooks.intake (id, account_id, type, payload, idempotency_key)
+            SELECT k.id, k.account_id, k.event_type, k.payload, k.idempotency_key FROM kept k
+             ORDER BY k.i)
+        SELECT count(*) INTO v_stored FROM kept;
+    END IF;
 
     -- As emit: a NOTIFY only while a listening engine says it is asleep.
     IF v_stored > 0 AND (SELECT st.waiting_until > now() FROM webhooks.engine_state st) THEN

@@ -226,6 +226,18 @@ async def test_size_and_depth_are_checked_for_stored_events_only(tx: asyncpg.Con
     error = await error_of(tx, emit_many(tx, [event(payload={"d": deep})]))
     assert (error.sqlstate, error.column_name) == ("WH001", "payload")
     assert error.message == "events[1]: payload: must not nest deeper than 32 levels"
+    # Of several stored events that fail, the first in the array is named, with keys or without.
+    for key in (None, "k"):
+        for first, second in ((big, {"d": deep}), ({"d": deep}, big)):
+            events = [
+                event(key=key and f"{key}1"),
+                event(payload=first, key=key and f"{key}2"),
+                event(payload=second, key=key and f"{key}3"),
+            ]
+            error = await error_of(tx, emit_many(tx, events))
+            where = "events[2]" + (f" (idempotency_key '{key}2')" if key else "") + ": payload: "
+            assert error.message.startswith(where), error.message
+            assert ("deeper" in error.message) == (first is not big)
     assert (
         await emit_many(
             tx, [event("acct_none", payload=big), event("acct_none", payload={"d": deep})]

@@ -161,6 +161,55 @@ d AS (
 SELECT count(*) FROM taken
 """
 
+# emit_many (sql/functions/30_emit.sql): its write of a statement's events that some endpoint takes,
+# without keys and with keys. It runs them as generic plans (its SET clause).
+EMIT_MANY_UNKEYED = """
+WITH eps AS MATERIALIZED (
+    SELECT e.account_id, e.event_types, e.filter FROM webhooks.endpoints e
+     WHERE e.enabled AND e.account_id = ANY ($2))
+INSERT INTO webhooks.intake (id, account_id, type, payload)
+SELECT nextval('webhooks.events_id_seq'), u.account_id, u.event_type,
+       webhooks.stored_payload(u.payload, u.i, u.idempotency_key, $3)
+  FROM unnest($1) WITH ORDINALITY
+       AS u(account_id, event_type, payload, idempotency_key, i)
+ WHERE EXISTS (SELECT FROM eps WHERE eps.account_id = u.account_id
+                 AND webhooks.takes(eps.event_types, eps.filter, u.event_type, u.payload))
+ ORDER BY u.i;
+"""
+EMIT_MANY_KEYED = """
+WITH eps AS MATERIALIZED (
+    SELECT e.account_id, e.event_types, e.filter FROM webhooks.endpoints e
+     WHERE e.enabled
+       AND e.account_id = ANY ($2)),
+taken AS MATERIALIZED (
+    SELECT t.*, nextval('webhooks.events_id_seq') AS id FROM (
+        SELECT u.i, u.account_id, u.event_type, u.idempotency_key,
+               webhooks.stored_payload(u.payload, u.i, u.idempotency_key,
+                                       $3)
+                   AS payload
+          FROM unnest($1) WITH ORDINALITY
+               AS u(account_id, event_type, payload, idempotency_key, i)
+         WHERE EXISTS (SELECT FROM eps WHERE eps.account_id = u.account_id
+                         AND webhooks.takes(eps.event_types, eps.filter, u.event_type, u.payload))
+         ORDER BY u.i) t),
+keys AS (
+    INSERT INTO webhooks.idempotency_keys (account_id, key, event_id)
+    SELECT t.account_id, t.idempotency_key, t.id FROM taken t
+     WHERE t.idempotency_key IS NOT NULL ORDER BY t.i
+    ON CONFLICT (account_id, key) DO NOTHING
+    RETURNING event_id),
+kept AS (
+    SELECT t.* FROM taken t
+     WHERE t.idempotency_key IS NULL OR t.id IN (SELECT k.event_id FROM keys k)),
+ev AS (
+    INSERT INTO webhooks.intake (id, account_id, type, payload, idempotency_key)
+    SELECT k.id, k.account_id, k.event_type, k.payload, k.idempotency_key FROM kept k
+     ORDER BY k.i)
+SELECT count(*) INTO v_stored FROM kept;
+"""
+
+EMIT_MANY_PARAMETERS = {"$1": "p_events", "$2": "v_args.accounts", "$3": "v_args.max_bytes"}
+
 # Where each statement above comes from, and the function's own expression for each parameter:
 # test_the_explained_statements_are_the_ones_the_functions_run holds the copies to the files.
 SOURCES: dict[str, tuple[str, str, dict[str, str]]] = {
@@ -179,6 +228,8 @@ SOURCES: dict[str, tuple[str, str, dict[str, str]]] = {
         {"$1": "p_account_id", "$2": "p_event_type", "$3::jsonb": "p_payload"},
     ),
     "FAN_OUT": (FAN_OUT, "35_intake.sql", {"$1": "p_limit"}),
+    "EMIT_MANY_UNKEYED": (EMIT_MANY_UNKEYED, "30_emit.sql", EMIT_MANY_PARAMETERS),
+    "EMIT_MANY_KEYED": (EMIT_MANY_KEYED, "30_emit.sql", EMIT_MANY_PARAMETERS),
     # The batch the plans are checked for is the one the claim asks for.
     "CLAIM_FAN_OUT": (
         "SELECT webhooks.fan_out_v1($1);", "40_claim.sql", {"$1": str(FAN_OUT_BATCH)}
@@ -189,10 +240,10 @@ FUNCTIONS = Path(__file__).resolve().parents[2] / "sql" / "functions"
 
 def normalized_sql(text: str) -> str:
     """SQL with comments dropped and whitespace collapsed, PL/pgSQL's ``PERFORM`` read as
-    ``SELECT`` and its ``INTO v_...`` targets dropped: what a copy above must appear in."""
+    ``SELECT`` and its ``INTO v_...[, v_...]`` targets dropped: what a copy above must appear in."""
     text = re.sub(r"--[^\n]*", " ", text)
     text = re.sub(r"\bPERFORM\b", "SELECT", text)
-    text = re.sub(r"\s+INTO\s+v_\w+", " ", text)
+    text = re.sub(r"\s+INTO\s+v_\w+(\s*,\s*v_\w+)*", " ", text)
     text = " ".join(text.split())
     return text.replace("( ", "(").replace(" )", ")")
 
@@ -458,6 +509,55 @@ async def test_fan_out_reads_only_the_accepted_events_accounts_endpoints(
         assert await big.fetchval("SELECT count(*) FROM webhooks.deliveries") == before + expected
     finally:
         await tx.rollback()
+
+
+def plan_joins(plan_json: str) -> list[tuple[str, str]]:
+    """The plan's joins, top down: (node type, join type)."""
+    [top] = json.loads(plan_json)
+    return [
+        (node["Node Type"], node["Join Type"])
+        for node in plan_nodes(top["Plan"])
+        if "Join Type" in node
+    ]
+
+
+@pytest.mark.parametrize("statement", ["unkeyed", "keyed"])
+async def test_emit_many_reads_each_event_and_endpoint_once(
+    big: asyncpg.Connection, statement: str
+) -> None:
+    """emit_many runs generic plans (its SET clause), which cannot know how many events an array
+    holds. Its write still matches the events to their accounts' endpoints with a hashed
+    semi-join that reads each event once: no nested loop, which would read one side once per row
+    of the other (a statement's events over thousands of accounts would cost their product), and
+    without keys no subplan per event either. The endpoints are found through
+    endpoints_enabled_account_idx, and the payload check is inlined. Rolled back: the module's
+    tables stay as they were."""
+    config = await big.fetchval(
+        "SELECT proconfig FROM pg_proc"
+        " WHERE oid = 'webhooks.emit_many(webhooks.new_event[])'::regprocedure"
+    )
+    assert "plan_cache_mode=force_generic_plan" in config
+    sql = EMIT_MANY_UNKEYED if statement == "unkeyed" else EMIT_MANY_KEYED
+    tx = big.transaction()
+    await tx.start()
+    try:
+        await big.execute(f"PREPARE probe (webhooks.new_event[], text[], integer) AS {sql}")
+        await big.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        plan = await big.fetchval("EXPLAIN (FORMAT JSON, VERBOSE) EXECUTE probe (NULL, NULL, 1000)")
+    finally:
+        await tx.rollback()
+        await big.execute("DEALLOCATE ALL")
+    joins = plan_joins(plan)
+    assert ("Hash Join", "Semi") in joins, plan
+    assert all(kind != "Nested Loop" for kind, _ in joins), plan
+    if statement == "unkeyed":
+        assert joins == [("Hash Join", "Semi")], plan
+        assert "SubPlan" not in plan, plan
+    assert scans(plan)["endpoints"] == {"endpoints_enabled_account_idx"}, plan
+    # webhooks.stored_payload is inlined (a call per event would run a query per event): its
+    # CASE is in the plan, the function is not.
+    assert "webhooks.stored_payload" not in plan, plan
+    assert "octet_length" in plan, plan
 
 
 @pytest.mark.parametrize("name", sorted(SOURCES))
