@@ -82,6 +82,9 @@ class Settings:
     vacuum_dead_rows: int = 10_000
     vacuum_check_s: float = 5.0
     data_dir: str | None = None
+    # The embedded Postgres's port (run without a database URL): fixed, so that the app's connection
+    # string stays the same across restarts.
+    embedded_port: int = 5433
     # The customer portal (README "The customer's portal"): the key that signs account-scoped
     # tokens (none: portal access is off, and POST /v1/accounts/{id}/portal-access answers 503
     # naming this setting), the base URL the portal's links start with (none: the admin server's
@@ -137,13 +140,21 @@ class Settings:
             )
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"{_env('log_level')} must be one of {LOG_LEVELS}", field="log_level")
-        if not 0 <= self.admin_port <= 65535:
-            raise ConfigError(f"{_env('admin_port')} must be 0..65535", field="admin_port")
+        self._check_ports()
         self._check_admin_access()
         self._check_portal()
         object.__setattr__(
             self, "portal_frame_ancestors", frame_ancestors(self.portal_frame_ancestors)
         )
+
+    def _check_ports(self) -> None:
+        if not 0 <= self.admin_port <= 65535:
+            raise ConfigError(f"{_env('admin_port')} must be 0..65535", field="admin_port")
+        if not 1 <= self.embedded_port <= 65535:
+            raise ConfigError(
+                f"{_env('embedded_port')} must be 1..65535, got {self.embedded_port}",
+                field="embedded_port",
+            )
 
     def _check_portal(self) -> None:
         if self.portal_key is not None and (

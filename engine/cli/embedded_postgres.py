@@ -41,6 +41,22 @@ def _bin_dir() -> Path:
     return Path(POSTGRES_BIN_PATH)
 
 
+class PortInUse(EmbeddedPostgresError):
+    """The embedded Postgres's port is taken by another process."""
+
+
+def _port_taken(port: int) -> bool:
+    """Whether something already listens on 127.0.0.1:port. SO_REUSEADDR as Postgres binds: a
+    connection of an earlier server still in TIME_WAIT on the port does not count."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -80,6 +96,9 @@ class EmbeddedPostgres:
             self.port = running_port
             self._started = True
             return self.url
+        if _port_taken(self.port):
+            # Checked here rather than left to pg_ctl, whose error is buried in the server log.
+            raise PortInUse(f"127.0.0.1:{self.port} is already in use by another process")
         options = f"-h 127.0.0.1 -p {self.port} -k {self.data_dir}"
         if not self.durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"

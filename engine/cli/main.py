@@ -41,13 +41,13 @@ from engine.cli.args import (
     since,
     words,
 )
-from engine.cli.embedded_postgres import EmbeddedPostgres
+from engine.cli.embedded_postgres import EmbeddedPostgres, PortInUse
 from engine.config import LOG_FORMATS, LOG_LEVELS, Settings
 from engine.db.keys import DEFAULT_PAGE
 from engine.db.migrate import migrate
 from engine.db.pool import connect
 from engine.db.read_models import DeliveryStatus
-from engine.errors import ConfigError, EngineError, InvalidInput
+from engine.errors import ConfigError, EmbeddedPostgresError, EngineError, InvalidInput
 from engine.models import (
     DEFAULT_ROTATION_GRACE,
     ENDPOINT_DEFAULTS,
@@ -64,8 +64,6 @@ PROG = "misar-webhooks"
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-# A fixed port, so the app's connection string stays the same across restarts.
-EMBEDDED_PORT = 5433
 DEFAULT_DATA_DIR = "~/.local/share/misar-webhooks/postgres"
 
 
@@ -132,6 +130,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shutdown-grace", dest="shutdown_grace_s", type=float, metavar="S")
     p.add_argument(
         "--data-dir", help="embedded Postgres data directory, used without a database URL"
+    )
+    p.add_argument(
+        "--embedded-port",
+        dest="embedded_port",
+        type=int,
+        metavar="PORT",
+        help="port of the embedded Postgres on 127.0.0.1, used without a database URL",
     )
     p.set_defaults(handler=_cmd_run)
 
@@ -337,6 +342,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "poll_interval_s",
         "shutdown_grace_s",
         "data_dir",
+        "embedded_port",
     )
     return {name: getattr(args, name, None) for name in names}
 
@@ -397,8 +403,13 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if settings.database_url:
         return _run_engine(settings, settings.database_url)
     data_dir = Path(settings.data_dir or DEFAULT_DATA_DIR).expanduser()
-    server = EmbeddedPostgres(data_dir, port=EMBEDDED_PORT)
-    url = server.start()
+    server = EmbeddedPostgres(data_dir, port=settings.embedded_port)
+    try:
+        url = server.start()
+    except PortInUse as exc:
+        raise EmbeddedPostgresError(
+            f"{exc}; choose another port with --embedded-port or WEBHOOKS_EMBEDDED_PORT"
+        ) from exc
     print(
         f"embedded Postgres in {data_dir} at {url}\n"
         f"  the app connects with: psql {url} (and calls webhooks.emit(...))",

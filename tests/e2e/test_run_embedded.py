@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import os
 import re
 import shutil
 import signal
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,27 +15,24 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from engine.cli.main import EMBEDDED_PORT
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
-@contextlib.contextmanager
-def _embedded_port() -> Iterator[None]:
-    """Holds the embedded Postgres's fixed port for this process: tests/check.py runs the suite on
-    two servers at once, and both runs come to this test, whose `run` always listens on
-    EMBEDDED_PORT. A lock file, so the second waits for the first instead of failing to bind."""
-    lock = Path(tempfile.gettempdir()) / f"misar-webhooks-test-port-{EMBEDDED_PORT}.lock"
-    with lock.open("w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)  # released when the file closes
-        yield
-
-
-async def _start(data_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
+async def _run(data_dir: Path, port: int) -> asyncio.subprocess.Process:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WEBHOOKS_")}
     env.update(WEBHOOKS_ADMIN_PORT="0", WEBHOOKS_LOG_FORMAT="json")
-    proc = await asyncio.create_subprocess_exec(
-        "misar-webhooks", "run", "--data-dir", str(data_dir),
+    return await asyncio.create_subprocess_exec(
+        "misar-webhooks", "run", "--data-dir", str(data_dir), "--embedded-port", str(port),
         env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
+
+
+async def _start(data_dir: Path, port: int) -> tuple[asyncio.subprocess.Process, str]:
+    proc = await _run(data_dir, port)
     assert proc.stderr is not None
     seen = ""
     async with asyncio.timeout(90):
@@ -61,24 +57,28 @@ async def _stop(proc: asyncio.subprocess.Process) -> int:
             await proc.wait()
 
 
+@pytest.fixture
+def parent() -> Iterator[Path]:
+    """A directory for the data directory. Not under tmp_path: run gives the server's own user a
+    way through the data directory's parents, and a second pytest session starting (check.py runs
+    two at once) sets pytest-of-<user> back to 0700, which cut the server off mid-initdb
+    ("Permission denied")."""
+    path = Path(tempfile.mkdtemp(prefix="misar-webhooks-run-test-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-async def test_run_without_database_url_uses_a_persistent_embedded_postgres() -> None:
-    """The printed URL works, SIGTERM exits 0 and stops Postgres, and a restart keeps the data."""
-    # Not under tmp_path: run gives the server's own user a way through the data directory's
-    # parents, and a second pytest session starting (check.py runs two at once) sets
-    # pytest-of-<user> back to 0700, which cut the server off mid-initdb ("Permission denied").
-    parent = Path(tempfile.mkdtemp(prefix="misar-webhooks-run-test-"))
+async def test_run_without_database_url_uses_a_persistent_embedded_postgres(parent: Path) -> None:
+    """The printed URL works and is on --embedded-port, SIGTERM exits 0 and stops Postgres, and a
+    restart keeps the data and the URL."""
+    data_dir, port = parent / "pgdata", _free_port()
+    proc, url = await _start(data_dir, port)
     try:
-        with _embedded_port():
-            await _start_stop_start(parent / "pgdata")
-    finally:
-        shutil.rmtree(parent, ignore_errors=True)
-
-
-async def _start_stop_start(data_dir: Path) -> None:
-    proc, url = await _start(data_dir)
-    try:
+        assert url == f"postgresql://postgres@127.0.0.1:{port}/postgres"
         conn = await asyncpg.connect(url)
         try:
             endpoint_id = await conn.fetchval(
@@ -92,7 +92,7 @@ async def _start_stop_start(data_dir: Path) -> None:
     with pytest.raises(ConnectionRefusedError):
         await asyncpg.connect(url, timeout=5)
 
-    proc, url_again = await _start(data_dir)
+    proc, url_again = await _start(data_dir, port)
     try:
         assert url_again == url, "the app's connection string must survive a restart"
         conn = await asyncpg.connect(url_again)
@@ -105,3 +105,20 @@ async def _start_stop_start(data_dir: Path) -> None:
         assert kept == 1
     finally:
         assert await _stop(proc) == 0
+
+
+@pytest.mark.timeout(120)
+async def test_run_refuses_an_embedded_port_in_use_naming_it_and_the_setting(parent: Path) -> None:
+    """Another process listens on the port: run exits 1 with an error that names the port and how
+    to choose another, and leaves no server behind."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = await _run(parent / "pgdata", port)
+        _, stderr = await asyncio.wait_for(proc.communicate(), timeout=90)
+    assert proc.returncode == 1, stderr
+    message = stderr.decode()
+    assert f"127.0.0.1:{port} is already in use" in message, message
+    assert "--embedded-port or WEBHOOKS_EMBEDDED_PORT" in message, message
+    assert not (parent / "pgdata" / "postmaster.pid").exists()

@@ -84,3 +84,16 @@ def test_a_portal_frame_ancestors_that_cannot_work_is_refused_at_startup(
         Settings.from_env({"WEBHOOKS_PORTAL_FRAME_ANCESTORS": raw})
     assert caught.value.field == "portal_frame_ancestors"
     assert "WEBHOOKS_PORTAL_FRAME_ANCESTORS" in str(caught.value)
+
+
+@pytest.mark.parametrize(("raw", "port"), [(None, 5433), ("1", 1), ("65535", 65535)])
+def test_embedded_port_defaults_to_5433_and_takes_1_to_65535(raw: str | None, port: int) -> None:
+    env = {} if raw is None else {"WEBHOOKS_EMBEDDED_PORT": raw}
+    assert Settings.from_env(env).embedded_port == port
+    assert Settings.from_env({}, embedded_port=port).embedded_port == port  # --embedded-port
+
+
+@pytest.mark.parametrize("raw", ["0", "65536", "-1"])
+def test_an_embedded_port_out_of_range_is_refused_by_name(raw: str) -> None:
+    with pytest.raises(ConfigError, match=f"WEBHOOKS_EMBEDDED_PORT must be 1..65535, got {raw}"):
+        Settings.from_env({"WEBHOOKS_EMBEDDED_PORT": raw})
