@@ -86,6 +86,9 @@ SELECT webhooks.recover($1::uuid, $2::timestamptz);
 -- name: send_test
 SELECT webhooks.send_test($1::uuid, $2::text);
 
+-- name: accepted_events
+SELECT * FROM webhooks.accepted_events_v1($1::text);
+
 -- name: list_event_types
 SELECT * FROM webhooks.list_event_types_v1($1::text);
 

@@ -37,6 +37,7 @@ PORTAL_ROUTES = frozenset(
         ("GET", "/v1/deliveries"),
         ("GET", "/v1/deliveries/{id}"),
         ("POST", "/v1/deliveries/{id}/redeliver"),
+        ("GET", "/v1/accepted-events"),
     }
 )
 CORS_METHODS = "GET, POST, PATCH, DELETE"

@@ -40,7 +40,7 @@ from engine.admin.parsing import (
 from engine.admin.server import CONTEXT, ApiError
 from engine.db import keys
 from engine.db.pool import DatabaseUnavailable
-from engine.db.read_models import DeliveryStatus, Page, jsonable
+from engine.db.read_models import AcceptedEvents, DeliveryStatus, Page, jsonable
 from engine.db.store import Store
 from engine.errors import (
     Conflict,
@@ -420,6 +420,19 @@ async def list_deliveries(request: web.Request) -> web.Response:
             cursor=cursor,
         )
     return _page(page)
+
+
+@routes.get("/v1/accepted-events")
+async def accepted_events(request: web.Request) -> web.Response:
+    """Events accepted from the app that have no deliveries yet: while an engine runs they wait a
+    moment; while none runs, they wait until one is back."""
+    query = Query(request, ("account_id",))
+    visible, account_id = _account_filter(request, query.text("account_id", max_len=200))
+    if not visible:
+        return _json(AcceptedEvents(0, None))
+    with store_errors():
+        accepted = await _store(request).accepted_events(account_id=account_id)
+    return _json(accepted)
 
 
 @routes.get("/v1/deliveries/{id}")

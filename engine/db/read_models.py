@@ -130,6 +130,15 @@ class EventTypeView:
 
 
 @dataclass(frozen=True, slots=True)
+class AcceptedEvents:
+    """Events accepted from the app and not yet turned into deliveries (they wait in the intake
+    until an engine fans them out): how many, and since when the oldest has waited."""
+
+    events: int
+    oldest_accepted_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class RecentAttempt:
     """An attempt with what a live feed shows beside it (``deliveries tail``)."""
 

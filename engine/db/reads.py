@@ -19,6 +19,7 @@ from engine.db.keys import (
 )
 from engine.db.pool import QUERY_TIMEOUT_S, Gateway, mapped_errors
 from engine.db.read_models import (
+    AcceptedEvents,
     AttemptView,
     DeliveryDetail,
     DeliveryStatus,
@@ -161,6 +162,11 @@ class DeliveryLogReads(Gateway):
             )
             for r in rows
         ]
+
+    async def accepted_events(self, *, account_id: str | None = None) -> AcceptedEvents:
+        """Accepted events that have no deliveries yet, of one account or of all."""
+        rows = await self._fetch("accepted_events", account_id)
+        return AcceptedEvents(rows[0]["events"], rows[0]["oldest_accepted_at"])
 
     async def last_attempt_id(self) -> int:
         """The highest attempt id so far (0 when there is none): where a ``tail`` starts."""

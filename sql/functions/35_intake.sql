@@ -81,3 +81,13 @@ SELECT count(*) AS events,
        min(i.created_at) AS oldest_accepted_at,
        now() - min(i.created_at) AS oldest_age
   FROM webhooks.intake i;
+
+-- One account's accepted events (NULL: every account's) not fanned out yet, for the API and the
+-- customer's portal: while no engine runs, an accepted event has no delivery, and this is how the
+-- customer sees that it was accepted. Counted from the intake, which is near empty while an engine
+-- runs; no index on account_id, which every emit would pay for.
+CREATE OR REPLACE FUNCTION webhooks.accepted_events_v1(p_account_id text)
+RETURNS TABLE (events bigint, oldest_accepted_at timestamptz) LANGUAGE sql STABLE AS $$
+    SELECT count(*), min(i.created_at) FROM webhooks.intake i
+     WHERE p_account_id IS NULL OR i.account_id = p_account_id
+$$;

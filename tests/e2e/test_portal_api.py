@@ -294,3 +294,40 @@ async def test_cors_allows_the_configured_origin_only(api: Api) -> None:
         ) as r:
             assert r.status == 200
             assert "Access-Control-Allow-Origin" not in r.headers
+
+
+async def test_accepted_events_are_counted_for_their_account_until_fanned_out(
+    api: Api, receiver: Receiver, conn: asyncpg.Connection, db_url: str
+) -> None:
+    """While no claim can fan out (another session holds the fan-out's lock, as when no engine
+    runs), accepted events have no deliveries: /v1/accepted-events counts them, per account for
+    the operator and for its own account only with a portal token (another account's filter
+    counts nothing). Once the lock goes they are fanned out and the count is 0 again."""
+    await api.create("acct_a", receiver.url("/a"))
+    await api.create("acct_b", receiver.url("/b"))
+    token = (await portal_token(api, "acct_a"))["token"]
+    holder = await asyncpg.connect(db_url)
+    try:
+        await holder.execute("SELECT pg_advisory_lock(hashtext('webhooks.fan_out'))")
+        before = datetime.now(UTC)
+        for account in ("acct_a", "acct_a", "acct_b"):
+            await conn.execute("SELECT webhooks.emit($1, 'email.sent', '{}')", account)
+        every = await api.ok("GET", "/v1/accepted-events")
+        assert every["events"] == 3
+        assert datetime.fromisoformat(every["oldest_accepted_at"]) >= before - timedelta(seconds=1)
+        assert (await api.ok("GET", "/v1/accepted-events", query={"account_id": "acct_b"}))[
+            "events"
+        ] == 1
+        assert (await api.ok("GET", "/v1/accepted-events", token=token))["events"] == 2
+        theirs = await api.ok(
+            "GET", "/v1/accepted-events", query={"account_id": "acct_b"}, token=token
+        )
+        assert theirs == {"events": 0, "oldest_accepted_at": None}
+        assert await conn.fetchval("SELECT count(*) FROM webhooks.deliveries") == 0
+    finally:
+        await holder.close()  # its session lock goes with it
+    await receiver.wait_for(2, "/a")
+    assert await api.ok("GET", "/v1/accepted-events", token=token) == {
+        "events": 0,
+        "oldest_accepted_at": None,
+    }

@@ -223,3 +223,39 @@ async def test_a_failed_delivery_shows_its_attempts_and_is_redelivered_and_recov
         return bool(delivered == BOUNCED)
 
     await wait_until(all_delivered, what="the redelivered and recovered deliveries")
+
+
+async def test_the_log_says_how_many_accepted_events_wait_to_be_sent(
+    browser: Browser, portal: Portal, receiver: Receiver, conn: asyncpg.Connection, db_url: str
+) -> None:
+    """While accepted events cannot be fanned out (another session holds the fan-out's lock, as
+    when no engine runs), the log has no row for them and says how many wait and since when, in
+    the viewer's zone; another account's waiting event is not counted. Once the lock goes they
+    are sent, and the log shows them as deliveries without the note."""
+    await create_endpoint(conn, receiver.url("/ok"), account=PORTAL_ACCOUNT)
+    await create_endpoint(conn, receiver.url("/other"), account="acct_other")
+    holder = await asyncpg.connect(db_url)
+    try:
+        await holder.execute("SELECT pg_advisory_lock(hashtext('webhooks.fan_out'))")
+        for n in range(3):
+            await emit(conn, PORTAL_ACCOUNT, "email.sent", {"n": n})  # its fan-out takes nothing
+        await emit(conn, "acct_other", "email.sent", {"n": 0})
+        async with loopback_context(
+            browser, viewport=DESKTOP, timezone_id=ZONE, locale="en-US"
+        ) as (context, _):
+            page = await context.new_page()
+            await page.goto(portal.url())
+            await page.get_by_role("button", name="Delivery log").click()
+            note = page.locator("#accepted-events")
+            await expect(note).to_contain_text("3 events were accepted and are waiting to be sent")
+            await expect(note).to_contain_text("GMT+5:45")
+            await expect(page.get_by_text("No deliveries yet.")).to_be_visible()
+            await snap(page, "delivery-log-accepted-1280")
+
+            await holder.close()  # its session lock goes with it
+            await receiver.wait_for(3, "/ok")
+            await page.get_by_role("button", name="Delivery log").click()
+            await expect(page.locator("tbody tr")).to_have_count(3)
+            await expect(note).to_have_count(0)
+    finally:
+        await holder.close()

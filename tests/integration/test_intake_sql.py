@@ -118,3 +118,23 @@ async def test_an_accepted_event_is_due_for_the_engine_at_once(conn: asyncpg.Con
     assert due is not None
     assert (due["due_at"], due["created_at"]) == (accepted_at, accepted_at)
     assert await conn.fetchval("SELECT webhooks.next_due_at_v1()") == accepted_at
+
+
+async def test_accepted_events_counts_one_account_or_all_until_fanned_out(
+    conn: asyncpg.Connection,
+) -> None:
+    """accepted_events_v1 counts the intake's rows of one account (or of all with NULL) and the
+    oldest's acceptance time; fanned out, they are no longer counted."""
+    await sql_endpoint(conn, ["email.sent"])
+    await sql_endpoint(conn, ["email.sent"], account_id="acct_2")
+    async with conn.transaction():
+        await emit(conn, 1)
+        first_accepted = await conn.fetchval("SELECT now()")
+    await emit(conn, 2)
+    await conn.execute("SELECT webhooks.emit('acct_2', 'email.sent', '{}')")
+    counted = "SELECT (events, oldest_accepted_at) FROM webhooks.accepted_events_v1($1)"
+    assert (await conn.fetchval(counted, "acct_1")) == (2, first_accepted)
+    assert (await conn.fetchval(counted, None)) == (3, first_accepted)
+    assert (await conn.fetchval(counted, "acct_none")) == (0, None)
+    assert await fan_out(conn) == 3
+    assert (await conn.fetchval(counted, None)) == (0, None)

@@ -28,7 +28,7 @@ const STATUS_WORDS = {
 };
 
 const session = { token: null, account: null };
-const features = { catalogue: false, testEvents: false, session: false };
+const features = { catalogue: false, testEvents: false, session: false, accepted: false };
 let catalogue = []; // [{name, description}] when the API has the event catalogue
 let endpointsById = new Map();
 const main = () => document.getElementById("main");
@@ -187,10 +187,12 @@ async function detectFeatures() {
     features.catalogue = Boolean(paths["/v1/event-types"]);
     features.testEvents = Boolean(paths["/v1/endpoints/{id}/test"]);
     features.session = Boolean(paths["/v1/session"]);
+    features.accepted = Boolean(paths["/v1/accepted-events"]);
   } catch {
     features.catalogue = false;
     features.testEvents = false;
     features.session = false;
+    features.accepted = false;
   }
   if (features.session) {
     // A portal token names its account; the operator's shows the one in the link.
@@ -952,6 +954,10 @@ async function deliveriesView(filters = {}, cursors = [null]) {
     "GET",
     `v1/deliveries${query({ ...filters, limit: PAGE_SIZE, cursor })}`,
   );
+  // Events accepted but not yet turned into deliveries (the delivery service is catching up, or
+  // is down): said on the first page, where they will appear.
+  const accepted =
+    features.accepted && cursors.length === 1 ? await api("GET", `v1/accepted-events${query({})}`) : null;
   const form = filterForm(filters);
   const rows = page.data.map((d) =>
     h(
@@ -1037,7 +1043,19 @@ async function deliveriesView(filters = {}, cursors = [null]) {
       "Older →",
     ),
   );
-  show("deliveries", h("h2", {}, "Delivery log"), form, table, pager);
+  show("deliveries", h("h2", {}, "Delivery log"), acceptedNote(accepted), form, table, pager);
+}
+
+function acceptedNote(accepted) {
+  if (!accepted || !accepted.events) return null;
+  const n = accepted.events;
+  return h(
+    "div",
+    { class: "panel attention", role: "status", id: "accepted-events" },
+    n === 1 ? "1 event was accepted and is waiting to be sent" : `${n} events were accepted and are waiting to be sent`,
+    accepted.oldest_accepted_at ? [", the oldest since ", when(accepted.oldest_accepted_at)] : null,
+    ". Nothing is lost: they appear below once they are on their way to your endpoints.",
+  );
 }
 
 function endpointName(id, url) {
