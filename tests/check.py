@@ -13,8 +13,10 @@ run that collected no tests, exits non-zero.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -67,6 +69,58 @@ def install_system_packages() -> int:
     )
 
 
+# The data directories of the suite's own embedded servers: engine.cli.embedded_postgres's
+# TemporaryPostgres (the suite's server, and the ones tests start) and test_run_embedded's.
+EMBEDDED_DATA_PREFIXES = ("misar-webhooks-pg-", "misar-webhooks-run-test-")
+STOP_WAIT_S = 30.0
+
+
+def embedded_servers() -> dict[int, Path]:
+    """Running Postgres servers whose data directory is one of the suite's temporary ones: the
+    postmaster's pid -> its data directory. Only the postmaster keeps ``-D`` in its command line
+    (its children rename themselves ``postgres: ...``)."""
+    found: dict[int, Path] = {}
+    tmp = Path(tempfile.gettempdir())
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+        if not argv[0].endswith(b"/bin/postgres") or b"-D" not in argv[:-1]:
+            continue
+        data = Path(os.fsdecode(argv[argv.index(b"-D") + 1]))
+        under = data.relative_to(tmp).parts if data.is_relative_to(tmp) else ()
+        if under and under[0].startswith(EMBEDDED_DATA_PREFIXES):
+            found[int(entry.name)] = data
+    return found
+
+
+def stop_servers(servers: dict[int, Path]) -> None:
+    """Stops each server (SIGQUIT: Postgres's immediate shutdown) and removes its data
+    directory: what a run left behind that pytest-timeout ended with ``os._exit``, before any
+    fixture could stop it. The servers put themselves in sessions of their own, so ending a
+    run's session does not reach them."""
+    for pid, data in servers.items():
+        print(f"check: stopping an embedded Postgres left running in {data}", file=sys.stderr)
+        try:
+            os.kill(pid, signal.SIGQUIT)
+        except ProcessLookupError:
+            continue
+    deadline = time.monotonic() + STOP_WAIT_S
+    while any(Path(f"/proc/{pid}").exists() for pid in servers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for data in servers.values():
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def end_session(leader: int) -> None:
+    """Kills what is left of a pytest run's session (engines and receivers its tests started)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(leader, signal.SIGKILL)
+
+
 def run_suites(
     python: Path, pytest_args: list[str], servers: list[tuple[str, str | None]]
 ) -> list[tuple[str, int]]:
@@ -74,8 +128,10 @@ def run_suites(
     and prints each output whole once its run ends. At once, because most of a run is spent
     waiting (on leases, timeouts and other processes): two runs on two cores take far less than
     the two one after the other. The tests synchronise on state with generous time-outs, so the
-    other run's load slows them; a test that needs a machine-wide resource (the embedded server's
-    fixed port) takes a lock on it."""
+    other run's load slows them. Each run is a session of its own: once every run has ended,
+    whatever a run left running (a run that pytest-timeout ended skips every teardown) is
+    stopped, so that it cannot hold ports or memory in the next run on this machine."""
+    before = set(embedded_servers())
     with tempfile.TemporaryDirectory() as logs:
         running = []
         for name, url in servers:
@@ -90,12 +146,19 @@ def run_suites(
             args = [str(python), "-m", "pytest", *pytest_args]
             print("+", " ".join(args), f"(on {label})", flush=True)
             log = open(Path(logs) / name, "w+b")  # noqa: SIM115 - closed below, once read
-            process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=log)
+            process = subprocess.Popen(
+                args, cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True
+            )
             running.append((label, process, log, time.monotonic()))
         ended: dict[int, tuple[int, float]] = {}
-        while len(ended) < len(running):
-            pid, status = os.wait()
-            ended[pid] = (os.waitstatus_to_exitcode(status), time.monotonic())
+        try:
+            while len(ended) < len(running):
+                pid, status = os.wait()
+                ended[pid] = (os.waitstatus_to_exitcode(status), time.monotonic())
+        finally:  # Ctrl+C included: the runs are in sessions of their own, which it does not reach
+            for _, process, _, _ in running:
+                end_session(process.pid)
+            stop_servers({p: d for p, d in embedded_servers().items() if p not in before})
         steps = []
         for label, process, log, started in running:
             code, stopped = ended[process.pid]
