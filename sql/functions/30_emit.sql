@@ -241,9 +241,9 @@ CREATE OR REPLACE FUNCTION webhooks.emit_many(p_events webhooks.new_event[])
 RETURNS integer LANGUAGE plpgsql
 -- One generic plan per statement, cached, never one made for each call with the array as a
 -- constant: such a plan copies the whole array (a thousand payloads) into every statement it
--- plans, which cost more than the checks themselves. Without an estimate of the array's size, no
--- statement below joins two sets the planner could nest (each event compared with every other),
--- and the match is a hashed semi-join (tests/integration/test_query_plans.py).
+-- plans, which cost more than the checks themselves. Without an estimate of the array's size, the
+-- write still hashes the accounts' endpoints and reads each event once, and joins nothing else
+-- (tests/integration/test_query_plans.py holds the plans as the function runs them).
 -- docs/decisions/0012-emit-cost-by-layer.md has the figures.
 SET plan_cache_mode = force_generic_plan
 AS $$
