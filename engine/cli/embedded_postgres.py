@@ -57,7 +57,8 @@ def _port_taken(port: int) -> bool:
     return False
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -71,7 +72,7 @@ class EmbeddedPostgres:
 
     def __init__(self, data_dir: Path, *, port: int | None = None, durable: bool = True) -> None:
         self.data_dir = data_dir.resolve()
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.durable = durable
         self._bin = _bin_dir()
         self._user: str | None = None

@@ -1,3 +1,16 @@
+-- Whether an endpoint of the event's account receives an accepted event at fan-out: it is enabled,
+-- it existed when the event was accepted (p_accepted_at), and it takes the event (type and filter).
+-- One place for the rule that fan_out_v1 applies and intake_backlog counts by. A SQL function the
+-- planner inlines: the join's `enabled` still selects the partial index endpoints_enabled_account_idx
+-- (tests/integration/test_query_plans.py).
+CREATE OR REPLACE FUNCTION webhooks.receives(
+    p_enabled boolean, p_created_at timestamptz, p_event_types text[], p_filter jsonpath,
+    p_accepted_at timestamptz, p_event_type text, p_payload jsonb)
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT p_enabled AND p_created_at <= p_accepted_at
+       AND webhooks.takes(p_event_types, p_filter, p_event_type, p_payload)
+$$;
+
 -- The fan-out: the engine turns accepted events, waiting in webhooks.intake (migration 0011), into
 -- the event row and one delivery per endpoint that takes it, as emit did inside the app's
 -- transaction before (docs/decisions/0012-emit-cost-by-layer.md). claim_v2 calls it first, so
@@ -17,19 +30,6 @@
 -- (its created_at later than the intake row's) gets nothing, and one disabled or deleted since gets
 -- nothing, as with a disable that commits just after an emit. Filters are evaluated as emit's
 -- probe evaluates them.
--- Whether an endpoint of the event's account receives an accepted event at fan-out: it is enabled,
--- it existed when the event was accepted (p_accepted_at), and it takes the event (type and filter).
--- One place for the rule that fan_out_v1 applies and intake_backlog counts by. A SQL function the
--- planner inlines: the join's `enabled` still selects the partial index endpoints_enabled_account_idx
--- (tests/integration/test_query_plans.py).
-CREATE OR REPLACE FUNCTION webhooks.receives(
-    p_enabled boolean, p_created_at timestamptz, p_event_types text[], p_filter jsonpath,
-    p_accepted_at timestamptz, p_event_type text, p_payload jsonb)
-RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT p_enabled AND p_created_at <= p_accepted_at
-       AND webhooks.takes(p_event_types, p_filter, p_event_type, p_payload)
-$$;
-
 CREATE OR REPLACE FUNCTION webhooks.fan_out_v1(p_limit integer)
 RETURNS integer LANGUAGE plpgsql
 SET enable_seqscan = on

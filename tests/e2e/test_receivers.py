@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -22,6 +21,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from engine.cli.embedded_postgres import free_port
 from engine.signing import sign
 from tests.support.engines import RunningEngine, wait_until
 
@@ -52,13 +52,6 @@ LANGUAGES = [
     Language("ruby", "receiver.rb", "ruby", "ruby", "ruby"),
     Language("go", "receiver.go", "go", "go", "golang-go"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def command(language: Language, port: int, work: Path) -> list[str]:

@@ -15,11 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from engine.cli.embedded_postgres import free_port
 
 
 async def _run(data_dir: Path, port: int) -> asyncio.subprocess.Process:
@@ -75,7 +71,7 @@ def parent() -> Iterator[Path]:
 async def test_run_without_database_url_uses_a_persistent_embedded_postgres(parent: Path) -> None:
     """The printed URL works and is on --embedded-port, SIGTERM exits 0 and stops Postgres, and a
     restart keeps the data and the URL."""
-    data_dir, port = parent / "pgdata", _free_port()
+    data_dir, port = parent / "pgdata", free_port()
     proc, url = await _start(data_dir, port)
     try:
         assert url == f"postgresql://postgres@127.0.0.1:{port}/postgres"
