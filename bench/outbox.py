@@ -8,8 +8,9 @@
   ``webhooks.emit`` with one subscribed endpoint.
 - The bulk trigger: a statement-level copy of the example trigger on ``app.email_events``, which
   passes the statement's transition table to ``webhooks.emit_many`` as the example's
-  ``app.campaign_sends_webhook`` does, so that the same 1,000-row inserts can be measured with the
-  row trigger and with it (S, "bulk").
+  ``app.campaign_sends_webhook`` does, with the same guard (``webhooks.subscribed_accounts``, as
+  the row trigger has ``webhooks.subscribed``), so that the same 1,000-row inserts can be measured
+  with the row trigger and with it (S, "bulk").
 """
 
 from __future__ import annotations
@@ -54,14 +55,21 @@ BEGIN
 END $$;
 
 CREATE OR REPLACE FUNCTION app.email_events_webhook_bulk() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    v_accounts text[];
 BEGIN
-    PERFORM webhooks.emit_many(ARRAY(
-        SELECT ROW(n.account_id, 'email.' || n.kind,
-                   jsonb_build_object('email_event_id', n.id, 'recipient', n.recipient,
-                                      'campaign_id', n.campaign_id, 'occurred_at', n.occurred_at)
-                       || n.details,
-                   NULL)::webhooks.new_event
-          FROM new_rows n ORDER BY n.id));
+    v_accounts := webhooks.subscribed_accounts(
+        ARRAY(SELECT DISTINCT n.account_id FROM new_rows n),
+        ARRAY(SELECT DISTINCT 'email.' || n.kind FROM new_rows n));
+    IF cardinality(v_accounts) > 0 THEN
+        PERFORM webhooks.emit_many(ARRAY(
+            SELECT ROW(n.account_id, 'email.' || n.kind,
+                       jsonb_build_object('email_event_id', n.id, 'recipient', n.recipient,
+                                          'campaign_id', n.campaign_id,
+                                          'occurred_at', n.occurred_at) || n.details,
+                       NULL)::webhooks.new_event
+              FROM new_rows n WHERE n.account_id = ANY (v_accounts) ORDER BY n.id));
+    END IF;
     RETURN NULL;
 END $$"""
 CLEAR_LEAN = "TRUNCATE app.lean_events, app.lean_deliveries"

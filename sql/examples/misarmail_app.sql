@@ -63,9 +63,11 @@ CREATE TRIGGER contact_webhook AFTER INSERT OR UPDATE ON app.contacts
 -- A campaign's sends: the sending job inserts them a thousand rows per statement. A statement-level
 -- trigger sees all of a statement's rows at once in its transition table and emits them with one
 -- call of webhooks.emit_many: one pass over the endpoints per statement instead of one emit per
--- row. Rows of accounts without endpoints are dropped inside emit_many without a write.
--- A bad event fails the statement with an error naming its position in the array (ORDER BY keeps
--- that the rows' order) and the field.
+-- row. The guard, webhooks.subscribed_accounts (optional, as webhooks.subscribed is for a row
+-- trigger), keeps only the rows of accounts with an endpoint for email.sent, so that a campaign of
+-- an account without endpoints (most of them) builds no payload and writes nothing.
+-- A bad event fails the statement with an error naming the field and the event's position among
+-- the rows passed, which ORDER BY puts in the order the rows were inserted.
 CREATE TABLE app.campaign_sends (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     account_id  text NOT NULL,
@@ -76,14 +78,20 @@ CREATE TABLE app.campaign_sends (
 );
 
 CREATE FUNCTION app.campaign_sends_webhook() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    v_accounts text[];
 BEGIN
-    PERFORM webhooks.emit_many(ARRAY(
-        SELECT ROW(s.account_id, 'email.sent',
-                   jsonb_build_object('campaign_send_id', s.id, 'recipient', s.recipient,
-                                      'campaign_id', s.campaign_id, 'message_id', s.message_id,
-                                      'occurred_at', s.sent_at),
-                   NULL)::webhooks.new_event
-          FROM sent s ORDER BY s.id));
+    v_accounts := webhooks.subscribed_accounts(ARRAY(SELECT DISTINCT s.account_id FROM sent s),
+                                               '{email.sent}');
+    IF cardinality(v_accounts) > 0 THEN
+        PERFORM webhooks.emit_many(ARRAY(
+            SELECT ROW(s.account_id, 'email.sent',
+                       jsonb_build_object('campaign_send_id', s.id, 'recipient', s.recipient,
+                                          'campaign_id', s.campaign_id, 'message_id', s.message_id,
+                                          'occurred_at', s.sent_at),
+                       NULL)::webhooks.new_event
+              FROM sent s WHERE s.account_id = ANY (v_accounts) ORDER BY s.id));
+    END IF;
     RETURN NULL;
 END $$;
 

@@ -39,6 +39,46 @@ BEGIN
                       AND webhooks.subscribes(e.event_types, p_event_type));
 END $$;
 
+-- subscribed for a statement's rows at once, for statement-level triggers (emit_many): which of
+-- p_account_ids have an enabled endpoint subscribing to any of p_event_types, in one index scan.
+-- A trigger keeps only those accounts' rows before it builds their payloads, so that a bulk insert
+-- for accounts without endpoints (most of them) builds no payload and costs the app one pass over
+-- its rows' account ids. A guard only: emit_many still matches each event to its endpoints (types,
+-- filters), so an account subscribing to one of several types passes all its rows to it. Every
+-- element is checked as subscribed checks its arguments (the accounts with the first event type),
+-- so a mistyped type fails on every statement, not only once an endpoint subscribes; an error
+-- names the element ("event_types[2]: event_type: unknown event type 'email.nope'").
+CREATE OR REPLACE FUNCTION webhooks.subscribed_accounts(p_account_ids text[], p_event_types text[])
+RETURNS text[] LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_at bigint;
+BEGIN
+    IF p_account_ids IS NULL THEN
+        PERFORM webhooks.invalid('account_ids', 'must be an array of account ids, not NULL');
+    END IF;
+    IF coalesce(cardinality(p_event_types), 0) = 0 THEN
+        PERFORM webhooks.invalid('event_types', 'must be an array of at least one event type');
+    END IF;
+    SELECT min(t.i) INTO v_at FROM unnest(p_event_types) WITH ORDINALITY AS t(event_type, i)
+     WHERE NOT webhooks.is_event_type(t.event_type);
+    IF v_at IS NOT NULL THEN
+        -- With a well-formed account id, so that the type is what check_emit_args names.
+        PERFORM webhooks.check_emit_args_at(format('event_types[%s]: ', v_at), 'account',
+                                            p_event_types[v_at], '{}', NULL);
+    END IF;
+    SELECT min(a.i) INTO v_at FROM unnest(p_account_ids) WITH ORDINALITY AS a(account_id, i)
+     WHERE NOT webhooks.is_event_source(a.account_id, p_event_types[1]);
+    IF v_at IS NOT NULL THEN
+        PERFORM webhooks.check_emit_args_at(format('account_ids[%s]: ', v_at), p_account_ids[v_at],
+                                            p_event_types[1], '{}', NULL);
+    END IF;
+    RETURN ARRAY(
+        SELECT DISTINCT e.account_id FROM webhooks.endpoints e
+         WHERE e.enabled AND e.account_id = ANY (p_account_ids)
+           AND EXISTS (SELECT FROM unnest(p_event_types) AS t(event_type)
+                        WHERE webhooks.subscribes(e.event_types, t.event_type)));
+END $$;
+
 -- Whether an endpoint takes an event: it subscribes to the type and its filter (NULL: none) matches
 -- the payload. The filter is evaluated only for a subscribing endpoint (CASE fixes the order, which
 -- the planner would otherwise choose by cost), and with `@@`, which reports a filter that errors on
@@ -190,10 +230,12 @@ RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
         || ': '
 $$;
 
--- check_emit_args for one of emit_many's events: the same error, its message prefixed with the
--- event's position (and key), so that a statement-level trigger's failure names the row. The
--- EXCEPTION block (a subtransaction) is entered only on this path, which fails the statement anyway.
-CREATE OR REPLACE FUNCTION webhooks.check_event_at(p_position bigint, p_event webhooks.new_event)
+-- check_emit_args for one element of an array argument: the same error, its message prefixed with
+-- p_where (which element: "events[3]: "), so that a statement-level trigger's failure names the row.
+-- The EXCEPTION block (a subtransaction) is entered only on this path, which fails the statement
+-- anyway.
+CREATE OR REPLACE FUNCTION webhooks.check_emit_args_at(
+    p_where text, p_account_id text, p_event_type text, p_payload jsonb, p_idempotency_key text)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     v_state   text;
@@ -201,14 +243,22 @@ DECLARE
     v_column  text;
     v_hint    text;
 BEGIN
-    PERFORM webhooks.check_emit_args(p_event.account_id, p_event.event_type, p_event.payload,
-                                     p_event.idempotency_key);
+    PERFORM webhooks.check_emit_args(p_account_id, p_event_type, p_payload, p_idempotency_key);
 EXCEPTION WHEN SQLSTATE 'WH001' OR SQLSTATE 'WH002' THEN
     GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
                             v_column = COLUMN_NAME, v_hint = PG_EXCEPTION_HINT;
     RAISE EXCEPTION USING
-        MESSAGE = webhooks.event_position(p_position, p_event.idempotency_key) || v_message,
+        MESSAGE = p_where || v_message,
         ERRCODE = v_state, COLUMN = v_column, HINT = coalesce(v_hint, '');
+END $$;
+
+-- check_emit_args for emit_many's event at p_position, named by its position and key.
+CREATE OR REPLACE FUNCTION webhooks.check_event_at(p_position bigint, p_event webhooks.new_event)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM webhooks.check_emit_args_at(
+        webhooks.event_position(p_position, p_event.idempotency_key), p_event.account_id,
+        p_event.event_type, p_event.payload, p_event.idempotency_key);
 END $$;
 
 -- The payload of emit_many's event at p_position, if it may be stored; otherwise the error that

@@ -546,6 +546,29 @@ async def test_emit_many_reads_each_event_and_endpoint_once(
     assert "octet_length" in executed, plan
 
 
+SUBSCRIBED_ACCOUNTS_CALL = """
+SELECT webhooks.subscribed_accounts(ARRAY(SELECT 'acct_' || g FROM generate_series(1, 1000) AS g),
+                                    '{email.sent}')
+"""
+
+
+async def test_subscribed_accounts_probes_the_index_once_per_account(
+    big: asyncpg.Connection,
+) -> None:
+    """The statement-level triggers' guard, for a statement's 1,000 accounts among 25,000 with
+    endpoints, reads the accounts' enabled endpoints through endpoints_enabled_account_idx, not
+    the whole table, however its plan was made."""
+    for _ in range(7):  # past the plan cache's five custom plans, to its generic plan if it chooses
+        found = await big.fetchval(SUBSCRIBED_ACCOUNTS_CALL)
+        # Every account's endpoints subscribe to email.sent; one account in ten has all of its
+        # endpoints disabled (FILL_ENDPOINTS).
+        assert len(found) == 900
+        plans = await executed_plans(big, SUBSCRIBED_ACCOUNTS_CALL)
+        [read] = [p for p in plans if "FROM webhooks.endpoints" in p["Query Text"]]
+        plan = json.dumps([read])
+        assert scans(plan)["endpoints"] == {"endpoints_enabled_account_idx"}, plan
+
+
 @pytest.mark.parametrize("name", sorted(SOURCES))
 def test_the_explained_statements_are_the_ones_the_functions_run(name: str) -> None:
     """Each statement this module EXPLAINs appears in its function's file, with the function's
