@@ -20,7 +20,7 @@ import uvloop
 from engine.cli.embedded_postgres import TemporaryPostgres
 from engine.db.migrate import migrate
 from engine.db.store import Store
-from tests.support.db import scratch_database
+from tests.support.db import current_template, scratch_database
 
 _db_numbers = itertools.count()
 
@@ -78,7 +78,8 @@ async def empty_db_url(pg_server_url: str) -> AsyncIterator[str]:
 async def db_url(pg_server_url: str, template_db: str) -> AsyncIterator[str]:
     """A fresh, migrated database of this test's own."""
     name = f"misar_t{os.getpid()}_{next(_db_numbers)}"
-    async with scratch_database(pg_server_url, name, template=template_db) as url:
+    template = await current_template(pg_server_url, template_db)
+    async with scratch_database(pg_server_url, name, template=template) as url:
         yield url
 
 
@@ -109,7 +110,8 @@ async def shared_db(
     """One migrated database for a module's tests that run inside ``tx``."""
     module = request.module.__name__.rsplit(".", 1)[-1]
     name = f"misar_{module}_{os.getpid()}"[:63]
-    async with scratch_database(pg_server_url, name, template=template_db) as url:
+    template = await current_template(pg_server_url, template_db)
+    async with scratch_database(pg_server_url, name, template=template) as url:
         yield url
 
 

@@ -18,7 +18,7 @@ from uuid import UUID
 import asyncpg
 import pytest
 
-from tests.support.db import scratch_database
+from tests.support.db import current_template, scratch_database
 
 ROWS = 100_000
 ENDPOINTS_WITH_BACKLOG = 1_000  # 100 live deliveries each
@@ -202,7 +202,8 @@ def normalized_sql(text: str) -> str:
 async def big_db(pg_server_url: str, template_db: str) -> AsyncIterator[str]:
     """One migrated database for this module with 100,000 endpoints and 100,000 live deliveries."""
     name = f"misar_plans_{os.getpid()}"
-    async with scratch_database(pg_server_url, name, template=template_db) as url:
+    template = await current_template(pg_server_url, template_db)
+    async with scratch_database(pg_server_url, name, template=template) as url:
         conn = await asyncpg.connect(url)
         try:
             async with conn.transaction():
