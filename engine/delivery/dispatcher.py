@@ -41,6 +41,11 @@ RESTART_BACKOFF_S = (0.1, 0.5, 2.0, 5.0)
 # A lapsed mark costs only latency (the poll still finds the work); a refresh costs one write of a
 # one-row unlogged table, so refreshing more often would buy nothing.
 WAITING_REFRESH_S = 5.0
+# The refresh is timed on the event loop's clock, the one that wakes the engine for it: uvloop keeps
+# that clock in whole milliseconds, read once per loop iteration, so a wake-up timed on it can come
+# before time.monotonic() reaches the same moment. A wake-up that found its refresh not yet due
+# would claim again at once and sleep a fraction of a millisecond. This much early counts as due.
+REFRESH_CLOCK_SLACK_S = 0.002
 
 
 class Dispatcher:
@@ -79,7 +84,7 @@ class Dispatcher:
         # False at start: an engine never clears a mark it did not set, which may be another
         # engine's.
         self._waiting: bool | None = False
-        self._refresh_at = 0.0  # time.monotonic() of the mark's next refresh, while waiting
+        self._refresh_at = 0.0  # the loop's time of the mark's next refresh, while waiting
         # Once per outage, as the result writer does: a poll every second must not turn a
         # database outage into a warning a second.
         self._outage = OutageLog("claim_failed", "claim_recovered")
@@ -132,7 +137,7 @@ class Dispatcher:
             elif marked:
                 timeout = 0.0
         if self._waiting:  # a poll interval longer than the refresh period must not let it lapse
-            timeout = min(timeout, max(0.0, self._refresh_at - time.monotonic()))
+            timeout = min(timeout, max(0.0, self._refresh_at - _loop_time()))
         return timeout
 
     async def _claim_all(self, stop: asyncio.Event) -> bool:
@@ -182,11 +187,11 @@ class Dispatcher:
         if self._waiting is not waiting:
             await self._store.set_engine_waiting(waiting)
             self._waiting = waiting
-            self._refresh_at = time.monotonic() + WAITING_REFRESH_S
+            self._refresh_at = _loop_time() + WAITING_REFRESH_S
             return waiting
-        if waiting and time.monotonic() >= self._refresh_at:
+        if waiting and _loop_time() >= self._refresh_at - REFRESH_CLOCK_SLACK_S:
             await self._store.refresh_engine_waiting()
-            self._refresh_at = time.monotonic() + WAITING_REFRESH_S
+            self._refresh_at = _loop_time() + WAITING_REFRESH_S
         return False
 
     def _actor_for(self, config: EndpointConfig) -> EndpointActor:
@@ -250,3 +255,7 @@ class Dispatcher:
         for task in self._supervisors.values():
             task.cancel()
         await asyncio.gather(*self._supervisors.values(), return_exceptions=True)
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
