@@ -14,9 +14,10 @@
 -- - takes a transaction-level advisory lock on the endpoint (its bucket), or skips it when another
 --   claim holds it: two claims that both counted the same free room would together lease past
 --   the limit;
--- - counts the endpoint's rows leased now, by any engine (deliveries_leased_idx), and leases at
---   most max_in_flight (1 when strict) minus those. A row an actor holds queued counts as in
---   flight, so an endpoint's leased rows never exceed its limit, wherever they wait;
+-- - counts the endpoint's rows leased now, by any engine (deliveries_leases_idx, migration 0012:
+--   the one index whose predicate the count's conditions imply), and leases at most max_in_flight
+--   (1 when strict) minus those. A row an actor holds queued counts as in flight, so an endpoint's
+--   leased rows never exceed its limit, wherever they wait;
 -- - with a rate limit, gives each row it leases the next start time from the endpoint's schedule
 --   (webhooks.endpoint_pacing), one 1/rate apart, and leases only rows whose start falls within a
 --   quarter of the lease: the actor waits for that time before sending, with most of its lease
@@ -46,8 +47,8 @@
 -- table swings between empty (freshly vacuumed, its statistics saying no rows) and a burst's
 -- thousands of rows. Plans made on the empty table scanned all of it on every claim later, however
 -- few rows the claim took. For the same reason the reads by endpoint name the predicate of a partial
--- index ("d.ready", "NOT d.ready", "d.attempts >= 0", "d.lease_token IS NOT NULL AND NOT d.ready"),
--- and the updates by id can only use the primary key: no partial index's predicate is in them.
+-- index ("d.ready", "NOT d.ready", "d.attempts >= 0", a token and a due_at), and the updates by id
+-- can only use the primary key: no partial index's predicate is in them.
 -- No JIT (jit): with sequential scans off, the one-row settings table's only plan is a seq scan
 -- costed as disabled (10^10), far above jit_above_cost, so Postgres 15 built with LLVM compiled it
 -- on every call, at a cost far above the claim's own. These statements never need JIT.
@@ -163,8 +164,7 @@ BEGIN
         -- What is in flight across engines. Under the lock, and in a statement of its own (a
         -- snapshot taken after the lock), so a claim that committed just before counts.
         SELECT count(*) INTO v_busy FROM webhooks.deliveries d
-         WHERE d.endpoint_id = v_ep.id AND d.lease_token IS NOT NULL AND NOT d.ready
-           AND d.due_at > now();
+         WHERE d.endpoint_id = v_ep.id AND d.lease_token IS NOT NULL AND d.due_at > now();
         v_room := least(v_room,
                         CASE WHEN v_e.ep_ordering = 'strict' THEN 1 ELSE v_e.ep_limit END - v_busy);
         CONTINUE WHEN v_room <= 0;

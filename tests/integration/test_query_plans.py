@@ -68,8 +68,7 @@ SELECT d.id FROM webhooks.deliveries d
 # The claim's count of an endpoint's rows in flight, across engines (leased, lease running).
 CLAIM_LEASED = """
 SELECT count(*) FROM webhooks.deliveries d
- WHERE d.endpoint_id = $1 AND d.lease_token IS NOT NULL AND NOT d.ready
-   AND d.due_at > now()
+ WHERE d.endpoint_id = $1 AND d.lease_token IS NOT NULL AND d.due_at > now()
 """
 
 # The claim, strict ordering: the endpoint's oldest live delivery, ready or not...
@@ -314,11 +313,53 @@ async def test_claim_due_rows_use_ready_index(big: asyncpg.Connection) -> None:
 
 
 async def test_claim_count_of_leases_uses_leased_index(big: asyncpg.Connection) -> None:
-    """The claim counts an endpoint's leases through deliveries_leased_idx, never its other rows."""
+    """The claim counts an endpoint's leases through deliveries_leases_idx, never its other rows."""
     custom = await custom_plan(big, CLAIM_LEASED, await backlog_endpoint(big))
-    assert custom == {"deliveries": {"deliveries_leased_idx"}}
+    assert custom == {"deliveries": {"deliveries_leases_idx"}}
     generic = await generic_plan(big, CLAIM_LEASED, "uuid", ANY_UUID)
-    assert generic == {"deliveries": {"deliveries_leased_idx"}}
+    assert generic == {"deliveries": {"deliveries_leases_idx"}}
+
+
+async def test_claim_count_of_leases_can_be_planned_on_no_other_index(
+    conn: asyncpg.Connection,
+) -> None:
+    """The claim's plans are generic and made once per connection, often just after the engine's
+    idle vacuum, when the statistics say the hot table is empty and every partial index is costed
+    as empty: then any index that can serve the count of an endpoint's leases may be the one
+    chosen, until the statistics change. So deliveries_leases_idx must be the only one. Each index
+    of the table is left alone in turn, beside the primary key (the others dropped in a
+    transaction rolled back), and the count's generic plan uses it or falls back to the disabled
+    sequential scan. With
+    deliveries_leased_idx (migration 0006), whose predicate shared "not ready" with the waiting
+    set's, the count could be planned on deliveries_waiting_idx: every lease and scheduled retry of
+    every endpoint, read once per endpoint."""
+    indexes = [
+        r["name"]
+        for r in await conn.fetch(
+            """SELECT c.relname AS name FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                WHERE i.indrelid = 'webhooks.deliveries'::regclass ORDER BY 1"""
+        )
+    ]
+    assert "deliveries_waiting_idx" in indexes
+    assert "deliveries_ready_idx" in indexes
+    usable = set()
+    for alone in indexes:
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            for other in indexes:
+                # The primary key stays (other tables' keys refer to it); it has no condition
+                # the count could use.
+                if other not in (alone, "deliveries_pkey"):
+                    await conn.execute(f"DROP INDEX webhooks.{other}")
+            await conn.execute("SET LOCAL enable_seqscan = off")  # as claim_v2 runs
+            plan = await generic_plan(conn, CLAIM_LEASED, "uuid", ANY_UUID)
+            if plan["deliveries"] != {""}:
+                assert plan == {"deliveries": {alone}}
+                usable.add(alone)
+        finally:
+            await tx.rollback()
+    assert usable == {"deliveries_leases_idx"}
 
 
 async def test_claim_strict_head_uses_endpoint_id_index(big: asyncpg.Connection) -> None:
