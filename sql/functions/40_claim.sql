@@ -47,8 +47,9 @@
 -- table swings between empty (freshly vacuumed, its statistics saying no rows) and a burst's
 -- thousands of rows. Plans made on the empty table scanned all of it on every claim later, however
 -- few rows the claim took. For the same reason the reads by endpoint name the predicate of a partial
--- index ("d.ready", "NOT d.ready", "d.attempts >= 0", a token and a due_at), and the updates by id
--- can only use the primary key: no partial index's predicate is in them.
+-- index ("d.ready", "NOT d.ready", "d.attempts >= 0", "d.lease_token IS NOT NULL" with a due_at
+-- comparison), and the updates by id can only use the primary key: no partial index's predicate is
+-- in them.
 -- No JIT (jit): with sequential scans off, the one-row settings table's only plan is a seq scan
 -- costed as disabled (10^10), far above jit_above_cost, so Postgres 15 built with LLVM compiled it
 -- on every call, at a cost far above the claim's own. These statements never need JIT.
