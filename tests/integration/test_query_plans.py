@@ -329,10 +329,9 @@ async def test_claim_count_of_leases_can_be_planned_on_no_other_index(
     chosen, until the statistics change. So deliveries_leases_idx must be the only one. Each index
     of the table is left alone in turn, beside the primary key (the others dropped in a
     transaction rolled back), and the count's generic plan uses it or falls back to the disabled
-    sequential scan. With
-    deliveries_leased_idx (migration 0006), whose predicate shared "not ready" with the waiting
-    set's, the count could be planned on deliveries_waiting_idx: every lease and scheduled retry of
-    every endpoint, read once per endpoint."""
+    sequential scan. With deliveries_leased_idx (migration 0006), whose predicate shared "not
+    ready" with the waiting set's, the count could be planned on deliveries_waiting_idx: every
+    lease and scheduled retry of every endpoint, read once per endpoint."""
     indexes = [
         r["name"]
         for r in await conn.fetch(
