@@ -103,15 +103,15 @@ RETENTION_BATCH = 500
 
 
 async def maintain_partitions(store: DeliveryQueue, stop: asyncio.Event | None = None) -> None:
-    """Create the partitions ahead and drop those past retention (``webhooks.maintain``), then
-    delete what accounts with a shorter retention of their own keep beyond it.
+    """Delete what accounts with a shorter retention of their own keep beyond it, then create the
+    partitions ahead and drop those past the global retention (``webhooks.maintain_v1``).
 
-    The second part runs batch after batch, each its own transaction, until one deletes nothing
-    or ``stop`` is set (the next run goes on from there).
+    The purge runs batch after batch, each its own transaction, until one deletes nothing or
+    ``stop`` is set (the next run goes on from there). It runs first because it finds an
+    account's rows through their ended deliveries (``delivery_outcomes``): a drop of a day's
+    outcomes whose events a live delivery of that day keeps would leave those events out of its
+    reach until the live delivery ends. The partitions are maintained even when ``stop`` is set.
     """
-    result = await store.maintain()
-    if result.get("created") or result.get("dropped"):
-        log.info("partitions_maintained", **result)
     purged = 0
     while stop is None or not stop.is_set():
         deleted = await store.purge_account_retention(RETENTION_BATCH)
@@ -120,6 +120,9 @@ async def maintain_partitions(store: DeliveryQueue, stop: asyncio.Event | None =
         purged += deleted
     if purged:
         log.info("account_retention_enforced", rows_deleted=purged)
+    result = await store.maintain()
+    if result.get("created") or result.get("dropped"):
+        log.info("partitions_maintained", **result)
 
 
 async def count_queue_depths(store: DeliveryQueue, metrics: Metrics) -> None:

@@ -173,3 +173,53 @@ async def test_set_account_retention_accepts_just_shorter_and_null_removes_it(
     assert await stored() is None
     exc = await error_of(tx, tx.execute("SELECT webhooks.set_account_retention('', '1 day')"))
     assert str(exc).startswith("account_id: must not be empty")
+
+
+async def test_the_purge_reaches_rows_whose_outcomes_the_global_retention_drops(
+    store: Store, conn: asyncpg.Connection, aged: Aged
+) -> None:
+    """acct_1's old event sits in a day partition wholly past a global retention of two days, and
+    old_live's live delivery keeps that day's events. The global upkeep drops the day's outcomes,
+    through which the purge finds an account's rows; with acct_1's one-day retention purged first,
+    old goes all the same, while acct_2's other, which only the global retention governs, stays
+    with its day (and loses its outcome). With the upkeep first, old stayed as other does."""
+    day = await conn.fetchval("SELECT (now() AT TIME ZONE 'UTC')::date - 3")
+    start, end = (f"webhooks.partition_bound('{day}'::date + {n})" for n in (0, 1))
+    for parent in ("events", "attempts", "delivery_outcomes"):
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS webhooks.{parent}_p{day:%Y%m%d} PARTITION OF"
+            f" webhooks.{parent} FOR VALUES FROM ({start}) TO ({end})"
+        )
+    # From a day and a minute old to noon (UTC) of that day: the three move together.
+    by = await conn.fetchval(
+        "SELECT created_at - (webhooks.partition_bound($2) + interval '12 hours')"
+        " FROM webhooks.events WHERE id = $1",
+        aged.old,
+        day,
+    )
+    for event_id in (aged.old, aged.old_live, aged.other):
+        await age(conn, event_id, by)
+    in_the_day = await conn.fetchval(
+        "SELECT count(*) FROM webhooks.delivery_outcomes WHERE event_id = ANY ($1)"
+        f" AND tableoid = 'webhooks.delivery_outcomes_p{day:%Y%m%d}'::regclass",
+        [aged.old, aged.other],
+    )
+    assert in_the_day == 3  # old's two and other's one, in the day's own partition
+    await conn.execute("UPDATE webhooks.settings SET retention = '2 days'")
+    await store.set_account_retention("acct_1", DAY)
+
+    await maintain_partitions(store)
+
+    assert await counts(conn, aged.old) == dict.fromkeys(await counts(conn, aged.old), 0)
+    dropped = await conn.fetchval(
+        "SELECT to_regclass($1)", f"webhooks.delivery_outcomes_p{day:%Y%m%d}"
+    )
+    assert dropped is None
+    assert await counts(conn, aged.other) == {
+        "events": 1,
+        "outcomes": 0,
+        "attempts": 1,
+        "live": 0,
+        "keys": 0,  # keys: by their age
+    }
+    assert (await counts(conn, aged.old_live))["live"] == 1

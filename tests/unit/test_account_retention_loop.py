@@ -1,5 +1,5 @@
 """maintain_partitions runs per-account retention batch after batch, until one deletes nothing or
-the engine stops."""
+the engine stops, and only then the partitions' upkeep, which drops what the purge finds rows by."""
 
 from __future__ import annotations
 
@@ -16,14 +16,17 @@ class Batches:
     def __init__(self, *deleted: int, stop_after: int | None = None, stop: Any = None) -> None:
         self.deleted = list(deleted)
         self.calls: list[int] = []
+        self.order: list[str] = []
         self.stop_after = stop_after
         self.stop = stop
 
     async def maintain(self) -> dict[str, list[str]]:
+        self.order.append("maintain")
         return {"created": [], "dropped": []}
 
     async def purge_account_retention(self, batch: int) -> int:
         self.calls.append(batch)
+        self.order.append("purge")
         if self.stop is not None and len(self.calls) == self.stop_after:
             self.stop.set()
         return self.deleted.pop(0) if self.deleted else 0
@@ -42,3 +45,19 @@ async def test_a_stop_ends_the_batches_where_they_are() -> None:
     store = Batches(*[RETENTION_BATCH] * 10, stop_after=2, stop=stop)
     await maintain_partitions(cast(DeliveryQueue, store), stop)
     assert len(store.calls) == 2
+
+
+async def test_the_purge_runs_before_the_partitions_are_maintained() -> None:
+    """Every batch comes before the upkeep that drops partitions: two batches, then one upkeep."""
+    store = Batches(RETENTION_BATCH)
+    await maintain_partitions(cast(DeliveryQueue, store), asyncio.Event())
+    assert store.order == ["purge", "purge", "maintain"]
+
+
+async def test_the_partitions_are_maintained_when_stop_is_already_set() -> None:
+    """A stop set before the call skips the purge but not the upkeep (partitions ahead)."""
+    stop = asyncio.Event()
+    stop.set()
+    store = Batches(RETENTION_BATCH)
+    await maintain_partitions(cast(DeliveryQueue, store), stop)
+    assert store.order == ["maintain"]
