@@ -1,7 +1,7 @@
 """An upgrade under load, as a deployment does it: the previous release's engine (a real process of
 that release's code, tests/support/release_5841c63.tar.gz) delivers while the app emits; it is
-stopped, or it dies, and this release's engine starts, migrates the live database (migrations 0006
-to 0011 and the new function files, with deliveries pending and the app still emitting) and
+stopped, or it dies, and this release's engine starts, migrates the live database (every migration
+from 0006 on and the new function files, with deliveries pending and the app still emitting) and
 delivers the rest. Every event is delivered, once; after a death, only what the dead engine held
 leased may be sent twice.
 """

@@ -159,3 +159,30 @@ async def test_the_store_sets_refreshes_and_clears_the_mark(
     assert await conn.fetchval(MARK) > first
     await store.set_engine_waiting(False)
     assert await conn.fetchval(MARK) is None
+
+
+async def highest_line_pointer(conn: asyncpg.Connection, refreshes: int) -> int:
+    """The highest line pointer the mark's row takes over ``refreshes`` refreshes of a standing
+    mark, each its own transaction and each followed by a read of the row, as emit reads it."""
+    await set_mark(conn, "1 minute")
+    highest = 0
+    for _ in range(refreshes):
+        await conn.execute("SELECT webhooks.refresh_engine_waiting_v1()")
+        ctid: str = await conn.fetchval("SELECT ctid::text FROM webhooks.engine_state")
+        highest = max(highest, int(ctid.strip("()").split(",")[1]))
+    return highest
+
+
+async def test_the_marks_page_is_pruned_after_a_few_versions(conn: asyncpg.Connection) -> None:
+    """A sleeping engine rewrites the mark every few seconds, and emit reads it whenever it stores
+    an event. The updates are HOT, so their dead versions stay on the row's page until a reader
+    prunes it. With the page's fillfactor at 10 (migration 0013) that happens once a tenth of it
+    is used, so over 300 refreshes the row never goes past line pointer 40. At the default
+    fillfactor (set here, then set back) the row passes line pointer 100 before the first prune,
+    and every read until then walks all those versions."""
+    assert await highest_line_pointer(conn, 300) <= 40
+    await conn.execute("ALTER TABLE webhooks.engine_state SET (fillfactor = 100)")
+    try:
+        assert await highest_line_pointer(conn, 300) > 100
+    finally:
+        await conn.execute("ALTER TABLE webhooks.engine_state SET (fillfactor = 10)")

@@ -1,0 +1,14 @@
+-- The waiting mark's page is pruned after a few dead versions instead of after a page of them.
+--
+-- engine_state has one row. A sleeping engine rewrites it every few seconds
+-- (refresh_engine_waiting_v1), each wake-up clears it and sets it again, and emit reads it in
+-- every app transaction that stores an event (whether to NOTIFY). The updates are HOT, so their
+-- dead versions stay on the row's one page until a reader prunes it, and Postgres prunes only a
+-- page with less free space than its fillfactor leaves (never less than a tenth of the page). At
+-- the default of 100 that is after over a hundred versions, and until then each emit's read walks
+-- all of them. At 10 a read prunes the page once a tenth of it is used, after a dozen or so
+-- (tests/integration/test_waiting_mark.py holds both sides).
+--
+-- A storage parameter only: nothing is rewritten, and its lock (SHARE UPDATE EXCLUSIVE) waits for
+-- no emit, claim or refresh of the mark, and none waits for it.
+ALTER TABLE webhooks.engine_state SET (fillfactor = 10);
