@@ -276,10 +276,11 @@ $$;
 
 -- emit for a set of events at once, for statement-level triggers with a transition table
 -- (REFERENCING NEW TABLE AS ...): one call per statement instead of one per row. The same rules
--- as emit, event by event: each event's arguments are checked (an error names the event's position
--- in the array, its key if it has one, and the field), it is stored only if an enabled endpoint of
--- its account takes it, size and depth are checked for stored events, and a repeated idempotency
--- key (from before, or earlier in the array) stores nothing. Returns how many events it stored.
+-- as emit, event by event: each event's arguments are checked (an error names the event's
+-- subscript in the array, which is its position in one built by ARRAY(...), its key if it has one,
+-- and the field), it is stored only if an enabled endpoint of its account takes it, size and depth
+-- are checked for stored events, and a repeated idempotency key (from before, or earlier in the
+-- array) stores nothing. Returns how many events it stored. The array must have one dimension.
 --
 -- The endpoints of all the accounts in the array are read in one index scan, and every statement
 -- below works on the whole set, so the cost per event is a share of a few statements instead of
@@ -287,6 +288,11 @@ $$;
 -- webhooks.new_event rather than a query: a function cannot see its caller's transition table,
 -- and rows keep their order and their types (jsonb would serialise every payload once more inside
 -- the array and lose both).
+--
+-- The statements read the events by subscript (p_events[i] over generate_subscripts), not with
+-- unnest in FROM: a function scan stores every row it returns, whole payloads included, before
+-- the statement reads them, and a sort copies them again; by subscript, only the subscripts are
+-- stored and sorted, and each payload is read in place in the array.
 CREATE OR REPLACE FUNCTION webhooks.emit_many(p_events webhooks.new_event[])
 RETURNS integer LANGUAGE plpgsql
 -- One generic plan per statement, cached, never one made for each call with the array as a
@@ -303,6 +309,9 @@ DECLARE
 BEGIN
     IF p_events IS NULL THEN
         PERFORM webhooks.invalid('events', 'must be an array of webhooks.new_event, not NULL');
+    ELSIF array_ndims(p_events) > 1 THEN
+        PERFORM webhooks.invalid('events', format(
+            'must be a one-dimensional array, got %s dimensions', array_ndims(p_events)));
     END IF;
 
     -- Every event's arguments, as emit checks them (one expression for all; the first event that
@@ -310,19 +319,18 @@ BEGIN
     -- limit, as a value: an argument that is a subquery would keep stored_payload from being
     -- inlined.
     SELECT min(u.i) FILTER (WHERE NOT u.ok) AS bad_at,
-           (array_agg(ROW(u.account_id, u.event_type, u.payload, u.idempotency_key)::webhooks.new_event
-                      ORDER BY u.i) FILTER (WHERE NOT u.ok))[1] AS bad,
            coalesce(bool_or(u.idempotency_key IS NOT NULL), false) AS keyed,
            array_agg(DISTINCT u.account_id) AS accounts,
            (SELECT s.max_payload_bytes FROM webhooks.settings s) AS max_bytes
       INTO v_args
-      FROM (SELECT a.*, webhooks.is_event_source(a.account_id, a.event_type)
-                        AND jsonb_typeof(a.payload) IS NOT DISTINCT FROM 'object'
-                        AND coalesce(length(a.idempotency_key) BETWEEN 1 AND 255, true) AS ok
-              FROM unnest(p_events) WITH ORDINALITY
-                   AS a(account_id, event_type, payload, idempotency_key, i)) u;
+      FROM (SELECT g.i, (p_events[g.i]).account_id, (p_events[g.i]).idempotency_key,
+                   webhooks.is_event_source((p_events[g.i]).account_id, (p_events[g.i]).event_type)
+                   AND jsonb_typeof((p_events[g.i]).payload) IS NOT DISTINCT FROM 'object'
+                   AND coalesce(length((p_events[g.i]).idempotency_key) BETWEEN 1 AND 255, true)
+                       AS ok
+              FROM generate_subscripts(p_events, 1) AS g(i)) u;
     IF v_args.bad_at IS NOT NULL THEN
-        PERFORM webhooks.check_event_at(v_args.bad_at, v_args.bad);
+        PERFORM webhooks.check_event_at(v_args.bad_at, p_events[v_args.bad_at]);
     END IF;
 
     -- The events some endpoint takes (the accounts' enabled endpoints in one index scan, matched
@@ -336,13 +344,14 @@ BEGIN
             SELECT e.account_id, e.event_types, e.filter FROM webhooks.endpoints e
              WHERE e.enabled AND e.account_id = ANY (v_args.accounts))
         INSERT INTO webhooks.intake (id, account_id, type, payload)
-        SELECT nextval('webhooks.events_id_seq'), u.account_id, u.event_type,
-               webhooks.stored_payload(u.payload, u.i, u.idempotency_key, v_args.max_bytes)
-          FROM unnest(p_events) WITH ORDINALITY
-               AS u(account_id, event_type, payload, idempotency_key, i)
-         WHERE EXISTS (SELECT FROM eps WHERE eps.account_id = u.account_id
-                         AND webhooks.takes(eps.event_types, eps.filter, u.event_type, u.payload))
-         ORDER BY u.i;
+        SELECT nextval('webhooks.events_id_seq'), (p_events[g.i]).account_id,
+               (p_events[g.i]).event_type,
+               webhooks.stored_payload((p_events[g.i]).payload, g.i, NULL, v_args.max_bytes)
+          FROM generate_subscripts(p_events, 1) AS g(i)
+         WHERE EXISTS (SELECT FROM eps WHERE eps.account_id = (p_events[g.i]).account_id
+                         AND webhooks.takes(eps.event_types, eps.filter, (p_events[g.i]).event_type,
+                                            (p_events[g.i]).payload))
+         ORDER BY g.i;
         GET DIAGNOSTICS v_stored = ROW_COUNT;
     ELSE
         -- With keys, ids are drawn first, in the events' order, so that keys and intake rows can
@@ -357,15 +366,17 @@ BEGIN
                AND e.account_id = ANY (v_args.accounts)),
         taken AS MATERIALIZED (
             SELECT t.*, nextval('webhooks.events_id_seq') AS id FROM (
-                SELECT u.i, u.account_id, u.event_type, u.idempotency_key,
-                       webhooks.stored_payload(u.payload, u.i, u.idempotency_key,
-                                               v_args.max_bytes)
+                SELECT g.i, (p_events[g.i]).account_id, (p_events[g.i]).event_type,
+                       (p_events[g.i]).idempotency_key,
+                       webhooks.stored_payload((p_events[g.i]).payload, g.i,
+                                               (p_events[g.i]).idempotency_key, v_args.max_bytes)
                            AS payload
-                  FROM unnest(p_events) WITH ORDINALITY
-                       AS u(account_id, event_type, payload, idempotency_key, i)
-                 WHERE EXISTS (SELECT FROM eps WHERE eps.account_id = u.account_id
-                                 AND webhooks.takes(eps.event_types, eps.filter, u.event_type, u.payload))
-                 ORDER BY u.i) t),
+                  FROM generate_subscripts(p_events, 1) AS g(i)
+                 WHERE EXISTS (SELECT FROM eps WHERE eps.account_id = (p_events[g.i]).account_id
+                                 AND webhooks.takes(eps.event_types, eps.filter,
+                                                    (p_events[g.i]).event_type,
+                                                    (p_events[g.i]).payload))
+                 ORDER BY g.i) t),
         keys AS (
             INSERT INTO webhooks.idempotency_keys (account_id, key, event_id)
             SELECT t.account_id, t.idempotency_key, t.id FROM taken t

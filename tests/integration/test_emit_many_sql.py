@@ -206,6 +206,40 @@ async def test_a_null_event_or_array_is_refused(tx: asyncpg.Connection) -> None:
     assert error.message.startswith("events[1]: account_id: ")
 
 
+ZERO_BASED = """
+DO $$
+DECLARE
+    v_events webhooks.new_event[];
+BEGIN
+    v_events[0] := ROW('acct_1', 'email.sent', '{"n": 0}', NULL);
+    v_events[1] := ROW('acct_1', {second}, '{"n": 1}', NULL);
+    PERFORM webhooks.emit_many(v_events);
+END $$"""
+
+
+async def test_events_are_read_by_their_subscripts_in_one_dimension(tx: asyncpg.Connection) -> None:
+    """An empty array stores nothing. An array whose subscripts start at 0 is read whole and in
+    order, and an error names the subscript. An array of two dimensions is refused, naming them."""
+    await sql_endpoint(tx, ["*"])
+    assert await tx.fetchval("SELECT webhooks.emit_many('{}')") == 0
+    await tx.execute(ZERO_BASED.replace("{second}", "'email.opened'"))
+    assert [(r[1], r[2]) for r in await stored(tx)] == [
+        ("email.sent", '{"n": 0}'),
+        ("email.opened", '{"n": 1}'),
+    ]
+    error = await error_of(tx, tx.execute(ZERO_BASED.replace("{second}", "'email.nope'")))
+    assert error.message.startswith("events[1]: event_type: unknown event type 'email.nope'")
+    error = await error_of(
+        tx,
+        tx.fetchval(
+            "SELECT webhooks.emit_many(ARRAY[[ROW('acct_1', 'email.sent', '{}', NULL)]]"
+            "::webhooks.new_event[])"
+        ),
+    )
+    assert (error.sqlstate, error.column_name) == ("WH001", "events")
+    assert error.message.startswith("events: must be a one-dimensional array, got 2 dimensions")
+
+
 async def test_size_and_depth_are_checked_for_stored_events_only(tx: asyncpg.Connection) -> None:
     """As emit: a payload over max_payload_bytes (WH003) or nested deeper than 32 levels fails
     the call, naming the event, when an endpoint takes it; the same payload for an account
