@@ -23,7 +23,16 @@
 
 from __future__ import annotations
 
-LEAN_OUTBOX = """
+# The statement-level triggers' shared parts: the same payload for every row of ``new_rows`` (as the
+# row triggers build it from NEW) and the same guard, so that the floors differ from the bulk
+# trigger only in what they leave out.
+BULK_PAYLOAD = """jsonb_build_object('email_event_id', n.id, 'recipient', n.recipient,
+                                          'campaign_id', n.campaign_id,
+                                          'occurred_at', n.occurred_at) || n.details"""
+BULK_GUARD = """v_accounts := webhooks.subscribed_accounts(
+        ARRAY(SELECT DISTINCT n.account_id FROM new_rows n),
+        ARRAY(SELECT DISTINCT 'email.' || n.kind FROM new_rows n));"""
+LEAN_OUTBOX = f"""
 CREATE TABLE IF NOT EXISTS app.lean_events (
     id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     account_id text NOT NULL,
@@ -66,15 +75,11 @@ CREATE OR REPLACE FUNCTION app.email_events_webhook_bulk() RETURNS trigger LANGU
 DECLARE
     v_accounts text[];
 BEGIN
-    v_accounts := webhooks.subscribed_accounts(
-        ARRAY(SELECT DISTINCT n.account_id FROM new_rows n),
-        ARRAY(SELECT DISTINCT 'email.' || n.kind FROM new_rows n));
+    {BULK_GUARD}
     IF cardinality(v_accounts) > 0 THEN
         PERFORM webhooks.emit_many(ARRAY(
             SELECT ROW(n.account_id, 'email.' || n.kind,
-                       jsonb_build_object('email_event_id', n.id, 'recipient', n.recipient,
-                                          'campaign_id', n.campaign_id,
-                                          'occurred_at', n.occurred_at) || n.details,
+                       {BULK_PAYLOAD},
                        NULL)::webhooks.new_event
               FROM new_rows n WHERE n.account_id = ANY (v_accounts) ORDER BY n.id));
     END IF;
@@ -87,9 +92,7 @@ CREATE OR REPLACE FUNCTION app.email_events_bulk_floor() RETURNS trigger LANGUAG
 BEGIN
     INSERT INTO webhooks.intake (id, account_id, type, payload)
     SELECT nextval('webhooks.events_id_seq'), n.account_id, 'email.' || n.kind,
-           jsonb_build_object('email_event_id', n.id, 'recipient', n.recipient,
-                              'campaign_id', n.campaign_id, 'occurred_at', n.occurred_at)
-               || n.details
+           {BULK_PAYLOAD}
       FROM new_rows n ORDER BY n.id;
     RETURN NULL;
 END $$;
@@ -100,17 +103,13 @@ DECLARE
     v_accounts  text[];
     v_max_bytes integer := (SELECT s.max_payload_bytes FROM webhooks.settings s);
 BEGIN
-    v_accounts := webhooks.subscribed_accounts(
-        ARRAY(SELECT DISTINCT n.account_id FROM new_rows n),
-        ARRAY(SELECT DISTINCT 'email.' || n.kind FROM new_rows n));
+    {BULK_GUARD}
     IF cardinality(v_accounts) > 0 THEN
         INSERT INTO webhooks.intake (id, account_id, type, payload)
         SELECT nextval('webhooks.events_id_seq'), p.account_id, p.type,
                webhooks.stored_payload(p.payload, p.id, NULL, v_max_bytes)
           FROM (SELECT n.id, n.account_id, 'email.' || n.kind AS type,
-                       jsonb_build_object('email_event_id', n.id, 'recipient', n.recipient,
-                                          'campaign_id', n.campaign_id,
-                                          'occurred_at', n.occurred_at) || n.details AS payload
+                       {BULK_PAYLOAD} AS payload
                   FROM new_rows n WHERE n.account_id = ANY (v_accounts) ORDER BY n.id OFFSET 0) p;
     END IF;
     RETURN NULL;
